@@ -1,0 +1,107 @@
+"""Flow `ingest`: dataset -> validated canonical tables -> Parquet snapshot.
+
+    locate (local folder, zip, cache or download)  |  generate (synthetic)
+      -> unchanged inputs? return the existing snapshot
+      -> parse -> validate raw -> canonical tables (+ TMDB) -> validate canonical -> write snapshot
+
+A failing step raises, so nothing after it runs and no snapshot is written.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prefect import flow
+
+from movierec.datasets import get_spec
+from movierec.settings import get_settings
+from movierec.snapshot import Snapshot, SnapshotStore, inputs_fingerprint
+from tasks.ingest import (
+    build_canonical,
+    generate_synthetic,
+    locate_dataset,
+    locate_tmdb,
+    parse_dataset,
+    parse_tmdb,
+    write_snapshot,
+)
+from tasks.validate import validate_canonical, validate_raw
+
+log = logging.getLogger("movierec")
+
+
+@flow(name="ingest", description="Ingest a MovieLens dataset (and TMDB metadata) into a validated Parquet snapshot.")
+def ingest(
+    dataset: str = "ml-latest-small",
+    synthetic_ratings: int | None = None,
+    seed: int | None = None,
+    use_tmdb: bool | None = None,
+) -> dict:
+    settings = get_settings()
+    spec = get_spec(dataset)
+    store = SnapshotStore(settings.snapshots_dir)
+    use_tmdb = settings.ingest.use_tmdb if use_tmdb is None else use_tmdb
+
+    if spec.format == "synthetic":
+        n_ratings = synthetic_ratings or settings.ingest.synthetic_ratings
+        seed = settings.ingest.synthetic_seed if seed is None else seed
+        inputs = {"dataset": dataset, "synthetic": {"n_ratings": n_ratings, "seed": seed}}
+        source_files, tmdb_source = None, None
+    else:
+        source_files = locate_dataset(spec, settings)
+        tmdb_source = locate_tmdb(settings) if use_tmdb else None
+        inputs = {
+            "dataset": dataset,
+            "files": {name: meta["sha256"] for name, meta in source_files.files.items()},
+            "tmdb": {name: meta["sha256"] for name, meta in tmdb_source.files.items()} if tmdb_source else None,
+        }
+        log.info("found %s (%s)", dataset, source_files.origin.get("path") or source_files.origin.get("url"))
+
+    fingerprint = inputs_fingerprint(inputs)
+    existing = store.find_by_fingerprint(dataset, fingerprint)
+    if existing is not None:
+        log.info("inputs unchanged: snapshot %s already holds them", existing.id)
+        existing.reused = True
+        return summarize(existing)
+
+    if source_files is None:
+        raw = generate_synthetic(n_ratings, seed)
+        tmdb = None
+    else:
+        raw = parse_dataset(spec, source_files)
+        tmdb = parse_tmdb(tmdb_source) if tmdb_source else None
+    log.info("parsed %s ratings, %s movies", f"{len(raw.ratings):,}", f"{len(raw.movies):,}")
+
+    raw_report = validate_raw(raw, settings)
+    tables, preprocessing = build_canonical(raw, tmdb)
+    canonical_report = validate_canonical(tables, raw.rating_scale, settings, dataset)
+    log.info("validation passed; report: %s", canonical_report.docs_path)
+
+    lineage = {
+        "source": raw.source,
+        "files": raw.files,
+        "tmdb_files": tmdb_source.files if tmdb_source else None,
+        "inputs_fingerprint": fingerprint,
+        "preprocessing": preprocessing,
+        "validation": {
+            "raw": raw_report.suites,
+            "canonical": canonical_report.suites,
+            "data_docs": str(canonical_report.docs_path),
+        },
+    }
+    snapshot = write_snapshot(store, dataset, tables, lineage)
+    return summarize(snapshot)
+
+
+def summarize(snapshot: Snapshot) -> dict:
+    lineage = snapshot.lineage
+    return {
+        "dataset": snapshot.dataset,
+        "snapshot_id": snapshot.id,
+        "path": str(snapshot.path),
+        "reused": snapshot.reused,
+        "rows": {name: meta["rows"] for name, meta in lineage["tables"].items()},
+        "rating_scale": lineage["preprocessing"]["rating_scale"],
+        "tmdb": lineage["preprocessing"].get("tmdb"),
+        "data_docs": lineage["validation"]["data_docs"],
+    }

@@ -1,0 +1,1 @@
+"""Recommender models (issue 3): pure fit/recommend functions on sparse matrices."""

@@ -1,0 +1,34 @@
+"""Process-wide set-up that must happen before Prefect or Great Expectations are imported."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from movierec.settings import Settings
+
+
+def configure(settings: Settings) -> None:
+    """Point Prefect's state at MOVIEREC_HOME and keep third-party output quiet.
+
+    Values the user has set in the environment win; these are only defaults.
+    """
+    settings.home.mkdir(parents=True, exist_ok=True)
+    defaults = {
+        "PREFECT_HOME": str(settings.prefect_home),
+        "PREFECT_LOGGING_LEVEL": settings.logging.prefect_level,
+        # The ephemeral API server Prefect starts for a run must not phone home, and its
+        # telemetry writes race with the run's own writes to the SQLite database.
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "GX_ANALYTICS_ENABLED": "false",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    logger = logging.getLogger("movierec")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False

@@ -1,0 +1,144 @@
+"""The one typed settings object.
+
+Sources, highest priority first: keyword arguments, ``MOVIEREC_*`` environment variables
+(nested keys joined with ``__``), the YAML file (``MOVIEREC_CONFIG`` or ``mlflow.yaml`` in the
+working directory, else the one at the repository root), then the defaults below. MLflow's own
+environment variables override the ``mlflow`` section, as MLflow users expect.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXPECTATIONS_DIR = REPO_ROOT / "expectations"
+
+
+def config_file() -> Path:
+    explicit = os.environ.get("MOVIEREC_CONFIG")
+    if explicit:
+        return Path(explicit)
+    local = Path("mlflow.yaml")
+    return local if local.exists() else REPO_ROOT / "mlflow.yaml"
+
+
+class MlflowSettings(BaseModel):
+    tracking_uri: str | None = None
+    registry_uri: str | None = None
+    experiment_name: str = "movierec"
+    registered_model_name: str = "movierec-lightfm"
+
+
+class IngestSettings(BaseModel):
+    dataset: str = "ml-latest-small"
+    use_tmdb: bool = True
+    download_retries: int = Field(4, ge=0)
+    download_backoff_seconds: float = Field(2.0, ge=0)
+    download_timeout_seconds: float = Field(60.0, gt=0)
+    synthetic_ratings: int = Field(100_000, ge=1_000)
+    synthetic_seed: int = 42
+
+
+class ValidationSettings(BaseModel):
+    earliest_timestamp: datetime = datetime(1995, 1, 1, tzinfo=timezone.utc)
+    max_future_days: int = Field(1, ge=0)
+    min_ratings: int = Field(1_000, ge=1)
+    min_users: int = Field(20, ge=1)
+    min_items: int = Field(20, ge=1)
+    mean_rating_min: float = 2.5
+    mean_rating_max: float = 4.5
+    min_ratings_per_user: int = Field(1, ge=1)
+    share_users_with_min_ratings: float = Field(0.5, ge=0, le=1)
+    users_min_ratings_threshold: int = Field(5, ge=1)
+
+
+class LoggingSettings(BaseModel):
+    prefect_level: str = "WARNING"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MOVIEREC_",
+        env_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    home: Path = Path(".movierec")
+    data_dir: Path | None = None
+    mlflow: MlflowSettings = MlflowSettings()
+    ingest: IngestSettings = IngestSettings()
+    validation: ValidationSettings = ValidationSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @field_validator("home", "data_dir", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return value.expanduser().resolve() if value is not None else None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_source = YamlConfigSettingsSource(settings_cls, yaml_file=config_file())
+        return init_settings, env_settings, yaml_source
+
+    # Derived locations: everything stateful lives under `home`.
+    @cached_property
+    def snapshots_dir(self) -> Path:
+        return self.home / "snapshots"
+
+    @cached_property
+    def downloads_dir(self) -> Path:
+        return self.home / "downloads"
+
+    @cached_property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @cached_property
+    def prefect_home(self) -> Path:
+        return self.home / "prefect"
+
+    @property
+    def tracking_uri(self) -> str:
+        return (
+            os.environ.get("MLFLOW_TRACKING_URI")
+            or self.mlflow.tracking_uri
+            or f"sqlite:///{self.home / 'mlflow.db'}"
+        )
+
+    @property
+    def registry_uri(self) -> str:
+        return os.environ.get("MLFLOW_REGISTRY_URI") or self.mlflow.registry_uri or self.tracking_uri
+
+    @property
+    def experiment_name(self) -> str:
+        return os.environ.get("MLFLOW_EXPERIMENT_NAME") or self.mlflow.experiment_name
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home / "mlartifacts"
+
+    @property
+    def optuna_storage(self) -> str:
+        return f"sqlite:///{self.home / 'optuna.db'}"
+
+
+def get_settings(**overrides: object) -> Settings:
+    return Settings(**overrides)

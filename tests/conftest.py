@@ -1,0 +1,73 @@
+"""Shared fixtures. Every test gets its own MOVIEREC_HOME; flows run against one temporary
+Prefect API per test process; the real datasets are used only when present."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Before Prefect or GX are imported anywhere: their state and logs stay out of the user's home.
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="movierec-tests-"))
+os.environ["PREFECT_HOME"] = str(_SESSION_DIR / "prefect")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["DO_NOT_TRACK"] = "1"
+os.environ["GX_ANALYTICS_ENABLED"] = "false"
+for variable in [name for name in os.environ if name.startswith(("MOVIEREC_", "MLFLOW_"))]:
+    del os.environ[variable]
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def real_data_dir() -> Path | None:
+    """MOVIEREC_TEST_DATA_DIR, else ../shared/data beside the repository, if it exists."""
+    candidate = os.environ.get("MOVIEREC_TEST_DATA_DIR")
+    path = Path(candidate) if candidate else REPO.parent / "shared" / "data"
+    return path if (path / "ml-100k").is_dir() or (path / "ml-latest-small").is_dir() else None
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "home"
+    monkeypatch.setenv("MOVIEREC_HOME", str(home))
+    monkeypatch.delenv("MOVIEREC_DATA_DIR", raising=False)
+    return home
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    monkeypatch.setenv("MOVIEREC_DATA_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """One temporary Prefect API server and database for the whole test process."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def small_raw():
+    """A generated MovieLens-shaped dataset of 6,000 ratings."""
+    from movierec.synthetic import generate
+
+    return generate(6_000, seed=7)
+
+
+@pytest.fixture
+def real_data() -> Path:
+    path = real_data_dir()
+    if path is None:
+        pytest.skip("reference datasets absent (../shared/data or MOVIEREC_TEST_DATA_DIR)")
+    return path
