@@ -38,13 +38,18 @@ runtime.configure(get_settings())
 from flows.ingest import ingest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.sorting import TaskRunSort
 
 started = time.perf_counter()
 state = ingest(**json.loads(sys.argv[1]), return_state=True)
 flow_seconds = time.perf_counter() - started
 summary = state.result()
 with get_client(sync_client=True) as client:
-    runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    runs = client.read_task_runs(
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])),
+        sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+        limit=200,
+    )
 steps = {run.name.rsplit("-", 1)[0]: run.total_run_time.total_seconds() for run in runs}
 print(json.dumps({"flow_seconds": flow_seconds, "steps": steps, "rows": summary["rows"], "tmdb": summary["tmdb"]}))
 """

@@ -36,6 +36,9 @@ def _check_dataset(name: str) -> str:
 
 def _run(step: str, flow: Callable[..., Any], **parameters: Any) -> Any:
     """Run a flow with a spinner on a terminal; a data error becomes a message and exit code 1."""
+    from movierec import runtime
+
+    runtime.hide_data_error_tracebacks()
     try:
         if interactive():
             with console.status(f"{step}…"):

@@ -32,3 +32,39 @@ def configure(settings: Settings) -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
+
+
+def _data_error_names() -> tuple[str, ...]:
+    from movierec.errors import DataError
+
+    classes, pending = [], [DataError]
+    while pending:
+        cls = pending.pop()
+        classes.append(cls.__name__)
+        pending.extend(cls.__subclasses__())
+    return tuple(classes)
+
+
+class HideDataErrorTracebacks(logging.Filter):
+    """Keep Prefect's console from repeating a bad-input error as three tracebacks.
+
+    The CLI prints the error once, readably; Prefect's API handler still records it, so the
+    failed run shows its error in the Prefect UI.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from movierec.errors import DataError
+
+        if record.exc_info and isinstance(record.exc_info[1], DataError):
+            return False
+        message = record.getMessage()
+        return not any(f"{name}(" in message or f"{name}:" in message for name in _data_error_names())
+
+
+def hide_data_error_tracebacks() -> None:
+    """Attach the filter to Prefect's console handlers (call after Prefect is imported)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.addFilter(HideDataErrorTracebacks())

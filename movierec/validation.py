@@ -326,7 +326,13 @@ def _finding(kind: str, kwargs: dict, outcome: ExpectationValidationResult) -> s
             finding += f" ({result['unexpected_percent']:.1f}%, at most {allowed:.1f}% allowed)"
         samples = [entry["value"] for entry in result.get("partial_unexpected_counts", [])]
         samples = samples or result.get("partial_unexpected_list", [])
-        return f"{finding}, e.g. {_show(samples[:SAMPLE_SIZE])}"
+        finding += f", e.g. {_show(samples[:SAMPLE_SIZE])}"
+        # Raw frames keep the order of their file, so there a row number is the data row of the
+        # file (its line, less any header); canonical tables are sorted by key.
+        positions = [p for p in result.get("partial_unexpected_index_list") or [] if isinstance(p, (int, np.integer))]
+        if positions:
+            finding += f" at row(s) {_show([int(p) + 1 for p in positions[:SAMPLE_SIZE]])}"
+        return finding
 
     observed = result.get("observed_value")
     if isinstance(observed, np.generic):

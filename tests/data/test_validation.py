@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 
 import numpy as np
@@ -125,10 +126,19 @@ def canonical_tables() -> CanonicalTables:
     return CanonicalTables(**stored)
 
 
+ROW_NUMBERS = re.compile(r" at row\(s\) (\[[^\]]*\])$")
+
+
 def failures_of(run) -> ValidationFailed:
+    """The raised error, with the row numbers moved from each line to `rows` (None where a line
+    names no rows), so that tests can compare the lines and the rows separately."""
     with pytest.raises(ValidationFailed) as caught:
         run()
-    return caught.value
+    failure = caught.value
+    found = [ROW_NUMBERS.search(line) for line in failure.failures]
+    failure.rows = [json.loads(match.group(1)) if match else None for match in found]
+    failure.failures = [ROW_NUMBERS.sub("", line) for line in failure.failures]
+    return failure
 
 
 def suite_sizes() -> dict[str, int]:
@@ -211,6 +221,8 @@ def test_rating_out_of_scale(settings):
         "expect_column_values_to_be_in_set(column='rating', value_set=[0.5, 1.0, 1.5, 2.0, 2.5, "
         f"3.0, 3.5, 4.0, 4.5, 5.0]): 1 of {N_RATINGS} rows unexpected, e.g. [7.0]",
     ]
+    # Row 17 counted from 0 is the 18th data row of the file.
+    assert failure.rows == [[18], [18]]
 
 
 def test_rating_between_scale_values(settings):
