@@ -36,6 +36,7 @@ from movierec import runtime
 from movierec.settings import get_settings
 runtime.configure(get_settings())
 from flows.ingest import ingest
+runtime.warm_imports("great_expectations")  # as the CLI does
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.sorting import TaskRunSort

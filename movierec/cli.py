@@ -39,6 +39,7 @@ def _run(step: str, flow: Callable[..., Any], **parameters: Any) -> Any:
     from movierec import runtime
 
     runtime.hide_data_error_tracebacks()
+    runtime.warm_imports("great_expectations")
     try:
         if interactive():
             with console.status(f"{step}…"):

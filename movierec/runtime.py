@@ -68,3 +68,19 @@ def hide_data_error_tracebacks() -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, PrefectConsoleHandler):
             handler.addFilter(HideDataErrorTracebacks())
+
+
+def warm_imports(*modules: str) -> None:
+    """Import heavy modules in a background thread.
+
+    A flow's first call waits several seconds for Prefect's temporary API server, with the
+    main thread asleep; importing Great Expectations (2-3 s) meanwhile takes it off the path.
+    """
+    import importlib
+    import threading
+
+    def load() -> None:
+        for module in modules:
+            importlib.import_module(module)
+
+    threading.Thread(target=load, name="warm-imports", daemon=True).start()
