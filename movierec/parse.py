@@ -201,18 +201,21 @@ def read_dataset(spec: DatasetSpec, source: SourceFiles) -> RawDataset:
     )
 
 
-def _ratings_frame(frame: pd.DataFrame) -> pd.DataFrame:
+def _read_ratings(path: Path, user: str, movie: str, *, separator: str, header: bool = False) -> pd.DataFrame:
+    """A ratings file (user, movie, rating, timestamp) under the dataset's own column names."""
+    frame = read_delimited(
+        path,
+        [Column(user, INT), Column(movie, INT), Column("rating", FLOAT), Column("timestamp", INT)],
+        separator=separator,
+        header=header,
+        quoted=header,
+    )
     frame.columns = RATING_COLUMNS
     return frame.astype({"user_id": "int64", "movie_id": "int64", "rating": "float64", "timestamp": "int64"})
 
 
 def _read_ml100k(source: SourceFiles):
-    ratings = read_delimited(
-        source.path("u.data"),
-        [Column("user_id", INT), Column("movie_id", INT), Column("rating", FLOAT), Column("timestamp", INT)],
-        separator="\t",
-        header=False,
-    )
+    ratings = _read_ratings(source.path("u.data"), "user_id", "movie_id", separator="\t")
     flag_columns = [Column(f"genre:{genre}", INT) for genre in ML100K_GENRES]
     items = read_delimited(
         source.path("u.item"),
@@ -245,16 +248,11 @@ def _read_ml100k(source: SourceFiles):
         header=False,
     )
     users["user_id"] = users["user_id"].astype("int64")
-    return _ratings_frame(ratings), movies, users, None
+    return ratings, movies, users, None
 
 
 def _read_ml1m(source: SourceFiles):
-    ratings = read_delimited(
-        source.path("ratings.dat"),
-        [Column("user_id", INT), Column("movie_id", INT), Column("rating", FLOAT), Column("timestamp", INT)],
-        separator="::",
-        header=False,
-    )
+    ratings = _read_ratings(source.path("ratings.dat"), "user_id", "movie_id", separator="::")
     movies = read_delimited(
         source.path("movies.dat"),
         [Column("movie_id", INT), Column("title", STR), Column("genres", STR, required=False)],
@@ -278,17 +276,11 @@ def _read_ml1m(source: SourceFiles):
                           line=row + 1, field="occupation")
     users["occupation"] = [ML1M_OCCUPATIONS[code] for code in codes]
     users["user_id"] = users["user_id"].astype("int64")
-    return _ratings_frame(ratings), movies, users[["user_id", "age", "gender", "occupation", "zip_code"]], None
+    return ratings, movies, users[["user_id", "age", "gender", "occupation", "zip_code"]], None
 
 
 def _read_csv_dataset(source: SourceFiles):
-    ratings = read_delimited(
-        source.path("ratings.csv"),
-        [Column("userId", INT), Column("movieId", INT), Column("rating", FLOAT), Column("timestamp", INT)],
-        separator=",",
-        header=True,
-        quoted=True,
-    )
+    ratings = _read_ratings(source.path("ratings.csv"), "userId", "movieId", separator=",", header=True)
     movies = read_delimited(
         source.path("movies.csv"),
         [Column("movieId", INT), Column("title", STR), Column("genres", STR, required=False)],
@@ -320,4 +312,4 @@ def _read_csv_dataset(source: SourceFiles):
     )
     tags.columns = ["user_id", "movie_id", "tag", "timestamp"]
     tags = tags.astype({"user_id": "int64", "movie_id": "int64", "timestamp": "int64"})
-    return _ratings_frame(ratings), movies, None, tags
+    return ratings, movies, None, tags
