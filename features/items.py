@@ -122,7 +122,11 @@ def item_features(
         if not weight:
             continue
         if group == "identity":
-            block, block_names = sp.identity(n_items, dtype=np.float32, format="csr"), [f"item:{m}" for m in items["movie_id"]]
+            # Only items with training interactions get an identity column value: for a cold
+            # item it would be an untrained random vector drowning its metadata.
+            seen = np.zeros(n_items, dtype=np.float32)
+            seen[fit_rows] = 1.0
+            block, block_names = sp.diags(seen, format="csr", dtype=np.float32), [f"item:{m}" for m in items["movie_id"]]
         elif group == "text":
             block, block_names = _text_block(items, item_tags, fit_rows, text_max_features)
         else:

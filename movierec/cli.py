@@ -148,6 +148,68 @@ def snapshots(dataset: DatasetOption = "ml-latest-small") -> None:
     console.print(table)
 
 
+METRIC_COLUMNS = [
+    ("ndcg@{k}", "NDCG@{k}"),
+    ("recall@{k}", "Recall@{k}"),
+    ("precision@{k}", "Precision@{k}"),
+    ("map@{k}", "MAP@{k}"),
+    ("coverage@{k}", "Coverage@{k}"),
+]
+
+
+def _print_metrics(result: dict, k: int) -> None:
+    table = Table("model", *(label.format(k=k) for _, label in METRIC_COLUMNS), "train s", header_style="bold")
+    for row in result["metrics"]:
+        table.add_row(row["model"], *(f"{row[key.format(k=k)]:.4f}" for key, _ in METRIC_COLUMNS), f"{row['train_seconds']:.1f}")
+    console.print(f"[bold]{result['dataset']}[/] snapshot {result['snapshot_id']}, split {result['split']}: "
+                  f"{result['metrics'][0]['n_users_evaluated']:,} test users, train items excluded from rankings")
+    console.print(table)
+    for row in result["metrics"]:
+        if "rmse" in row:
+            console.print(f"{row['model']}: rating MAE {row['mae']:.4f}, RMSE {row['rmse']:.4f}")
+    if result.get("cold_items"):
+        cold = Table("model", "cold-item AUC", "cold items", "users", header_style="bold")
+        for row in result["cold_items"]:
+            cold.add_row(row["model"], f"{row['cold_item_auc']:.4f}", f"{row['cold_items']:,}", f"{row['users']:,}")
+        console.print("cold items (no training interactions):")
+        console.print(cold)
+    console.print(f"features: {result['features']}")
+
+
+def _train(dataset: str, models: list[str] | None, snapshot: str | None, cold_items: bool) -> None:
+    from models.compare import MODEL_NAMES
+
+    unknown = [name for name in models or [] if name not in MODEL_NAMES]
+    if unknown:
+        raise typer.BadParameter(f"unknown model(s) {unknown}; choose from {', '.join(MODEL_NAMES)}", param_hint="--model")
+    _check_dataset(dataset)
+    _prepare()
+    from flows.train import train as train_flow
+
+    result = _run(f"training on {dataset}", train_flow, dataset=dataset, models=models, snapshot_id=snapshot, cold_items=cold_items)
+    _print_metrics(result, get_settings().training.k)
+
+
+@app.command()
+def train(
+    dataset: DatasetOption = "ml-latest-small",
+    model: Annotated[list[str], typer.Option("--model", "-m", help="Model to fit (repeatable).")] = ["hybrid"],
+    snapshot: Annotated[str | None, typer.Option(help="Snapshot id; default: the latest.")] = None,
+) -> None:
+    """Fit the given model(s) on the latest snapshot's training split and report held-out metrics."""
+    _train(dataset, model, snapshot, cold_items=False)
+
+
+@app.command()
+def evaluate(
+    dataset: DatasetOption = "ml-latest-small",
+    snapshot: Annotated[str | None, typer.Option(help="Snapshot id; default: the latest.")] = None,
+    cold_items: Annotated[bool, typer.Option(help="Also measure cold-item AUC.")] = True,
+) -> None:
+    """Fit every model family on the same split and print one comparison table (and cold items)."""
+    _train(dataset, None, snapshot, cold_items)
+
+
 @app.command()
 def pipeline(
     dataset: DatasetOption = "ml-latest-small",

@@ -63,6 +63,28 @@ class ValidationSettings(BaseModel):
     users_min_ratings_threshold: int = Field(5, ge=1)
 
 
+class TrainingSettings(BaseModel):
+    # Ratings at or above this are implicit positives (on a 5-point scale).
+    positive_threshold: float = 4.0
+    split: str = "user_temporal"
+    test_share: float = Field(0.2, gt=0, lt=1)
+    min_user_ratings: int = Field(5, ge=2)
+    cold_item_share: float = Field(0.1, gt=0, lt=1)
+    k: int = Field(10, ge=1, le=100)
+    seed: int = 42
+    # LightFM defaults (the tuner of the pipeline overrides them).
+    no_components: int = 64
+    loss: str = "warp"
+    learning_rate: float = 0.05
+    item_alpha: float = 0.0
+    user_alpha: float = 0.0
+    max_sampled: int = 10
+    epochs: int = 30
+    num_threads: int = 1
+    item_feature_groups: dict[str, float] = {"identity": 1.0, "genre": 1.0, "year": 0.5, "tag": 0.5, "keyword": 0.5, "director": 0.5, "text": 0.5}
+    user_feature_groups: dict[str, float] = {"identity": 1.0, "age": 0.5, "gender": 0.5, "occupation": 0.5, "taste": 1.0}
+
+
 class LoggingSettings(BaseModel):
     prefect_level: str = "WARNING"
 
@@ -79,6 +101,7 @@ class Settings(BaseSettings):
     mlflow: MlflowSettings = MlflowSettings()
     ingest: IngestSettings = IngestSettings()
     validation: ValidationSettings = ValidationSettings()
+    training: TrainingSettings = TrainingSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @field_validator("home", "data_dir", mode="after")

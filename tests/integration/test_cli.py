@@ -67,3 +67,13 @@ def test_bad_input_exits_1_with_one_readable_error(env, tmp_path, small_raw):
     assert "e.g. [7.0] at row(s) [3]" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "home" / "snapshots" / "ml-latest-small").exists()
+
+
+def test_train_prints_held_out_metrics_and_rejects_unknown_models(env):
+    assert run("ingest", "--dataset", "synthetic", "--synthetic-ratings", "3000", env=env).returncode == 0
+    result = run("train", "--dataset", "synthetic", "--model", "popularity", "--model", "item_knn", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "NDCG@10" in result.stderr and "item_knn" in result.stderr and "popularity" in result.stderr
+    result = run("train", "--dataset", "synthetic", "--model", "magic", env=env)
+    assert result.returncode == 2
+    assert "unknown model(s) ['magic']" in result.stderr

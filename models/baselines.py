@@ -1,0 +1,338 @@
+"""Baseline recommenders: popularity, item-kNN, EASE, user-kNN and content-based.
+
+All are pure numpy/scipy on the training interactions (users x items CSR; 1.0 for a positive,
+or a weight). Every model is deterministic: no randomness at all, except the seeded truncated SVD
+that `item_vectors` falls back to on large matrices (fixed `random_state`).
+
+`item_vectors` (which defines `similar_items`) for the collaborative models is the interaction
+matrix's item columns (items x users): cosine between those columns is exactly item-kNN's
+(unshrunk) similarity, and unlike dense rows of an item-item matrix it stays n_users wide. When
+that dense matrix would exceed `MAX_DENSE_VECTOR_CELLS` it is replaced by a seeded truncated SVD
+(`SVD_COMPONENTS` dimensions, item vectors V * sigma, whose inner products approximate the
+columns'). ContentBased uses its L2-normalised feature rows the same way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse as sp
+from sklearn.utils.extmath import randomized_svd
+
+from features.items import l1_normalise
+from models.base import Recommender
+
+# Dense item vectors up to 16M cells (64 MB float32); beyond, a truncated SVD.
+MAX_DENSE_VECTOR_CELLS = 16_000_000
+SVD_COMPONENTS = 128
+SVD_SEED = 0
+# EASE inverts a dense items x items matrix: 20k items is 3.2 GB in float64 (and more during
+# the factorisation), the most we accept.
+EASE_MAX_ITEMS = 20_000
+# Rows of the item-item (item-kNN) or user-user (user-kNN) similarity computed per block.
+_BLOCK = 1024
+
+
+def _as_csr(interactions: sp.spmatrix) -> sp.csr_matrix:
+    matrix = sp.csr_matrix(interactions, dtype=np.float32)
+    matrix.sum_duplicates()
+    matrix.eliminate_zeros()
+    matrix.sort_indices()
+    return matrix
+
+
+def _liked_row(liked_items: np.ndarray, n_items: int) -> sp.csr_matrix:
+    """1 x n_items binary row of a new user's liked items (duplicates counted once)."""
+    liked = np.unique(np.asarray(liked_items, dtype=np.int64))
+    if liked.size and (liked[0] < 0 or liked[-1] >= n_items):
+        raise ValueError(f"liked item indices must be in [0, {n_items}), got {liked.min()}..{liked.max()}")
+    return sp.csr_matrix((np.ones(liked.size, np.float32), (np.zeros(liked.size, np.int64), liked)), shape=(1, n_items))
+
+
+def _row_norms(matrix: sp.csr_matrix) -> np.ndarray:
+    return np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1), dtype=np.float64).ravel())
+
+
+def _l2_rows(matrix: sp.csr_matrix) -> sp.csr_matrix:
+    norms = _row_norms(matrix)
+    norms[norms == 0] = 1.0
+    return (sp.diags((1.0 / norms).astype(np.float32)) @ matrix).tocsr().astype(np.float32)
+
+
+def _dense_or_svd(matrix: sp.csr_matrix) -> np.ndarray:
+    """Rows of `matrix` as dense vectors, or as truncated-SVD coordinates when too large."""
+    rows, cols = matrix.shape
+    if rows * cols <= MAX_DENSE_VECTOR_CELLS or min(rows, cols) <= SVD_COMPONENTS:
+        return matrix.toarray().astype(np.float32)
+    u, sigma, _ = randomized_svd(matrix.astype(np.float64), SVD_COMPONENTS, random_state=SVD_SEED)
+    return (u * sigma).astype(np.float32)
+
+
+def _cosine_top_k(
+    overlap: sp.csr_matrix, row_norms: np.ndarray, col_norms: np.ndarray, shrink: float, k: int, own: np.ndarray | None
+) -> sp.csr_matrix:
+    """Shrunk cosine from dot products, each row pruned to its k largest positive values.
+
+    overlap: rows x cols sparse dot products; similarity = dot / (|row| |col| + shrink). `own`
+    is, per row, a column to drop (the row's own entity), or None. Ties at the k-th value keep
+    the lower column indices, so the result is fully determined. Works on the stored entries
+    only: no dense rows x cols array."""
+    overlap = sp.csr_matrix(overlap, dtype=np.float32)
+    overlap.sort_indices()
+    n_rows = overlap.shape[0]
+    rows = np.repeat(np.arange(n_rows), np.diff(overlap.indptr))
+    cols = overlap.indices
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = overlap.data / (row_norms[rows] * col_norms[cols] + np.float32(shrink))
+    keep = np.isfinite(values) & (values > 0)
+    if own is not None:
+        keep &= cols != np.asarray(own)[rows]
+    rows, cols, values = rows[keep], cols[keep], values[keep].astype(np.float32)
+    # Stable sort by (row, -value): equal values stay in ascending column order.
+    order = np.lexsort((-values, rows))
+    rows, cols, values = rows[order], cols[order], values[order]
+    row_start = np.searchsorted(rows, np.arange(n_rows))
+    rank = np.arange(len(rows)) - row_start[rows]
+    top = rank < k
+    return sp.csr_matrix((values[top], (rows[top], cols[top])), shape=overlap.shape, dtype=np.float32)
+
+
+class _Fitted(Recommender):
+    """Shared plumbing: the training matrix and cached item vectors."""
+
+    interactions: sp.csr_matrix | None = None
+
+    def _check_fitted(self) -> sp.csr_matrix:
+        if self.interactions is None:
+            raise RuntimeError(f"{type(self).__name__} is not fitted; call fit() first")
+        return self.interactions
+
+    def _store(self, interactions: sp.spmatrix) -> sp.csr_matrix:
+        self.interactions = _as_csr(interactions)
+        self._vectors: np.ndarray | None = None
+        return self.interactions
+
+    @property
+    def n_items(self) -> int:
+        return self._check_fitted().shape[1]
+
+    def item_vectors(self) -> np.ndarray:
+        """Item columns of the training interactions (items x users), or their truncated SVD."""
+        if getattr(self, "_vectors", None) is None:
+            self._vectors = _dense_or_svd(self._check_fitted().T.tocsr())
+        return self._vectors
+
+
+class Popularity(_Fitted):
+    """Number of training users per item, the same list for everybody."""
+
+    name = "popularity"
+
+    def fit(self, interactions, *, item_features=None, user_features=None) -> Popularity:
+        matrix = self._store(interactions)
+        self.popularity = np.bincount(matrix.indices, minlength=matrix.shape[1]).astype(np.float32)
+        return self
+
+    def scores(self, users: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        return np.tile(self.popularity, (len(np.asarray(users)), 1))
+
+    def new_user_scores(self, liked_items, user_features=None) -> np.ndarray:
+        self._check_fitted()
+        return self.popularity.copy()
+
+
+class ItemKNN(_Fitted):
+    """Item-item cosine kNN: S_ij = x_i . x_j / (|x_i| |x_j| + shrink) over item columns, each
+    item's row pruned to its `k_neighbors` most similar other items; scores = X[users] @ S."""
+
+    name = "item_knn"
+
+    def __init__(self, k_neighbors: int = 100, shrink: float = 10.0) -> None:
+        if k_neighbors < 1:
+            raise ValueError(f"k_neighbors must be positive, got {k_neighbors}")
+        if shrink < 0:
+            raise ValueError(f"shrink must be >= 0, got {shrink}")
+        self.k_neighbors = k_neighbors
+        self.shrink = shrink
+
+    def fit(self, interactions, *, item_features=None, user_features=None) -> ItemKNN:
+        matrix = self._store(interactions)
+        n_items = matrix.shape[1]
+        by_item = matrix.T.tocsr()
+        norms = _row_norms(by_item).astype(np.float32)
+        blocks = []
+        for start in range(0, n_items, _BLOCK):
+            stop = min(start + _BLOCK, n_items)
+            overlap = by_item[start:stop] @ matrix
+            # An item is not its own neighbour.
+            blocks.append(_cosine_top_k(overlap, norms[start:stop], norms, self.shrink, self.k_neighbors, np.arange(start, stop)))
+        self.similarity = sp.vstack(blocks, format="csr", dtype=np.float32) if blocks else sp.csr_matrix((0, 0), dtype=np.float32)
+        return self
+
+    def scores(self, users: np.ndarray) -> np.ndarray:
+        matrix = self._check_fitted()
+        return np.asarray((matrix[np.asarray(users, dtype=np.int64)] @ self.similarity).toarray(), dtype=np.float32)
+
+    def new_user_scores(self, liked_items, user_features=None) -> np.ndarray:
+        row = _liked_row(liked_items, self.n_items)
+        return np.asarray((row @ self.similarity).toarray().ravel(), dtype=np.float32)
+
+
+class EASE(_Fitted):
+    """EASE (Steck 2019): B = -P / diag(P) with P = (X^T X + l2 I)^-1 and diag(B) = 0;
+    scores = X[users] @ B. Dense items x items, so refused above `max_items` items.
+
+    Items without training interactions have a row and column of G equal to l2 * e_i, so P is
+    block diagonal and their rows and columns of B are exactly 0: only the `active` items (those
+    with interactions) are inverted and stored, `weights` being B restricted to them. `full_weights()`
+    gives the whole n_items x n_items B."""
+
+    name = "ease"
+
+    def __init__(self, l2: float = 500.0, max_items: int = EASE_MAX_ITEMS) -> None:
+        if l2 <= 0:
+            raise ValueError(f"l2 must be positive (it makes the Gram matrix invertible), got {l2}")
+        self.l2 = l2
+        self.max_items = max_items
+
+    def fit(self, interactions, *, item_features=None, user_features=None) -> EASE:
+        n_items = sp.csr_matrix(interactions).shape[1]
+        if n_items > self.max_items:
+            raise ValueError(
+                f"EASE needs a dense {n_items} x {n_items} inverse (~{n_items * n_items * 8 / 1e9:.1f} GB in float64); "
+                f"it is limited to {self.max_items} items - filter the catalogue or use ItemKNN"
+            )
+        matrix = self._store(interactions)
+        self.active = np.flatnonzero(np.bincount(matrix.indices, minlength=n_items) > 0)
+        self._active_matrix = matrix[:, self.active].tocsr()
+        gram = (self._active_matrix.T @ self._active_matrix).toarray().astype(np.float64)
+        gram[np.diag_indices_from(gram)] += self.l2
+        self.weights = self._ease_weights(gram)
+        return self
+
+    @staticmethod
+    def _ease_weights(gram: np.ndarray) -> np.ndarray:
+        if gram.shape[0] == 0:
+            return np.zeros((0, 0), dtype=np.float32)
+        # G is symmetric positive definite: Cholesky factor, then the inverse from it (LAPACK
+        # potrf/potri fill one triangle; the other is mirrored).
+        factor, info = scipy.linalg.lapack.dpotrf(gram, lower=True, overwrite_a=True, clean=True)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"EASE Gram matrix is not positive definite (potrf info {info})")
+        precision, info = scipy.linalg.lapack.dpotri(factor, lower=True, overwrite_c=True)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"EASE Gram matrix inversion failed (potri info {info})")
+        # potrf(clean=True) zeroed the upper triangle and potri only writes the lower one.
+        precision += np.tril(precision, -1).T
+        precision /= -np.diag(precision)[None, :]
+        precision[np.diag_indices_from(precision)] = 0.0
+        return precision.astype(np.float32)
+
+    def full_weights(self) -> np.ndarray:
+        """B as a dense n_items x n_items matrix (zero rows/columns for inactive items)."""
+        n_items = self.n_items
+        full = np.zeros((n_items, n_items), dtype=np.float32)
+        full[np.ix_(self.active, self.active)] = self.weights
+        return full
+
+    def _scores_of(self, active_rows: sp.csr_matrix) -> np.ndarray:
+        out = np.zeros((active_rows.shape[0], self.n_items), dtype=np.float32)
+        out[:, self.active] = active_rows @ self.weights
+        return out
+
+    def scores(self, users: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        return self._scores_of(self._active_matrix[np.asarray(users, dtype=np.int64)])
+
+    def new_user_scores(self, liked_items, user_features=None) -> np.ndarray:
+        row = _liked_row(liked_items, self.n_items)
+        return self._scores_of(row[:, self.active])[0]
+
+
+class UserKNN(_Fitted):
+    """User-user cosine kNN, computed per batch of users (never the full users x users matrix):
+    sim(u, v) = x_u . x_v / (|x_u| |x_v| + shrink), the `k_neighbors` most similar other users
+    kept; scores = sum over neighbours of sim * their interactions."""
+
+    name = "user_knn"
+
+    def __init__(self, k_neighbors: int = 50, shrink: float = 10.0) -> None:
+        if k_neighbors < 1:
+            raise ValueError(f"k_neighbors must be positive, got {k_neighbors}")
+        if shrink < 0:
+            raise ValueError(f"shrink must be >= 0, got {shrink}")
+        self.k_neighbors = k_neighbors
+        self.shrink = shrink
+
+    def fit(self, interactions, *, item_features=None, user_features=None) -> UserKNN:
+        matrix = self._store(interactions)
+        self._by_item = matrix.T.tocsr()
+        self._norms = _row_norms(matrix).astype(np.float32)
+        return self
+
+    def _neighbour_scores(self, rows: sp.csr_matrix, row_norms: np.ndarray, own: np.ndarray | None) -> np.ndarray:
+        """Scores for the users whose interaction rows are `rows`; `own` are their training
+        indices (excluded as their own neighbours), or None for new users."""
+        matrix = self._check_fitted()
+        neighbours = _cosine_top_k(rows @ self._by_item, row_norms, self._norms, self.shrink, self.k_neighbors, own)
+        return np.asarray((neighbours @ matrix).toarray(), dtype=np.float32)
+
+    def scores(self, users: np.ndarray) -> np.ndarray:
+        matrix = self._check_fitted()
+        users = np.asarray(users, dtype=np.int64)
+        out = np.empty((len(users), matrix.shape[1]), dtype=np.float32)
+        for start in range(0, len(users), _BLOCK):
+            batch = users[start : start + _BLOCK]
+            out[start : start + len(batch)] = self._neighbour_scores(matrix[batch], self._norms[batch], batch)
+        return out
+
+    def new_user_scores(self, liked_items, user_features=None) -> np.ndarray:
+        row = _liked_row(liked_items, self.n_items)
+        return self._neighbour_scores(row, _row_norms(row).astype(np.float32), None)[0]
+
+
+class ContentBased(_Fitted):
+    """Profile = interaction-weighted mean of the user's liked items' L1-normalised feature rows;
+    scores = cosine(profile, each item's feature row). Cold items with metadata get scores too.
+
+    `item_features` (items x features, e.g. `features.items.item_features(...).matrix`, or the
+    FeatureMatrix itself) is given here or to `fit`; the one given to `fit` wins."""
+
+    name = "content"
+
+    def __init__(self, item_features: sp.spmatrix | None = None) -> None:
+        self.item_features = item_features
+
+    def fit(self, interactions, *, item_features=None, user_features=None) -> ContentBased:
+        features = item_features if item_features is not None else self.item_features
+        if features is None:
+            raise ValueError("ContentBased needs item_features (items x features), in the constructor or in fit()")
+        features = getattr(features, "matrix", features)  # a FeatureMatrix
+        matrix = self._store(interactions)
+        features = sp.csr_matrix(features, dtype=np.float32)
+        if features.shape[0] != matrix.shape[1]:
+            raise ValueError(f"item_features has {features.shape[0]} rows, interactions have {matrix.shape[1]} items")
+        self.features = l1_normalise(features)
+        self._unit_features_t = _l2_rows(self.features).T.tocsr()
+        return self
+
+    def _scores_of(self, rows: sp.csr_matrix) -> np.ndarray:
+        weight = np.asarray(rows.sum(axis=1), dtype=np.float64).ravel()
+        weight[weight == 0] = 1.0
+        profiles = sp.diags((1.0 / weight).astype(np.float32)) @ (rows @ self.features)
+        return np.asarray((_l2_rows(profiles.tocsr()) @ self._unit_features_t).toarray(), dtype=np.float32)
+
+    def scores(self, users: np.ndarray) -> np.ndarray:
+        matrix = self._check_fitted()
+        return self._scores_of(matrix[np.asarray(users, dtype=np.int64)])
+
+    def new_user_scores(self, liked_items, user_features=None) -> np.ndarray:
+        return self._scores_of(_liked_row(liked_items, self.n_items))[0]
+
+    def item_vectors(self) -> np.ndarray:
+        """L2-normalised feature rows (dense, or their truncated SVD when too large)."""
+        self._check_fitted()
+        if getattr(self, "_vectors", None) is None:
+            self._vectors = _dense_or_svd(_l2_rows(self.features))
+        return self._vectors

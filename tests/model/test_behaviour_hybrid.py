@@ -1,0 +1,75 @@
+"""Behaviour of the LightFM models on generated data with planted genre tastes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from features.splits import cold_item_split, user_temporal_split
+from features.users import new_user_features
+from models.compare import build_model, evaluate, prepare
+from movierec.preprocess import canonicalize
+from movierec.synthetic import generate
+
+PARAMS = {"no_components": 32, "epochs": 15, "learning_rate": 0.05, "random_state": 3}
+
+
+@pytest.fixture(scope="module")
+def tables():
+    return canonicalize(generate(30_000, seed=11), None)[0]
+
+
+@pytest.fixture(scope="module")
+def prepared(tables):
+    chosen = user_temporal_split(tables.ratings)
+    return prepare(tables.ratings, tables.users, tables.items, tables.tags, chosen=chosen,
+                   item_groups={"identity": 1.0, "genre": 1.0, "text": 0.5}, user_groups={"identity": 1.0, "taste": 1.0})
+
+
+@pytest.fixture(scope="module")
+def hybrid(prepared):
+    return build_model("hybrid", prepared, PARAMS)
+
+
+def _genre_share(tables, items, genre):
+    genres = tables.items.set_index("item_idx").loc[items, "genres"]
+    return genres.str.contains(genre).mean()
+
+
+def test_factor_models_beat_popularity_on_held_out_data(prepared, hybrid):
+    popularity = evaluate(build_model("popularity", prepared), prepared)["ndcg@10"]
+    assert evaluate(hybrid, prepared)["ndcg@10"] > popularity * 1.1
+    assert evaluate(build_model("mf", prepared, PARAMS), prepared)["ndcg@10"] > popularity * 1.1
+
+
+def test_a_new_user_who_likes_only_horror_gets_mostly_horror(tables, prepared, hybrid):
+    horror = tables.items[tables.items["genres"] == "Horror"]["item_idx"].to_numpy()
+    popular_horror = horror[np.argsort(-np.asarray(prepared.train[:, horror].sum(axis=0)).ravel())][:8]
+    row = new_user_features(prepared.user_features, tables.items, liked_items=popular_horror, groups={"identity": 1.0, "taste": 1.0})
+    items, _ = hybrid.recommend_new_user(popular_horror, 10, user_features=row)
+    assert not set(items) & set(popular_horror)
+    baseline = _genre_share(tables, np.arange(len(tables.items)), "Horror")
+    assert _genre_share(tables, items, "Horror") >= 0.6 > baseline
+
+
+def test_identical_histories_give_identical_lists(prepared, hybrid):
+    liked = prepared.train[0].indices
+    first, _ = hybrid.recommend_new_user(liked, 10)
+    again, _ = hybrid.recommend_new_user(liked.copy(), 10)
+    np.testing.assert_array_equal(first, again)
+
+
+def test_a_cold_item_is_recommended_to_users_of_its_genre(tables):
+    chosen = cold_item_split(tables.ratings, item_share=0.1, seed=5)
+    prepared = prepare(tables.ratings, tables.users, tables.items, tables.tags, chosen=chosen,
+                       item_groups={"identity": 1.0, "genre": 1.0}, user_groups={"identity": 1.0, "taste": 1.0})
+    model = build_model("hybrid", prepared, PARAMS)
+    genres = tables.items.set_index("item_idx")["genres"]
+    cold_horror = [item for item in chosen.cold_items if genres[item] == "Horror"]
+    assert cold_horror, "the generated data should hold a cold Horror-only movie"
+    taste = prepared.user_features.matrix[:, prepared.user_features.names.index("taste:Horror")].toarray().ravel()
+    fans, others = np.argsort(-taste)[:30], np.argsort(taste)[:30]
+    scores = model.scores(np.concatenate([fans, others]))
+    ranks = (-scores).argsort(axis=1).argsort(axis=1)[:, cold_horror].mean(axis=1)
+    # Horror fans rank the cold Horror movies much higher than users who never watch Horror.
+    assert ranks[:30].mean() < 0.5 * ranks[30:].mean()
