@@ -51,23 +51,9 @@ def tables_of(dataset: str):
     return canonicalize(raw, read_tmdb(tmdb_source) if tmdb_source else None)[0]
 
 
-def lightfm_params(settings: TrainingSettings) -> dict:
-    return {
-        "no_components": settings.no_components,
-        "loss": settings.loss,
-        "learning_rate": settings.learning_rate,
-        "item_alpha": settings.item_alpha,
-        "user_alpha": settings.user_alpha,
-        "max_sampled": settings.max_sampled,
-        "epochs": settings.epochs,
-        "num_threads": settings.num_threads,
-        "random_state": settings.seed,
-    }
-
-
 def main(datasets: list[str]) -> None:
     settings = TrainingSettings()
-    params = lightfm_params(settings)
+    params = settings.lightfm_params()
     pd.set_option("display.width", 200)
     for dataset in datasets or ["ml-100k", "ml-latest-small"]:
         tables = tables_of(dataset)

@@ -142,19 +142,26 @@ class Popularity(_Fitted):
         return self.popularity.copy()
 
 
-class ItemKNN(_Fitted):
-    """Item-item cosine kNN: S_ij = x_i . x_j / (|x_i| |x_j| + shrink) over item columns, each
-    item's row pruned to its `k_neighbors` most similar other items; scores = X[users] @ S."""
+class _Neighbourhood(_Fitted):
+    """Shared parameters of the kNN models: neighbours kept, and similarity shrinkage."""
 
-    name = "item_knn"
-
-    def __init__(self, k_neighbors: int = 100, shrink: float = 10.0) -> None:
+    def __init__(self, k_neighbors: int, shrink: float) -> None:
         if k_neighbors < 1:
             raise ValueError(f"k_neighbors must be positive, got {k_neighbors}")
         if shrink < 0:
             raise ValueError(f"shrink must be >= 0, got {shrink}")
         self.k_neighbors = k_neighbors
         self.shrink = shrink
+
+
+class ItemKNN(_Neighbourhood):
+    """Item-item cosine kNN: S_ij = x_i . x_j / (|x_i| |x_j| + shrink) over item columns, each
+    item's row pruned to its `k_neighbors` most similar other items; scores = X[users] @ S."""
+
+    name = "item_knn"
+
+    def __init__(self, k_neighbors: int = 100, shrink: float = 10.0) -> None:
+        super().__init__(k_neighbors, shrink)
 
     def fit(self, interactions, *, item_features=None, user_features=None) -> ItemKNN:
         matrix = self._store(interactions)
@@ -250,7 +257,7 @@ class EASE(_Fitted):
         return self._scores_of(row[:, self.active])[0]
 
 
-class UserKNN(_Fitted):
+class UserKNN(_Neighbourhood):
     """User-user cosine kNN, computed per batch of users (never the full users x users matrix):
     sim(u, v) = x_u . x_v / (|x_u| |x_v| + shrink), the `k_neighbors` most similar other users
     kept; scores = sum over neighbours of sim * their interactions."""
@@ -258,12 +265,7 @@ class UserKNN(_Fitted):
     name = "user_knn"
 
     def __init__(self, k_neighbors: int = 50, shrink: float = 10.0) -> None:
-        if k_neighbors < 1:
-            raise ValueError(f"k_neighbors must be positive, got {k_neighbors}")
-        if shrink < 0:
-            raise ValueError(f"shrink must be >= 0, got {shrink}")
-        self.k_neighbors = k_neighbors
-        self.shrink = shrink
+        super().__init__(k_neighbors, shrink)
 
     def fit(self, interactions, *, item_features=None, user_features=None) -> UserKNN:
         matrix = self._store(interactions)

@@ -84,6 +84,11 @@ class TrainingSettings(BaseModel):
     item_feature_groups: dict[str, float] = {"identity": 1.0, "genre": 1.0, "year": 0.5, "tag": 0.5, "keyword": 0.5, "director": 0.5, "text": 0.5}
     user_feature_groups: dict[str, float] = {"identity": 1.0, "age": 0.5, "gender": 0.5, "occupation": 0.5, "taste": 1.0}
 
+    def lightfm_params(self) -> dict:
+        """Keyword arguments of models.factorization.LightFMRecommender."""
+        names = ("no_components", "loss", "learning_rate", "item_alpha", "user_alpha", "max_sampled", "epochs", "num_threads")
+        return {**{name: getattr(self, name) for name in names}, "random_state": self.seed}
+
 
 class LoggingSettings(BaseModel):
     prefect_level: str = "WARNING"

@@ -57,24 +57,9 @@ def prepare_features(settings: Settings, snapshot: Snapshot, tables: CanonicalTa
     return prepared, str(folder)
 
 
-def lightfm_params(settings: Settings) -> dict:
-    training = settings.training
-    return {
-        "no_components": training.no_components,
-        "loss": training.loss,
-        "learning_rate": training.learning_rate,
-        "item_alpha": training.item_alpha,
-        "user_alpha": training.user_alpha,
-        "max_sampled": training.max_sampled,
-        "epochs": training.epochs,
-        "num_threads": training.num_threads,
-        "random_state": training.seed,
-    }
-
-
 @task(name="fit and evaluate models", cache_policy=NO_CACHE)
 def fit_and_evaluate(settings: Settings, prepared: compare.Prepared, models: tuple[str, ...]) -> pd.DataFrame:
-    return compare.compare(prepared, models, k=settings.training.k, lightfm_params=lightfm_params(settings))
+    return compare.compare(prepared, models, k=settings.training.k, lightfm_params=settings.training.lightfm_params())
 
 
 @task(name="evaluate on cold items", cache_policy=NO_CACHE)
@@ -91,5 +76,5 @@ def evaluate_cold_items(settings: Settings, tables: CanonicalTables, models: tup
         threshold=training.positive_threshold,
         item_groups=training.item_feature_groups,
         user_groups=training.user_feature_groups,
-        lightfm_params=lightfm_params(settings),
+        lightfm_params=settings.training.lightfm_params(),
     )
