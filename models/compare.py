@@ -21,7 +21,7 @@ from features.items import FeatureMatrix, item_features, train_tags
 from features.splits import Split, cold_item_split, split
 from features.users import genre_matrix, user_features
 from models.base import Recommender
-from models.evaluate import auc, ranking_metrics, rating_errors
+from models.evaluate import activity_segments, auc, ranking_metrics, rating_errors, segment_metrics
 from models.factorization import BiasedMF, LightFMRecommender
 
 MODEL_NAMES = ("popularity", "item_knn", "ease", "user_knn", "content", "mf", "hybrid", "biased_mf")
@@ -104,25 +104,33 @@ def build_model(name: str, prepared: Prepared, lightfm_params: dict | None = Non
 
 
 def evaluate(model: Recommender, prepared: Prepared, *, k: int = 10) -> dict:
-    """Ranking metrics over the full catalogue, each test user's training items excluded."""
+    """Ranking metrics over the full catalogue, each test user's training items excluded, plus
+    AUC, NDCG@k per training-activity segment and, for the rating predictor, MAE/RMSE."""
     users = np.flatnonzero(np.diff(prepared.test.indptr) > 0)
     recommended, _ = model.recommend(users, k, exclude=prepared.seen)
     popularity = np.asarray(prepared.train.sum(axis=0)).ravel()
-    metrics = ranking_metrics(
-        recommended,
-        prepared.test,
-        k=k,
-        train=prepared.seen,
-        users=users,
-        item_popularity=popularity,
-        item_genres=prepared.genres,
-        n_items=prepared.n_items,
+    common = {"train": prepared.seen, "item_popularity": popularity, "item_genres": prepared.genres, "n_items": prepared.n_items}
+    metrics = ranking_metrics(recommended, prepared.test, k=k, users=users, **common)
+    metrics["auc"] = _batched_auc(model, prepared, users)
+    segments = segment_metrics(
+        recommended, prepared.test, k=k, users=users, segments=activity_segments(prepared.seen, users), **common
     )
+    for segment, row in segments.iterrows():
+        metrics[f"ndcg@{k} users with {segment} train ratings"] = row[f"ndcg@{k}"]
     if isinstance(model, BiasedMF):
         test = prepared.split.test
         predicted = model.predict(test["user_idx"].to_numpy(), test["item_idx"].to_numpy())
         metrics.update(rating_errors(predicted, test["rating"].to_numpy()))
     return metrics
+
+
+def _batched_auc(model: Recommender, prepared: Prepared, users: np.ndarray, batch: int = 1024) -> float:
+    """Mean per-user AUC, scoring users in batches so memory stays at batch x n_items."""
+    total = 0.0
+    for start in range(0, len(users), batch):
+        chunk = users[start : start + batch]
+        total += auc(model.scores(chunk), prepared.test, prepared.seen, users=chunk) * len(chunk)
+    return total / len(users) if len(users) else float("nan")
 
 
 def compare(prepared: Prepared, names: tuple[str, ...] = MODEL_NAMES, *, k: int = 10, lightfm_params: dict | None = None) -> pd.DataFrame:

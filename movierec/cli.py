@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -154,18 +155,29 @@ METRIC_COLUMNS = [
     ("precision@{k}", "Precision@{k}"),
     ("map@{k}", "MAP@{k}"),
     ("coverage@{k}", "Coverage@{k}"),
+    ("auc", "AUC"),
 ]
 
 
 def _print_metrics(result: dict, k: int) -> None:
-    table = Table("model", *(label.format(k=k) for _, label in METRIC_COLUMNS), "train s", header_style="bold")
+    table = Table(header_style="bold")
+    table.add_column("model", no_wrap=True)
+    for column in [*(label.format(k=k) for _, label in METRIC_COLUMNS), "train s"]:
+        table.add_column(column, justify="right")
     for row in result["metrics"]:
         table.add_row(row["model"], *(f"{row[key.format(k=k)]:.4f}" for key, _ in METRIC_COLUMNS), f"{row['train_seconds']:.1f}")
     console.print(f"[bold]{result['dataset']}[/] snapshot {result['snapshot_id']}, split {result['split']}: "
                   f"{result['metrics'][0]['n_users_evaluated']:,} test users, train items excluded from rankings")
     console.print(table)
+    segment_keys = [key for key in result["metrics"][0] if key.startswith(f"ndcg@{k} users with ")]
+    if segment_keys:
+        labels = [key.removeprefix(f"ndcg@{k} users with ").removesuffix(" train ratings") for key in segment_keys]
+        segments = Table("model", *labels, header_style="bold", title=f"NDCG@{k} by the user's number of training ratings")
+        for row in result["metrics"]:
+            segments.add_row(row["model"], *("–" if math.isnan(row[key]) else f"{row[key]:.4f}" for key in segment_keys))
+        console.print(segments)
     for row in result["metrics"]:
-        if "rmse" in row:
+        if not math.isnan(row.get("rmse", math.nan)):  # NaN for the ranking-only models
             console.print(f"{row['model']}: rating MAE {row['mae']:.4f}, RMSE {row['rmse']:.4f}")
     if result.get("cold_items"):
         cold = Table("model", "cold-item AUC", "cold items", "users", header_style="bold")

@@ -17,7 +17,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-console = Console(stderr=True, highlight=False)
+# Piped output (CI logs, files) gets a wide fixed width, so tables are not truncated to 80 columns.
+console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
 logger = logging.getLogger("movierec")
 
 
