@@ -20,6 +20,7 @@ DEFAULT_USER_GROUPS = {"identity": 1.0, "age": 0.5, "gender": 0.5, "occupation":
 # MovieLens 1M's age groups; ml-100k's exact ages are bucketed the same way.
 AGE_EDGES = (18, 25, 35, 45, 50, 56)
 AGE_LABELS = ("under 18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
+DEMOGRAPHICS = ("age", "gender", "occupation")
 
 
 def age_bucket(age: float | None) -> list[str]:

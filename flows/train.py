@@ -1,8 +1,9 @@
 """Flow `train`: snapshot -> split -> features (Parquet) -> fit models -> evaluate.
 
 Every model is measured the same way: on the held-out part of the split, ranking the whole
-catalogue with the user's training items excluded. A second table measures the models that can
-score unseen items on a split whose test items have no training interactions at all.
+catalogue with the user's training items excluded. Two more tables measure cold start: the models
+that can score unseen items, on a split whose test items have no training interactions at all;
+and the hybrid against popularity for users known only by their demographics.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from prefect import flow
 
 from models.compare import MODEL_NAMES
 from movierec.settings import get_settings
-from tasks.train import evaluate_cold_items, fit_and_evaluate, load_snapshot, prepare_features
+from tasks.train import evaluate_cold_items, evaluate_cold_users, fit_and_evaluate, load_snapshot, prepare_features
 
 COLD_START_MODELS = ("mf", "content", "hybrid")
 
@@ -21,7 +22,7 @@ def train(
     dataset: str = "ml-latest-small",
     models: list[str] | None = None,
     snapshot_id: str | None = None,
-    cold_items: bool = True,
+    cold_start: bool = True,
 ) -> dict:
     settings = get_settings()
     chosen = tuple(models or MODEL_NAMES)
@@ -37,6 +38,8 @@ def train(
         "excluded_users": prepared.split.excluded_users,
     }
     cold_models = tuple(name for name in chosen if name in COLD_START_MODELS)
-    if cold_items and cold_models:
+    if cold_start and cold_models:
         result["cold_items"] = evaluate_cold_items(settings, tables, cold_models).reset_index().to_dict(orient="records")
+    if cold_start and "hybrid" in chosen:
+        result["cold_users"] = evaluate_cold_users(settings, tables).reset_index().to_dict(orient="records")
     return result

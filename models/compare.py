@@ -18,8 +18,8 @@ import scipy.sparse as sp
 
 from features.interactions import interaction_matrix, rating_matrix
 from features.items import FeatureMatrix, item_features, train_tags
-from features.splits import Split, cold_item_split, split
-from features.users import genre_matrix, user_features
+from features.splits import Split, cold_item_split, cold_user_split, split
+from features.users import DEMOGRAPHICS, genre_matrix, new_user_features, user_features
 from models.base import Recommender
 from models.evaluate import activity_segments, auc, ranking_metrics, rating_errors, segment_metrics
 from models.factorization import BiasedMF, LightFMRecommender
@@ -175,6 +175,42 @@ def cold_item_report(
                 "users": len(users_with_positives),
             }
         )
+    return pd.DataFrame(rows).set_index("model")
+
+
+def cold_user_report(
+    ratings: pd.DataFrame,
+    users: pd.DataFrame,
+    items: pd.DataFrame,
+    tags: pd.DataFrame,
+    *,
+    k: int = 10,
+    user_share: float = 0.1,
+    seed: int = 0,
+    threshold: float = 4.0,
+    item_groups: dict[str, float] | None = None,
+    user_groups: dict[str, float] | None = None,
+    lightfm_params: dict | None = None,
+) -> pd.DataFrame:
+    """Ranking metrics for users with no training data at all, known only by demographics:
+    the hybrid (through its demographic features) against popularity."""
+    chosen = cold_user_split(ratings, user_share=user_share, seed=seed)
+    prepared = prepare(ratings, users, items, tags, chosen=chosen, threshold=threshold, item_groups=item_groups, user_groups=user_groups)
+    cold = np.flatnonzero(np.diff(prepared.test.indptr) > 0)
+    profiles = users.set_index("user_idx").loc[cold, [c for c in DEMOGRAPHICS if c in users]]
+    rows = []
+    for name in ("popularity", "hybrid"):
+        model = build_model(name, prepared, lightfm_params)
+        lists = []
+        for user, profile in profiles.iterrows():
+            features = None
+            if name == "hybrid":
+                demographics = {key: value for key, value in profile.items() if pd.notna(value)}
+                features = new_user_features(prepared.user_features, items, liked_items=np.array([], dtype=np.int64),
+                                             demographics=demographics, groups=user_groups)
+            lists.append(model.recommend_new_user(np.array([], dtype=np.int64), k, user_features=features)[0])
+        metrics = ranking_metrics(np.vstack(lists), prepared.test, k=k, users=cold, n_items=prepared.n_items)
+        rows.append({"model": name, **metrics})
     return pd.DataFrame(rows).set_index("model")
 
 

@@ -185,10 +185,16 @@ def _print_metrics(result: dict, k: int) -> None:
             cold.add_row(row["model"], f"{row['cold_item_auc']:.4f}", f"{row['cold_items']:,}", f"{row['users']:,}")
         console.print("cold items (no training interactions):")
         console.print(cold)
+    if result.get("cold_users"):
+        users = Table("model", f"NDCG@{k}", f"Recall@{k}", "users", header_style="bold")
+        for row in result["cold_users"]:
+            users.add_row(row["model"], f"{row[f'ndcg@{k}']:.4f}", f"{row[f'recall@{k}']:.4f}", f"{row['n_users_evaluated']:,}")
+        console.print("cold users (no training ratings; demographics only):")
+        console.print(users)
     console.print(f"features: {result['features']}")
 
 
-def _train(dataset: str, models: list[str] | None, snapshot: str | None, cold_items: bool) -> None:
+def _train(dataset: str, models: list[str] | None, snapshot: str | None, cold_start: bool) -> None:
     from models.compare import MODEL_NAMES
 
     unknown = [name for name in models or [] if name not in MODEL_NAMES]
@@ -198,7 +204,7 @@ def _train(dataset: str, models: list[str] | None, snapshot: str | None, cold_it
     _prepare()
     from flows.train import train as train_flow
 
-    result = _run(f"training on {dataset}", train_flow, dataset=dataset, models=models, snapshot_id=snapshot, cold_items=cold_items)
+    result = _run(f"training on {dataset}", train_flow, dataset=dataset, models=models, snapshot_id=snapshot, cold_start=cold_start)
     _print_metrics(result, get_settings().training.k)
 
 
@@ -209,17 +215,17 @@ def train(
     snapshot: Annotated[str | None, typer.Option(help="Snapshot id; default: the latest.")] = None,
 ) -> None:
     """Fit the given model(s) on the latest snapshot's training split and report held-out metrics."""
-    _train(dataset, model, snapshot, cold_items=False)
+    _train(dataset, model, snapshot, cold_start=False)
 
 
 @app.command()
 def evaluate(
     dataset: DatasetOption = "ml-latest-small",
     snapshot: Annotated[str | None, typer.Option(help="Snapshot id; default: the latest.")] = None,
-    cold_items: Annotated[bool, typer.Option(help="Also measure cold-item AUC.")] = True,
+    cold_start: Annotated[bool, typer.Option(help="Also measure cold items and cold users.")] = True,
 ) -> None:
-    """Fit every model family on the same split and print one comparison table (and cold items)."""
-    _train(dataset, None, snapshot, cold_items)
+    """Fit every model family on the same split and print one comparison table (and cold start)."""
+    _train(dataset, None, snapshot, cold_start)
 
 
 @app.command()

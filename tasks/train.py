@@ -78,3 +78,21 @@ def evaluate_cold_items(settings: Settings, tables: CanonicalTables, models: tup
         user_groups=training.user_feature_groups,
         lightfm_params=settings.training.lightfm_params(),
     )
+
+
+@task(name="evaluate on cold users", cache_policy=NO_CACHE)
+def evaluate_cold_users(settings: Settings, tables: CanonicalTables) -> pd.DataFrame:
+    training = settings.training
+    return compare.cold_user_report(
+        tables.ratings,
+        tables.users,
+        tables.items,
+        tables.tags,
+        k=training.k,
+        user_share=training.cold_item_share,
+        seed=training.seed,
+        threshold=training.positive_threshold,
+        item_groups=training.item_feature_groups,
+        user_groups=training.user_feature_groups,
+        lightfm_params=training.lightfm_params(),
+    )

@@ -36,6 +36,8 @@ def test_train_flow_measures_every_model_and_stores_features(home, fast_training
     biased = next(row for row in result["metrics"] if row["model"] == "biased_mf")
     assert 0 < biased["mae"] <= biased["rmse"] < 2.5
     assert {row["model"] for row in result["cold_items"]} == {"mf", "content", "hybrid"}
+    assert [row["model"] for row in result["cold_users"]] == ["popularity", "hybrid"]
+    assert all(row["n_users_evaluated"] > 0 for row in result["cold_users"])
 
     features = Path(result["features"])
     assert sorted(p.name for p in features.iterdir()) == [
@@ -45,7 +47,7 @@ def test_train_flow_measures_every_model_and_stores_features(home, fast_training
     # Same snapshot + settings in another home: byte-identical feature files.
     monkeypatch.setenv("MOVIEREC_HOME", str(tmp_path / "second-home"))
     ingest(dataset="synthetic", synthetic_ratings=8_000, seed=2)
-    again = train(dataset="synthetic", models=["popularity"], cold_items=False)
+    again = train(dataset="synthetic", models=["popularity"], cold_start=False)
     assert Path(again["features"]).name == features.name
     assert _digests(Path(again["features"])) == first
 
