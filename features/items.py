@@ -16,6 +16,7 @@ group weights are applied, as LightFM expects.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -114,35 +115,44 @@ def item_features(
     fit_rows = np.arange(n_items) if fit_items is None else np.unique(fit_items)
     item_tags = _tags_per_item(items, tags)
 
-    blocks: list[sp.csr_matrix] = []
-    names: list[str] = []
-    spans: dict[str, tuple[int, int]] = {}
-    for group in ITEM_GROUPS:
-        weight = groups.get(group, 0.0)
-        if not weight:
-            continue
+    def build(group: str) -> tuple[sp.csr_matrix, list[str]]:
         if group == "identity":
             # Only items with training interactions get an identity column value: for a cold
             # item it would be an untrained random vector drowning its metadata.
             seen = np.zeros(n_items, dtype=np.float32)
             seen[fit_rows] = 1.0
-            block, block_names = sp.diags(seen, format="csr", dtype=np.float32), [f"item:{m}" for m in items["movie_id"]]
-        elif group == "text":
-            block, block_names = _text_block(items, item_tags, fit_rows, text_max_features)
-        else:
-            lists = _group_values(group, items, item_tags)
-            # Fixed vocabularies (genres, decades, languages) need no minimum count.
-            fitted = group in {"genre", "year", "language"}
-            vocabulary = None if fitted else _frequent(lists, fit_rows, min_count, max_values)
-            block, block_names = multi_hot(lists, group, vocabulary)
+            return sp.diags(seen, format="csr", dtype=np.float32), [f"item:{m}" for m in items["movie_id"]]
+        if group == "text":
+            return _text_block(items, item_tags, fit_rows, text_max_features)
+        lists = _group_values(group, items, item_tags)
+        # Fixed vocabularies (genres, decades, languages) need no minimum count.
+        fitted = group in {"genre", "year", "language"}
+        return multi_hot(lists, group, None if fitted else _frequent(lists, fit_rows, min_count, max_values))
+
+    return assemble("item", ITEM_GROUPS, groups, build)
+
+
+def assemble(
+    entity: str,
+    order: tuple[str, ...],
+    groups: dict[str, float],
+    build: Callable[[str], tuple[sp.csr_matrix, list[str]]],
+) -> FeatureMatrix:
+    """Concatenate the switched-on groups' blocks, each scaled by its weight, in `order`;
+    then L1-normalise the rows."""
+    blocks, names, spans = [], [], {}
+    for group in order:
+        weight = groups.get(group, 0.0)
+        if not weight:
+            continue
+        block, block_names = build(group)
         start = len(names)
         blocks.append(block * np.float32(weight))
         names.extend(block_names)
         spans[group] = (start, len(names))
     if not blocks:
-        raise ValueError("no item feature group is switched on")
-    matrix = sp.hstack(blocks, format="csr", dtype=np.float32)
-    return FeatureMatrix(l1_normalise(matrix), names, spans)
+        raise ValueError(f"no {entity} feature group is switched on")
+    return FeatureMatrix(l1_normalise(sp.hstack(blocks, format="csr", dtype=np.float32)), names, spans)
 
 
 def _tags_per_item(items: pd.DataFrame, tags: pd.DataFrame | None) -> list[list[str]]:

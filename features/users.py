@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from features.items import FeatureMatrix, l1_normalise, multi_hot, split_values
+from features.items import FeatureMatrix, assemble, l1_normalise, multi_hot, split_values
 from movierec.schema import GENRES
 
 USER_GROUPS = ("identity", "age", "gender", "occupation", "taste")
@@ -60,19 +60,7 @@ def user_features(
     if unknown:
         raise ValueError(f"unknown user feature groups {sorted(unknown)}; known: {USER_GROUPS}")
     users = users.sort_values("user_idx").reset_index(drop=True)
-    blocks, names, spans = [], [], {}
-    for group in USER_GROUPS:
-        weight = groups.get(group, 0.0)
-        if not weight:
-            continue
-        block, block_names = _user_block(group, users, interactions, items)
-        start = len(names)
-        blocks.append(block * np.float32(weight))
-        names.extend(block_names)
-        spans[group] = (start, len(names))
-    if not blocks:
-        raise ValueError("no user feature group is switched on")
-    return FeatureMatrix(l1_normalise(sp.hstack(blocks, format="csr", dtype=np.float32)), names, spans)
+    return assemble("user", USER_GROUPS, groups, lambda group: _user_block(group, users, interactions, items))
 
 
 def _user_block(group: str, users: pd.DataFrame, interactions: sp.csr_matrix, items: pd.DataFrame):
