@@ -106,7 +106,7 @@ def build_model(name: str, prepared: Prepared, lightfm_params: dict | None = Non
 def evaluate(model: Recommender, prepared: Prepared, *, k: int = 10) -> dict:
     """Ranking metrics over the full catalogue, each test user's training items excluded, plus
     AUC, NDCG@k per training-activity segment and, for the rating predictor, MAE/RMSE."""
-    users = np.flatnonzero(np.diff(prepared.test.indptr) > 0)
+    users = evaluated_users(prepared)
     recommended, _ = model.recommend(users, k, exclude=prepared.seen)
     popularity = np.asarray(prepared.train.sum(axis=0)).ravel()
     common = {"train": prepared.seen, "item_popularity": popularity, "item_genres": prepared.genres, "n_items": prepared.n_items}
@@ -124,12 +124,20 @@ def evaluate(model: Recommender, prepared: Prepared, *, k: int = 10) -> dict:
     return metrics
 
 
-def _batched_auc(model: Recommender, prepared: Prepared, users: np.ndarray, batch: int = 1024) -> float:
-    """Mean per-user AUC, scoring users in batches so memory stays at batch x n_items."""
+def evaluated_users(prepared: Prepared) -> np.ndarray:
+    """Users with at least one held-out positive: the users every metric is averaged over."""
+    return np.flatnonzero(np.diff(prepared.test.indptr) > 0)
+
+
+def _batched_auc(
+    model: Recommender, prepared: Prepared, users: np.ndarray, items: np.ndarray | None = None, batch: int = 1024
+) -> float:
+    """Mean per-user AUC (among `items` if given), scoring users in batches so memory stays at
+    batch x n_items. Every user passed has positives, so batch means weight by batch size."""
     total = 0.0
     for start in range(0, len(users), batch):
         chunk = users[start : start + batch]
-        total += auc(model.scores(chunk), prepared.test, prepared.seen, users=chunk) * len(chunk)
+        total += auc(model.scores(chunk), prepared.test, prepared.seen, users=chunk, items=items) * len(chunk)
     return total / len(users) if len(users) else float("nan")
 
 
@@ -161,18 +169,16 @@ def cold_item_report(
     """AUC of each model at ranking a user's held-out positives among the cold items."""
     chosen = cold_item_split(ratings, item_share=item_share, seed=seed)
     prepared = prepare(ratings, users, items, tags, chosen=chosen, threshold=threshold, item_groups=item_groups, user_groups=user_groups)
-    cold = chosen.cold_items
-    users_with_positives = np.flatnonzero(np.diff(prepared.test.indptr) > 0)
+    cold, evaluated = chosen.cold_items, evaluated_users(prepared)
     rows = []
     for name in names:
         model = build_model(name, prepared, lightfm_params)
-        scores = np.vstack([model.scores(batch) for batch in np.array_split(users_with_positives, max(1, len(users_with_positives) // 1024))])
         rows.append(
             {
                 "model": name,
-                "cold_item_auc": auc(scores, prepared.test, prepared.seen, users=users_with_positives, items=cold),
+                "cold_item_auc": _batched_auc(model, prepared, evaluated, items=cold),
                 "cold_items": len(cold),
-                "users": len(users_with_positives),
+                "users": len(evaluated),
             }
         )
     return pd.DataFrame(rows).set_index("model")
@@ -196,7 +202,7 @@ def cold_user_report(
     the hybrid (through its demographic features) against popularity."""
     chosen = cold_user_split(ratings, user_share=user_share, seed=seed)
     prepared = prepare(ratings, users, items, tags, chosen=chosen, threshold=threshold, item_groups=item_groups, user_groups=user_groups)
-    cold = np.flatnonzero(np.diff(prepared.test.indptr) > 0)
+    cold = evaluated_users(prepared)
     profiles = users.set_index("user_idx").loc[cold, [c for c in DEMOGRAPHICS if c in users]]
     rows = []
     for name in ("popularity", "hybrid"):
