@@ -1,0 +1,159 @@
+"""Optuna tuning of the LightFM hybrid.
+
+The objective never sees the test split: each trial trains on the training part of a
+validation split carved from the training data by the same rule, and is scored by NDCG@k on
+that validation part after every epoch (`fit_partial`), which lets a pruner stop bad trials
+early. The search covers the loss, size, learning rate, regularisation, negative sampling,
+epochs, and which feature groups are used with what weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import optuna
+import pandas as pd
+
+from features.splits import Split
+from models.compare import Prepared, evaluate, prepare
+from models.factorization import LightFMRecommender
+
+SAMPLERS = ("tpe", "random", "grid")
+# Groups the tuner may switch on or off; identity columns always stay (the CF part).
+TUNABLE_ITEM_GROUPS = ("genre", "year", "tag", "keyword", "cast", "director", "language", "text")
+TUNABLE_USER_GROUPS = ("age", "gender", "occupation", "taste")
+# The grid sampler needs a finite space: the settings most worth comparing.
+GRID = {
+    "loss": ["warp", "bpr"],
+    "no_components": [32, 64],
+    "learning_rate": [0.02, 0.05],
+    "epochs": [20, 40],
+}
+
+
+@dataclass
+class TrialSetup:
+    lightfm: dict
+    item_groups: dict[str, float]
+    user_groups: dict[str, float]
+
+
+def suggest(trial: optuna.Trial, *, max_epochs: int, grid: bool = False) -> TrialSetup:
+    """The trial's hyperparameters and feature groups."""
+    if grid:
+        params = {name: trial.suggest_categorical(name, values) for name, values in GRID.items()}
+        return TrialSetup({**params, "max_sampled": 10}, {"identity": 1.0, "genre": 1.0, "text": 0.5}, {"identity": 1.0, "taste": 1.0})
+    lightfm = {
+        "loss": trial.suggest_categorical("loss", ["warp", "bpr", "warp-kos"]),
+        "no_components": trial.suggest_int("no_components", 16, 128, log=True),
+        "learning_rate": trial.suggest_float("learning_rate", 0.005, 0.2, log=True),
+        "item_alpha": trial.suggest_float("item_alpha", 1e-8, 1e-3, log=True),
+        "user_alpha": trial.suggest_float("user_alpha", 1e-8, 1e-3, log=True),
+        "max_sampled": trial.suggest_int("max_sampled", 5, 50),
+        "epochs": max_epochs,
+    }
+    item_groups = {"identity": 1.0}
+    for group in TUNABLE_ITEM_GROUPS:
+        weight = trial.suggest_categorical(f"item_{group}", [0.0, 0.25, 0.5, 1.0])
+        if weight:
+            item_groups[group] = weight
+    user_groups = {"identity": 1.0}
+    for group in TUNABLE_USER_GROUPS:
+        weight = trial.suggest_categorical(f"user_{group}", [0.0, 0.5, 1.0])
+        if weight:
+            user_groups[group] = weight
+    return TrialSetup(lightfm, item_groups, user_groups)
+
+
+def make_objective(
+    validation: Split,
+    tables: dict[str, pd.DataFrame],
+    *,
+    k: int = 10,
+    max_epochs: int = 30,
+    threshold: float = 4.0,
+    seed: int = 42,
+    grid: bool = False,
+    on_trial: Callable[[optuna.Trial, TrialSetup, list[float]], None] | None = None,
+) -> Callable[[optuna.Trial], float]:
+    """An objective scoring a trial by validation NDCG@k of its best epoch.
+
+    `tables` holds the canonical users, items and tags; `validation` is a split of the training
+    ratings. `on_trial` receives each finished trial's setup and per-epoch scores (for tracking).
+    """
+    prepared_by_groups: dict[str, Prepared] = {}
+
+    def prepared_for(setup: TrialSetup) -> Prepared:
+        # Feature matrices depend only on the groups; trials sharing them share the work.
+        key = repr(sorted(setup.item_groups.items())) + repr(sorted(setup.user_groups.items()))
+        if key not in prepared_by_groups:
+            prepared_by_groups[key] = prepare(
+                validation.train, tables["users"], tables["items"], tables["tags"], chosen=validation,
+                threshold=threshold, item_groups=setup.item_groups, user_groups=setup.user_groups,
+            )
+        return prepared_by_groups[key]
+
+    def objective(trial: optuna.Trial) -> float:
+        setup = suggest(trial, max_epochs=max_epochs, grid=grid)
+        prepared = prepared_for(setup)
+        scores: list[float] = []
+
+        def after_epoch(epoch: int, model: LightFMRecommender) -> bool:
+            value = evaluate_ndcg(model, prepared, k)
+            scores.append(value)
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {epoch} at NDCG@{k} {value:.4f}")
+            return False
+
+        model = LightFMRecommender(random_state=seed, **setup.lightfm)
+        try:
+            model.fit(prepared.train, item_features=prepared.item_features.matrix,
+                      user_features=prepared.user_features.matrix, on_epoch=after_epoch)
+        finally:
+            trial.set_user_attr("ndcg_by_epoch", scores)
+            if on_trial is not None:
+                on_trial(trial, setup, scores)
+        best_epoch = max(range(len(scores)), key=scores.__getitem__)
+        trial.set_user_attr("best_epoch", best_epoch + 1)
+        return scores[best_epoch]
+
+    return objective
+
+
+def evaluate_ndcg(model: LightFMRecommender, prepared: Prepared, k: int) -> float:
+    return evaluate(model, prepared, k=k)[f"ndcg@{k}"]
+
+
+def create_study(
+    name: str,
+    storage: str,
+    *,
+    sampler: str = "tpe",
+    seed: int = 42,
+    pruner: str = "median",
+) -> optuna.Study:
+    """A study in `storage` (any SQLAlchemy URL); an existing one of that name is resumed."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler '{sampler}'; choose from {', '.join(SAMPLERS)}")
+    samplers = {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+        "grid": lambda: optuna.samplers.GridSampler(GRID, seed=seed),
+    }
+    pruners = {
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=2),
+        "none": lambda: optuna.pruners.NopPruner(),
+    }
+    if pruner not in pruners:
+        raise ValueError(f"unknown pruner '{pruner}'; choose from {', '.join(pruners)}")
+    return optuna.create_study(
+        study_name=name,
+        storage=storage,
+        sampler=samplers[sampler](),
+        pruner=pruners[pruner](),
+        direction="maximize",
+        load_if_exists=True,
+    )

@@ -1,0 +1,73 @@
+import optuna
+import pytest
+
+from features.splits import user_temporal_split, validation_split
+from models.tune import create_study, make_objective
+from movierec.preprocess import canonicalize
+from movierec.synthetic import generate
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+GOOD = {"loss": "warp", "no_components": 32, "learning_rate": 0.08, "item_alpha": 1e-8, "user_alpha": 1e-8, "max_sampled": 10,
+        "item_genre": 1.0, "item_year": 0.0, "item_tag": 0.0, "item_keyword": 0.0, "item_cast": 0.0, "item_director": 0.0,
+        "item_language": 0.0, "item_text": 0.0, "user_age": 0.0, "user_gender": 0.0, "user_occupation": 0.0, "user_taste": 1.0}
+
+
+@pytest.fixture(scope="module")
+def setting():
+    tables = canonicalize(generate(12_000, seed=5), None)[0]
+    held_out = user_temporal_split(tables.ratings)
+    validation = validation_split(held_out)
+    return tables, held_out, validation
+
+
+def test_validation_is_carved_from_train_only(setting):
+    tables, held_out, validation = setting
+    train_keys = set(zip(held_out.train["user_id"], held_out.train["movie_id"]))
+    validation_keys = set(zip(validation.train["user_id"], validation.train["movie_id"])) | set(
+        zip(validation.test["user_id"], validation.test["movie_id"])
+    )
+    assert validation_keys == train_keys
+    assert not validation_keys & set(zip(held_out.test["user_id"], held_out.test["movie_id"]))
+
+
+def test_bad_trials_are_pruned_and_a_study_resumes(setting, tmp_path):
+    tables, _, validation = setting
+    frames = {"users": tables.users, "items": tables.items, "tags": tables.tags}
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    objective = make_objective(validation, frames, max_epochs=8)
+    study = create_study("hybrid", storage, seed=1)
+    for _ in range(4):
+        study.enqueue_trial(GOOD)
+    # A learning rate this small barely moves from the random start: the median pruner stops it.
+    study.enqueue_trial({**GOOD, "learning_rate": 0.005, "loss": "bpr"})
+    study.optimize(objective, n_trials=5)
+    states = [trial.state for trial in study.trials]
+    assert states[:4] == [optuna.trial.TrialState.COMPLETE] * 4
+    assert states[4] == optuna.trial.TrialState.PRUNED
+    pruned = study.trials[4]
+    assert len(pruned.user_attrs["ndcg_by_epoch"]) < 8
+    best = study.best_value
+
+    # A new process opening the same study continues it: earlier trials are kept.
+    resumed = create_study("hybrid", storage, seed=1)
+    resumed.optimize(objective, n_trials=2)
+    assert len(resumed.trials) == 7
+    assert resumed.best_value >= best
+
+
+def test_unknown_sampler_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown sampler 'annealing'"):
+        create_study("x", f"sqlite:///{tmp_path / 'o.db'}", sampler="annealing")
+
+
+def test_grid_and_random_samplers_run_the_same_objective(setting, tmp_path):
+    tables, _, validation = setting
+    frames = {"users": tables.users, "items": tables.items, "tags": tables.tags}
+    grid = create_study("grid", f"sqlite:///{tmp_path / 'g.db'}", sampler="grid", pruner="none")
+    grid.optimize(make_objective(validation, frames, max_epochs=2, grid=True), n_trials=2)
+    assert {frozenset(t.params) for t in grid.trials} == {frozenset({"loss", "no_components", "learning_rate", "epochs"})}
+    assert len({tuple(sorted(t.params.items())) for t in grid.trials}) == 2
+    random = create_study("random", f"sqlite:///{tmp_path / 'r.db'}", sampler="random", pruner="none")
+    random.optimize(make_objective(validation, frames, max_epochs=2), n_trials=2)
+    assert all(0.0 <= t.value <= 1.0 for t in random.trials)
