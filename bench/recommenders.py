@@ -59,7 +59,7 @@ def main(datasets: list[str]) -> None:
         tables = tables_of(dataset)
         chosen = user_temporal_split(tables.ratings, test_share=0.2, min_ratings=5)
         prepared = prepare(
-            tables.ratings, tables.users, tables.items, tables.tags, chosen=chosen,
+            tables.users, tables.items, tables.tags, chosen=chosen,
             item_groups=settings.item_feature_groups, user_groups=settings.user_feature_groups,
         )
         table = compare(prepared, MODEL_NAMES, k=10, lightfm_params=params)
@@ -77,7 +77,7 @@ def main(datasets: list[str]) -> None:
 
     tables = tables_of("ml-latest-small")
     chosen = user_temporal_split(tables.ratings)
-    prepared = prepare(tables.ratings, tables.users, tables.items, tables.tags, chosen=chosen,
+    prepared = prepare(tables.users, tables.items, tables.tags, chosen=chosen,
                        item_groups=settings.item_feature_groups, user_groups=settings.user_feature_groups)
     model = LightFMRecommender(**params).fit(prepared.train, item_features=prepared.item_features.matrix,
                                               user_features=prepared.user_features.matrix)

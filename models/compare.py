@@ -34,8 +34,8 @@ class Prepared:
     split: Split
     train: sp.csr_matrix  # implicit positives of the training part
     test: sp.csr_matrix  # implicit positives of the test part
-    seen: sp.csr_matrix  # every training rating: excluded from rankings
-    explicit_train: sp.csr_matrix
+    # Every training rating with its value: excluded from rankings, learned by the rating predictor.
+    seen: sp.csr_matrix
     item_features: FeatureMatrix
     user_features: FeatureMatrix
     metadata_features: FeatureMatrix
@@ -45,7 +45,6 @@ class Prepared:
 
 
 def prepare(
-    ratings: pd.DataFrame,
     users: pd.DataFrame,
     items: pd.DataFrame,
     tags: pd.DataFrame,
@@ -67,7 +66,6 @@ def prepare(
         train=train,
         test=interaction_matrix(chosen.test, n_users, n_items, threshold=threshold),
         seen=rating_matrix(chosen.train, n_users, n_items),
-        explicit_train=rating_matrix(chosen.train, n_users, n_items),
         item_features=items_built,
         user_features=user_features(users, train, items, groups=user_groups),
         metadata_features=metadata,
@@ -99,7 +97,7 @@ def build_model(name: str, prepared: Prepared, lightfm_params: dict | None = Non
             prepared.train, item_features=prepared.item_features.matrix, user_features=prepared.user_features.matrix
         )
     if name == "biased_mf":
-        return BiasedMF().fit(prepared.explicit_train)
+        return BiasedMF().fit(prepared.seen)
     raise ValueError(f"unknown model '{name}'; choose from {', '.join(MODEL_NAMES)}")
 
 
@@ -168,7 +166,7 @@ def cold_item_report(
 ) -> pd.DataFrame:
     """AUC of each model at ranking a user's held-out positives among the cold items."""
     chosen = cold_item_split(ratings, item_share=item_share, seed=seed)
-    prepared = prepare(ratings, users, items, tags, chosen=chosen, threshold=threshold, item_groups=item_groups, user_groups=user_groups)
+    prepared = prepare(users, items, tags, chosen=chosen, threshold=threshold, item_groups=item_groups, user_groups=user_groups)
     cold, evaluated = chosen.cold_items, evaluated_users(prepared)
     rows = []
     for name in names:
@@ -201,7 +199,7 @@ def cold_user_report(
     """Ranking metrics for users with no training data at all, known only by demographics:
     the hybrid (through its demographic features) against popularity."""
     chosen = cold_user_split(ratings, user_share=user_share, seed=seed)
-    prepared = prepare(ratings, users, items, tags, chosen=chosen, threshold=threshold, item_groups=item_groups, user_groups=user_groups)
+    prepared = prepare(users, items, tags, chosen=chosen, threshold=threshold, item_groups=item_groups, user_groups=user_groups)
     cold = evaluated_users(prepared)
     profiles = users.set_index("user_idx").loc[cold, [c for c in DEMOGRAPHICS if c in users]]
     rows = []

@@ -89,7 +89,7 @@ def make_objective(
         key = repr(sorted(setup.item_groups.items())) + repr(sorted(setup.user_groups.items()))
         if key not in prepared_by_groups:
             prepared_by_groups[key] = prepare(
-                validation.train, tables["users"], tables["items"], tables["tags"], chosen=validation,
+                tables["users"], tables["items"], tables["tags"], chosen=validation,
                 threshold=threshold, item_groups=setup.item_groups, user_groups=setup.user_groups,
             )
         return prepared_by_groups[key]

@@ -44,7 +44,6 @@ def prepare_features(settings: Settings, snapshot: Snapshot, tables: CanonicalTa
         tables.ratings, training.split, test_share=training.test_share, min_ratings=training.min_user_ratings, seed=training.seed
     )
     prepared = compare.prepare(
-        tables.ratings,
         tables.users,
         tables.items,
         tables.tags,

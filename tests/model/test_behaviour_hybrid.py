@@ -22,7 +22,7 @@ def tables():
 @pytest.fixture(scope="module")
 def prepared(tables):
     chosen = user_temporal_split(tables.ratings)
-    return prepare(tables.ratings, tables.users, tables.items, tables.tags, chosen=chosen,
+    return prepare(tables.users, tables.items, tables.tags, chosen=chosen,
                    item_groups={"identity": 1.0, "genre": 1.0, "text": 0.5}, user_groups={"identity": 1.0, "taste": 1.0})
 
 
@@ -61,7 +61,7 @@ def test_identical_histories_give_identical_lists(prepared, hybrid):
 
 def test_a_cold_item_is_recommended_to_users_of_its_genre(tables):
     chosen = cold_item_split(tables.ratings, item_share=0.1, seed=5)
-    prepared = prepare(tables.ratings, tables.users, tables.items, tables.tags, chosen=chosen,
+    prepared = prepare(tables.users, tables.items, tables.tags, chosen=chosen,
                        item_groups={"identity": 1.0, "genre": 1.0}, user_groups={"identity": 1.0, "taste": 1.0})
     model = build_model("hybrid", prepared, PARAMS)
     genres = tables.items.set_index("item_idx")["genres"]
