@@ -10,6 +10,7 @@ A failing step raises, so nothing after it runs and no snapshot is written.
 from __future__ import annotations
 
 import logging
+import time
 
 from prefect import flow
 
@@ -72,9 +73,13 @@ def ingest(
         tmdb = parse_tmdb(tmdb_source) if tmdb_source else None
     log.info("parsed %s ratings, %s movies", f"{len(raw.ratings):,}", f"{len(raw.movies):,}")
 
+    started = time.perf_counter()
     raw_report = validate_raw(raw, settings)
+    validation_seconds = time.perf_counter() - started
     tables, preprocessing = build_canonical(raw, tmdb)
+    started = time.perf_counter()
     canonical_report = validate_canonical(tables, raw.rating_scale, settings, dataset)
+    validation_seconds += time.perf_counter() - started
     log.info("validation passed; report: %s", canonical_report.docs_path)
 
     lineage = {
@@ -90,10 +95,12 @@ def ingest(
         },
     }
     snapshot = write_snapshot(store, dataset, tables, lineage)
-    return summarize(snapshot)
+    return summarize(snapshot, validation_seconds)
 
 
-def summarize(snapshot: Snapshot) -> dict:
+def summarize(snapshot: Snapshot, validation_seconds: float = 0.0) -> dict:
+    """What the CLI prints and the retrain flow records; `validation_seconds` is 0 for a reused
+    snapshot (nothing was validated again)."""
     lineage = snapshot.lineage
     return {
         "dataset": snapshot.dataset,
@@ -104,4 +111,6 @@ def summarize(snapshot: Snapshot) -> dict:
         "rating_scale": lineage["preprocessing"]["rating_scale"],
         "tmdb": lineage["preprocessing"].get("tmdb"),
         "data_docs": lineage["validation"]["data_docs"],
+        "validation": {"raw": lineage["validation"]["raw"], "canonical": lineage["validation"]["canonical"]},
+        "validation_seconds": validation_seconds,
     }

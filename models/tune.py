@@ -75,23 +75,30 @@ def make_objective(
     threshold: float = 4.0,
     seed: int = 42,
     grid: bool = False,
-    on_trial: Callable[[optuna.Trial, TrialSetup, list[float]], None] | None = None,
+    on_trial: Callable[[optuna.Trial, TrialSetup, list[float], str], None] | None = None,
+    prepare_features: Callable[[dict[str, float], dict[str, float]], Prepared] | None = None,
 ) -> Callable[[optuna.Trial], float]:
     """An objective scoring a trial by validation NDCG@k of its best epoch.
 
     `tables` holds the canonical users, items and tags; `validation` is a split of the training
-    ratings. `on_trial` receives each finished trial's setup and per-epoch scores (for tracking).
+    ratings. `on_trial(trial, setup, scores, state)` receives each trial's setup, per-epoch
+    scores and how it ended ("complete", "pruned" or "failed"), for tracking.
+    `prepare_features(item_groups, user_groups)` may replace the default featurisation of the
+    validation split (e.g. with a persistently cached one).
     """
     prepared_by_groups: dict[str, Prepared] = {}
+
+    def default_prepare(item_groups: dict[str, float], user_groups: dict[str, float]) -> Prepared:
+        return prepare(
+            tables["users"], tables["items"], tables["tags"], chosen=validation,
+            threshold=threshold, item_groups=item_groups, user_groups=user_groups,
+        )
 
     def prepared_for(setup: TrialSetup) -> Prepared:
         # Feature matrices depend only on the groups; trials sharing them share the work.
         key = repr(sorted(setup.item_groups.items())) + repr(sorted(setup.user_groups.items()))
         if key not in prepared_by_groups:
-            prepared_by_groups[key] = prepare(
-                tables["users"], tables["items"], tables["tags"], chosen=validation,
-                threshold=threshold, item_groups=setup.item_groups, user_groups=setup.user_groups,
-            )
+            prepared_by_groups[key] = (prepare_features or default_prepare)(setup.item_groups, setup.user_groups)
         return prepared_by_groups[key]
 
     def objective(trial: optuna.Trial) -> float:
@@ -108,18 +115,36 @@ def make_objective(
             return False
 
         model = LightFMRecommender(random_state=seed, **setup.lightfm)
+        state = "failed"
         try:
             model.fit(prepared.train, item_features=prepared.item_features.matrix,
                       user_features=prepared.user_features.matrix, on_epoch=after_epoch)
+            state = "complete"
+        except optuna.TrialPruned:
+            state = "pruned"
+            raise
         finally:
             trial.set_user_attr("ndcg_by_epoch", scores)
             if on_trial is not None:
-                on_trial(trial, setup, scores)
+                on_trial(trial, setup, scores, state)
         best_epoch = max(range(len(scores)), key=scores.__getitem__)
         trial.set_user_attr("best_epoch", best_epoch + 1)
         return scores[best_epoch]
 
     return objective
+
+
+def best_setup(study: optuna.Study, *, grid: bool = False) -> TrialSetup:
+    """The best trial's setup, trained for the epoch count at which it scored best."""
+    best = study.best_trial
+    setup = suggest(optuna.trial.FixedTrial(best.params), max_epochs=best.user_attrs["best_epoch"], grid=grid)
+    setup.lightfm["epochs"] = best.user_attrs["best_epoch"]
+    return setup
+
+
+def trial_counts(study: optuna.Study) -> dict[str, int]:
+    states = [trial.state for trial in study.trials]
+    return {state.name.lower(): states.count(state) for state in optuna.trial.TrialState if state in states}
 
 
 def evaluate_ndcg(model: LightFMRecommender, prepared: Prepared, k: int) -> float:

@@ -6,6 +6,7 @@ import json
 import math
 import sys
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Annotated, Any
 
 import typer
@@ -231,14 +232,147 @@ def evaluate(
 @app.command()
 def pipeline(
     dataset: DatasetOption = "ml-latest-small",
+    trials: Annotated[int | None, typer.Option(min=0, help="Optuna trials this run (default: tuning.trials).")] = None,
+    timeout: Annotated[float | None, typer.Option(min=1, help="Seconds of tuning this run (default: tuning.timeout_seconds).")] = None,
+    synthetic_ratings: Annotated[int | None, typer.Option(min=1000, help="Ratings to generate for --dataset synthetic.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Run the pipeline end to end. So far: ingest and validate."""
+    """Run the whole pipeline (flow `retrain`): ingest, validate, tune, train, evaluate, register, promote."""
     _check_dataset(dataset)
     _prepare()
-    from flows.ingest import ingest as ingest_flow
+    from flows.retrain import retrain
 
-    summary = _run(f"ingesting {dataset}", ingest_flow, dataset=dataset)
-    _print_snapshot(summary)
+    result = _run(f"retraining on {dataset}", retrain, dataset=dataset, trials=trials, timeout=timeout,
+                  synthetic_ratings=synthetic_ratings)
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+        return
+    _print_snapshot(result["snapshot"])
+    _print_pipeline(result, get_settings())
+
+
+def _print_pipeline(result: dict, settings) -> None:
+    k = settings.training.k
+    tuning = result["tuning"]
+    counts = ", ".join(f"{count} {state}" for state, count in tuning["counts"].items())
+    console.print(f"tuning: {tuning['trials_this_run']} trials this run; study {tuning['study']} holds {counts}; "
+                  f"best validation NDCG@{k} {tuning['best_value']:.4f} (trial {tuning['best_trial']})")
+    table = Table(header_style="bold", title=f"held-out test split ({result['split']}, {result['users_evaluated']:,} users, "
+                  "train items excluded)")
+    table.add_column("model", no_wrap=True)
+    for _, label in METRIC_COLUMNS:
+        table.add_column(label.format(k=k), justify="right")
+    for row in result["metrics"]:
+        name = "hybrid (tuned, registered)" if row["model"] == "hybrid" else row["model"]
+        table.add_row(name, *(f"{row[key.format(k=k)]:.4f}" for key, _ in METRIC_COLUMNS), style="bold" if row["model"] == "hybrid" else None)
+    console.print(table)
+    registration = result["registration"]
+    console.print(f"[bold green]registered {registration['name']} version {registration['version']}[/] (alias challenger)")
+    console.print(f"promotion gate: {registration['reason']}")
+    console.print(f"champion: version {registration['champion_version']}")
+    uri = result["tracking_uri"]
+    console.print("next:")
+    console.print(f"  MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000", soft_wrap=True)
+    console.print(f"  serve:      MLFLOW_TRACKING_URI={uri} .venv/bin/mlflow models serve "
+                  f"-m models:/{registration['name']}@champion --env-manager local --port 5001", soft_wrap=True)
+    seconds = result["stage_seconds"]
+    console.print("stage seconds: " + ", ".join(f"{stage} {value:.1f}" for stage, value in seconds.items()))
+
+
+def _registry():
+    from movierec import tracking
+    from movierec.registry import Registry
+
+    settings = get_settings()
+    tracking.configure(settings)
+    return settings, Registry(settings.registered_model_name)
+
+
+@app.command()
+def models() -> None:
+    """List the registered model's versions with their aliases, data snapshot and metrics."""
+    settings, registry = _registry()
+    versions = registry.versions()
+    if not versions:
+        console.print(f"no versions of '{registry.name}' registered yet; run `movierec pipeline`")
+        return
+    aliases = registry.aliases()
+    k = settings.training.k
+    table = Table("version", "aliases", "created (UTC)", "dataset", "snapshot", f"test NDCG@{k}", "gate", "holdout score",
+                  header_style="bold", title=f"registered model {registry.name}")
+    for version in versions:
+        tags = version.tags
+        created = datetime.fromtimestamp(version.creation_timestamp / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M")
+        table.add_row(
+            str(version.version), ", ".join(sorted(aliases.get(str(version.version), []))) or "–", created,
+            tags.get("dataset", "?"), tags.get("snapshot_id", "?"), tags.get(f"test_ndcg_at_{k}", "–")[:6],
+            tags.get("gate.decision", "–"), tags.get("gate.challenger_score", "–")[:6],
+        )
+    console.print(table)
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Option("--version", "-v", help="Version to make champion.")],
+    force: Annotated[bool, typer.Option(help="Promote even when the gate says no.")] = False,
+) -> None:
+    """Promote a version to champion by hand if it beats the champion on the current holdout (or --force)."""
+    from movierec.promotion import current_holdout, gate
+
+    settings, registry = _registry()
+    try:
+        chosen = registry.get(version)
+    except LookupError as error:
+        console.print(f"[bold red]error:[/] {error}")
+        raise typer.Exit(1) from None
+    champion = registry.champion()
+    if champion is not None and str(champion.version) == str(version):
+        console.print(f"version {version} already is the champion")
+        return
+    try:
+        held_out = current_holdout(settings, chosen.tags.get("dataset", settings.ingest.dataset))
+    except DataError as error:
+        console.print(f"[bold red]error:[/] {error}")
+        raise typer.Exit(1) from None
+    decision = gate(settings, registry, str(version), held_out)
+    console.print(f"gate: {decision.reason}")
+    if not decision.promote and not force:
+        console.print("[bold red]not promoted[/]: the gate says no; pass --force to promote anyway")
+        raise typer.Exit(1)
+    reason = decision.reason if decision.promote else f"forced by hand: {decision.reason}"
+    registry.promote(str(version), reason=reason)
+    console.print(f"[bold green]champion: version {version}[/]")
+
+
+@app.command()
+def rollback() -> None:
+    """Move `champion` back to the version that held it before the current one."""
+    _, registry = _registry()
+    try:
+        was, now = registry.rollback()
+    except LookupError as error:
+        console.print(f"[bold red]error:[/] {error}")
+        raise typer.Exit(1) from None
+    console.print(f"[bold green]champion: version {now}[/] (was version {was})")
+
+
+@app.command()
+def deploy(
+    work_pool: Annotated[str | None, typer.Option(help="Work pool (default: the one in prefect.yaml).")] = None,
+) -> None:
+    """Register prefect.yaml's deployments (weekly and manual retraining) with the Prefect server."""
+    _prepare()
+    from movierec.deploy import deploy as deploy_all
+    from movierec.settings import REPO_ROOT
+
+    try:
+        names = deploy_all(REPO_ROOT / "prefect.yaml", work_pool=work_pool)
+    except RuntimeError as error:
+        console.print(f"[bold red]error:[/] {error}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    for name in names:
+        console.print(f"[bold green]deployed[/] {name}")
+    console.print("trigger a run: .venv/bin/prefect deployment run 'retrain/retrain-manual' -p trials=5")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ def configure(settings: Settings) -> None:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "GX_ANALYTICS_ENABLED": "false",
+        # MLflow: no progress bars in logs, no usage telemetry.
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)

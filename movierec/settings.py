@@ -12,6 +12,7 @@ import os
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
@@ -70,6 +71,7 @@ class TrainingSettings(BaseModel):
     test_share: float = Field(0.2, gt=0, lt=1)
     min_user_ratings: int = Field(5, ge=2)
     cold_item_share: float = Field(0.1, gt=0, lt=1)
+    cold_user_share: float = Field(0.1, gt=0, lt=1)
     k: int = Field(10, ge=1, le=100)
     seed: int = 42
     # LightFM defaults (the tuner of the pipeline overrides them).
@@ -90,6 +92,32 @@ class TrainingSettings(BaseModel):
         return {**{name: getattr(self, name) for name in names}, "random_state": self.seed}
 
 
+class TuningSettings(BaseModel):
+    # Budget per pipeline run: trials and/or seconds (None: no limit on that axis).
+    trials: int | None = Field(20, ge=0)
+    timeout_seconds: float | None = Field(None, gt=0)
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    max_epochs: int = Field(30, ge=1)
+    seed: int = 42
+    # Any SQLAlchemy URL; None: SQLite under `home`. A shared database lets several worker
+    # processes run trials of one study.
+    storage: str | None = None
+
+
+class PromotionSettings(BaseModel):
+    # The challenger becomes champion only if its holdout NDCG@k exceeds the champion's
+    # (re-measured on the same holdout) by more than this absolute margin.
+    margin: float = Field(0.001, ge=0)
+
+
+class PipelineSettings(BaseModel):
+    # Models measured next to the tuned hybrid (nested MLflow runs, rows of the model card).
+    baselines: list[str] = ["popularity", "item_knn", "ease", "mf"]
+    # Cutoffs of the metric@k curves logged as a plot.
+    curve_ks: list[int] = [1, 5, 10, 20, 50]
+
+
 class LoggingSettings(BaseModel):
     prefect_level: str = "WARNING"
 
@@ -107,6 +135,9 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     validation: ValidationSettings = ValidationSettings()
     training: TrainingSettings = TrainingSettings()
+    tuning: TuningSettings = TuningSettings()
+    promotion: PromotionSettings = PromotionSettings()
+    pipeline: PipelineSettings = PipelineSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @field_validator("home", "data_dir", mode="after")
@@ -165,7 +196,11 @@ class Settings(BaseSettings):
 
     @property
     def optuna_storage(self) -> str:
-        return f"sqlite:///{self.home / 'optuna.db'}"
+        return self.tuning.storage or f"sqlite:///{self.home / 'optuna.db'}"
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.mlflow.registered_model_name
 
 
 def get_settings(**overrides: object) -> Settings:

@@ -1,18 +1,28 @@
-"""Prefect tasks of the train flow: load a snapshot, prepare split and features, fit and
-evaluate models. Matrices and frames pass between them, so no input-hash caching."""
+"""Prefect tasks that fit and evaluate models: the `train` flow's comparison and cold-start
+reports, and the `retrain` flow's final training and held-out evaluation (tracked in MLflow).
+Matrices and frames pass between them, so no input-hash caching."""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
+import mlflow
+import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from models import compare
+from models.factorization import LightFMRecommender
+from models.tune import TrialSetup
+from movierec import report, tracking
 from movierec.errors import DataError
 from movierec.feature_store import write_features
 from movierec.schema import CanonicalTables
 from movierec.settings import Settings
 from movierec.snapshot import Snapshot, SnapshotStore
+from tasks.tune import setup_params
 
 
 @task(name="load snapshot", cache_policy=NO_CACHE)
@@ -88,10 +98,59 @@ def evaluate_cold_users(settings: Settings, tables: CanonicalTables) -> pd.DataF
         tables.items,
         tables.tags,
         k=training.k,
-        user_share=training.cold_item_share,
+        user_share=training.cold_user_share,
         seed=training.seed,
         threshold=training.positive_threshold,
         item_groups=training.item_feature_groups,
         user_groups=training.user_feature_groups,
         lightfm_params=training.lightfm_params(),
     )
+
+
+@task(name="train final hybrid on train + validation", cache_policy=NO_CACHE)
+def train_final(settings: Settings, prepared: compare.Prepared, setup: TrialSetup) -> LightFMRecommender:
+    """The tuned setting refit on the whole training part (validation included), for as many
+    epochs as its best validation epoch; the held-out test part stays unseen."""
+    mlflow.log_params(setup_params(setup))
+    lightfm = {**setup.lightfm, "num_threads": settings.training.num_threads, "random_state": settings.training.seed}
+    return LightFMRecommender(name="hybrid", **lightfm).fit(
+        prepared.train, item_features=prepared.item_features.matrix, user_features=prepared.user_features.matrix
+    )
+
+
+@dataclass
+class Evaluation:
+    table: pd.DataFrame  # one row per model, test metrics
+    curves: pd.DataFrame  # metric@k per model
+    recommended: dict[str, np.ndarray]  # each model's top lists for `users`
+    users: np.ndarray  # evaluated test users (at least one held-out positive)
+
+
+@task(name="evaluate on held-out test data", cache_policy=NO_CACHE)
+def evaluate_models(settings: Settings, prepared: compare.Prepared, hybrid: LightFMRecommender) -> Evaluation:
+    """The tuned hybrid and every baseline on the same held-out split; each baseline in a nested
+    MLflow run, the hybrid's metrics on the parent run (prefix `test_`)."""
+    k, ks = settings.training.k, sorted(set(settings.pipeline.curve_ks) | {settings.training.k})
+    users = compare.evaluated_users(prepared)
+    rows, recommended = [], {}
+    for name in ("hybrid", *settings.pipeline.baselines):
+        started = time.perf_counter()
+        model = hybrid if name == "hybrid" else compare.build_model(name, prepared, settings.training.lightfm_params())
+        seconds = time.perf_counter() - started
+        metrics = compare.evaluate(model, prepared, k=k)
+        recommended[name] = model.recommend(users, max(ks), exclude=prepared.seen)[0]
+        rows.append({"model": name, **metrics, "train_seconds": seconds})
+        if name == "hybrid":
+            mlflow.log_metrics(tracking.finite_metrics(metrics, prefix="test_"))
+            continue
+        with mlflow.start_run(run_name=f"baseline {name}", nested=True, tags={"kind": "baseline", "model": name}):
+            params = {"model": name, **(settings.training.lightfm_params() if name == "mf" else {})}
+            mlflow.log_params(params)
+            mlflow.log_metrics({**tracking.finite_metrics(metrics, prefix="test_"), "train_seconds": seconds})
+    curves = report.metric_curves(recommended, prepared.test, users, prepared.n_items, ks=tuple(ks))
+    mlflow.log_figure(report.plot_metric_curves(curves), "plots/metric_at_k.png")
+    mlflow.log_figure(report.plot_popularity_coverage(recommended, prepared.train), "plots/popularity_coverage.png")
+    table = pd.DataFrame(rows).set_index("model")
+    mlflow.log_table(table.reset_index(), "metrics/test_metrics.json")
+    mlflow.log_table(curves, "metrics/metric_at_k.json")
+    return Evaluation(table=table, curves=curves, recommended=recommended, users=users)

@@ -71,3 +71,19 @@ def real_data() -> Path:
     if path is None:
         pytest.skip("reference datasets absent (../shared/data or MOVIEREC_TEST_DATA_DIR)")
     return path
+
+
+@pytest.fixture(autouse=True)
+def forget_mlflow_stores():
+    """MLflow keeps the tracking/registry URI and experiment in process globals and mirrors them
+    into MLFLOW_* variables (which the settings honour); a test must not inherit another's."""
+    yield
+    if "mlflow" not in sys.modules:
+        return
+    from mlflow.tracking import _model_registry, _tracking_service, fluent
+
+    _tracking_service.utils._tracking_uri = None
+    _model_registry.utils._registry_uri = None
+    fluent._active_experiment_id = None
+    for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        os.environ.pop(variable, None)

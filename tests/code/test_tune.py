@@ -2,7 +2,7 @@ import optuna
 import pytest
 
 from features.splits import user_temporal_split, validation_split
-from models.tune import create_study, make_objective
+from models.tune import best_setup, create_study, make_objective, trial_counts
 from movierec.preprocess import canonicalize
 from movierec.synthetic import generate
 
@@ -35,7 +35,8 @@ def test_bad_trials_are_pruned_and_a_study_resumes(setting, tmp_path):
     tables, _, validation = setting
     frames = {"users": tables.users, "items": tables.items, "tags": tables.tags}
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    objective = make_objective(validation, frames, max_epochs=8)
+    ended = []
+    objective = make_objective(validation, frames, max_epochs=8, on_trial=lambda trial, setup, scores, state: ended.append((state, len(scores))))
     study = create_study("hybrid", storage, seed=1)
     for _ in range(4):
         study.enqueue_trial(GOOD)
@@ -47,7 +48,14 @@ def test_bad_trials_are_pruned_and_a_study_resumes(setting, tmp_path):
     assert states[4] == optuna.trial.TrialState.PRUNED
     pruned = study.trials[4]
     assert len(pruned.user_attrs["ndcg_by_epoch"]) < 8
+    assert [state for state, _ in ended] == ["complete"] * 4 + ["pruned"]
+    assert ended[4][1] == len(pruned.user_attrs["ndcg_by_epoch"])
+    assert trial_counts(study) == {"complete": 4, "pruned": 1}
     best = study.best_value
+    # The final model trains for as many epochs as the best trial's best validation epoch.
+    setup = best_setup(study)
+    assert setup.lightfm["epochs"] == study.best_trial.user_attrs["best_epoch"]
+    assert setup.lightfm["learning_rate"] == GOOD["learning_rate"] and setup.user_groups == {"identity": 1.0, "taste": 1.0}
 
     # A new process opening the same study continues it: earlier trials are kept.
     resumed = create_study("hybrid", storage, seed=1)

@@ -1,0 +1,86 @@
+"""MLflow tracking for pipeline runs: where runs go, the parent run, names MLflow accepts.
+
+The parent run is opened by the flow and stays active in its thread; Prefect 3 runs a sync
+flow's tasks in that same thread, so tasks log to it and open nested runs with the fluent API.
+A run that raises ends FAILED, with the error as tag `error` and its traceback as `error.txt`.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import mlflow
+from mlflow.entities import Metric
+
+from movierec.settings import REPO_ROOT, Settings
+
+# MLflow keys allow letters, digits, "_", "-", ".", " ", "/"; "ndcg@10" becomes "ndcg_at_10".
+_INVALID_KEY = re.compile(r"[^A-Za-z0-9_\-. /]")
+
+
+def metric_key(name: str) -> str:
+    return _INVALID_KEY.sub("_", name.replace("@", "_at_").replace("+", "plus"))
+
+
+def finite_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """Numeric, non-NaN entries under MLflow-safe keys (NaN: metric undefined for the model)."""
+    return {
+        prefix + metric_key(name): float(value)
+        for name, value in metrics.items()
+        if isinstance(value, int | float) and value == value
+    }
+
+
+def configure(settings: Settings) -> str:
+    """Point MLflow at the settings' stores and return the experiment id.
+
+    With the default local store the experiment's artifacts go to `<home>/mlartifacts`; with a
+    tracking server the server decides where artifacts live.
+    """
+    settings.home.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.registry_uri)
+    experiment = mlflow.get_experiment_by_name(settings.experiment_name)
+    if experiment is not None:
+        return mlflow.set_experiment(experiment_id=experiment.experiment_id).experiment_id
+    local = settings.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in settings.tracking_uri
+    location = settings.artifacts_dir.as_uri() if local else None
+    experiment_id = mlflow.create_experiment(settings.experiment_name, artifact_location=location)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def code_version() -> str:
+    """The git commit of the code, with "-dirty" for uncommitted changes; "unknown" outside git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha
+
+
+@contextmanager
+def pipeline_run(run_name: str, tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
+    """The parent run of one pipeline run; FAILED with the error recorded if the body raises."""
+    with mlflow.start_run(run_name=run_name, tags=tags) as run:
+        try:
+            yield run
+        except BaseException as error:
+            mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:4000])
+            mlflow.log_text("".join(traceback.format_exception(error)), "error.txt")
+            raise
+
+
+def log_series(run_id: str, key: str, values: list[float]) -> None:
+    """One metric per step (epoch 1, 2, ...) in a single request, so the UI draws a curve."""
+    if not values:
+        return
+    timestamp = int(mlflow.utils.time.get_current_time_millis())
+    metrics = [Metric(metric_key(key), float(value), timestamp, step) for step, value in enumerate(values, start=1)]
+    mlflow.tracking.MlflowClient().log_batch(run_id, metrics=metrics)

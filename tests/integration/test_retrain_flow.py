@@ -1,0 +1,143 @@
+"""The retrain flow end to end on generated data: tracking, registry, gate, caching, failures."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
+
+DATA = {"dataset": "synthetic", "synthetic_ratings": 8_000, "seed": 2}
+
+
+@pytest.fixture
+def quick_pipeline(monkeypatch):
+    monkeypatch.setenv("MOVIEREC_TUNING__MAX_EPOCHS", "3")
+    monkeypatch.setenv("MOVIEREC_TRAINING__EPOCHS", "3")
+    monkeypatch.setenv("MOVIEREC_TRAINING__NO_COMPONENTS", "8")
+    monkeypatch.setenv("MOVIEREC_PIPELINE__BASELINES", '["popularity", "item_knn"]')
+
+
+def _client(home) -> MlflowClient:
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _runs(client: MlflowClient, **filters) -> list:
+    experiment = client.get_experiment_by_name("movierec")
+    return client.search_runs([experiment.experiment_id], max_results=500)
+
+
+def _children(runs, parent_id: str, kind: str) -> list:
+    return [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent_id and run.data.tags.get("kind") == kind]
+
+
+def _task_states(flow_run_id: str) -> dict[str, str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                                          limit=200, sort=TaskRunSort.EXPECTED_START_TIME_DESC)
+    return {run.name: run.state.name for run in task_runs}
+
+
+def test_two_runs_track_everything_and_the_gate_picks_the_champion(home, quick_pipeline):
+    from flows.retrain import retrain
+
+    first = retrain(**DATA, trials=3)
+    second = retrain(**DATA, trials=2)
+
+    # Data: the second run reused the snapshot, and its features came from Prefect's cache.
+    assert not first["snapshot"]["reused"] and second["snapshot"]["reused"]
+    assert first["snapshot"]["snapshot_id"] == second["snapshot"]["snapshot_id"]
+    client = _client(home)
+    flow_run_id = client.get_run(second["run_id"]).data.tags["prefect.flow_run_id"]
+    assert _task_states(flow_run_id)["build features (holdout)"] == "Cached"
+
+    # Tracking: two finished parent runs, each with its own trial runs and baseline runs.
+    runs = _runs(client)
+    parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    assert sorted(run.info.run_id for run in parents) == sorted([first["run_id"], second["run_id"]])
+    assert all(run.info.status == "FINISHED" for run in parents)
+    assert len(_children(runs, first["run_id"], "optuna-trial")) == 3
+    assert len(_children(runs, second["run_id"], "optuna-trial")) == 2
+    assert second["tuning"]["trials_this_run"] == 2
+    assert sum(second["tuning"]["counts"].values()) == 5  # the study continued
+    assert {run.data.tags["model"] for run in _children(runs, first["run_id"], "baseline")} == {"popularity", "item_knn"}
+    trial = _children(runs, first["run_id"], "optuna-trial")[0]
+    curve = client.get_metric_history(trial.info.run_id, "val_ndcg_at_10")
+    assert [point.step for point in curve] == list(range(1, len(curve) + 1)) and len(curve) >= 1
+    assert {"loss", "no_components", "learning_rate", "item_genre", "user_taste"} <= set(trial.data.params)
+
+    parent = client.get_run(first["run_id"])
+    for metric in ("test_ndcg_at_10", "test_recall_at_10", "best_val_ndcg_at_10", "gate_challenger_score", "stage_seconds.tuning"):
+        assert metric in parent.data.metrics, metric
+    assert parent.data.tags["snapshot_id"] == first["snapshot"]["snapshot_id"]
+    assert parent.data.tags["code_version"]
+    digests = {entry.dataset.digest for entry in parent.inputs.dataset_inputs}
+    assert {f"{first['snapshot']['snapshot_id']}-{part}"[:36] for part in ("snapshot", "train", "test")} == digests
+    artifacts = {item.path for folder in ("", "plots", "features", "data", "metrics") for item in client.list_artifacts(first["run_id"], folder)}
+    assert {
+        "model_card.md", "plots/optuna_history.png", "plots/metric_at_k.png", "plots/popularity_coverage.png",
+        "features/item_vocabulary.parquet", "features/user_vocabulary.parquet", "data/snapshot.json", "metrics/test_metrics.json",
+    } <= artifacts
+    card = mlflow.artifacts.load_text(f"{parent.info.artifact_uri}/model_card.md")
+    assert first["snapshot"]["snapshot_id"] in card and "**hybrid**" in card and "Promotion gate" in card
+
+    # Registry: versions 1 and 2, the champion where the gate put it, the decision on the version.
+    name = "movierec-lightfm"
+    assert first["registration"]["promoted"] and "first model" in first["registration"]["reason"]
+    versions = {str(v.version): v for v in client.search_model_versions(f"name = '{name}'")}
+    assert sorted(versions) == ["1", "2"]
+    registration = second["registration"]
+    expected = "2" if registration["challenger_score"] - registration["champion_score"] > 0.001 else "1"
+    assert registration["promoted"] == (expected == "2")
+    assert str(client.get_model_version_by_alias(name, "champion").version) == expected
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == "2"
+    tags = versions["2"].tags
+    assert tags["gate.champion_version"] == "1" and float(tags["gate.champion_score"]) == pytest.approx(registration["champion_score"])
+    assert tags["snapshot_id"] == first["snapshot"]["snapshot_id"] and tags["run_id"] == second["run_id"]
+    # The gate's challenger score is the same protocol as the test metric of the evaluation table.
+    hybrid = next(row for row in second["metrics"] if row["model"] == "hybrid")
+    assert registration["challenger_score"] == pytest.approx(hybrid["ndcg@10"], abs=1e-6)
+
+
+def test_a_failed_run_leaves_the_registry_untouched(home, quick_pipeline, monkeypatch):
+    from flows.retrain import retrain
+    from models.factorization import LightFMRecommender
+    from movierec.registry import Registry
+
+    first = retrain(**DATA, trials=2)
+    client = _client(home)
+    name = "movierec-lightfm"
+
+    class BrokenTraining(LightFMRecommender):
+        def fit(self, *args, **kwargs):
+            raise RuntimeError("injected failure in final training")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("tasks.train.LightFMRecommender", BrokenTraining)
+        with pytest.raises(RuntimeError, match="injected failure in final training"):
+            retrain(**DATA, trials=1)
+
+    def broken_record(self, decision):
+        raise RuntimeError("injected failure in registration")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Registry, "record", broken_record)
+        with pytest.raises(RuntimeError, match="injected failure in registration"):
+            retrain(**DATA, trials=1)
+
+    assert [str(v.version) for v in client.search_model_versions(f"name = '{name}'")] == ["1"]
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    registered = client.get_registered_model(name)
+    assert json.loads(registered.tags["champion_history"]) == ["1"]
+    failed = [run for run in _runs(client) if "mlflow.parentRunId" not in run.data.tags and run.info.run_id != first["run_id"]]
+    assert sorted(run.info.status for run in failed) == ["FAILED", "FAILED"]
+    errors = sorted(run.data.tags["error"] for run in failed)
+    assert errors == ["RuntimeError: injected failure in final training", "RuntimeError: injected failure in registration"]
