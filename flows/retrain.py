@@ -13,6 +13,7 @@ Any failure ends the MLflow run FAILED with the error and leaves the registry as
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from tasks.register import log_model, register_and_promote
 from tasks.train import evaluate_models, feature_settings, load_snapshot, train_final
 from tasks.tune import setup_params, tune_hybrid
 
+log = logging.getLogger("movierec")
 METRICS_SHOWN = ("ndcg@{k}", "recall@{k}", "precision@{k}", "map@{k}", "mrr", "coverage@{k}", "auc")
 
 
@@ -41,6 +43,7 @@ class Stopwatch:
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
+        log.info("%s…", stage)
         started = time.perf_counter()
         try:
             yield
@@ -117,8 +120,9 @@ def retrain(
             version_tags = {**tags, "run_id": run.info.run_id, tracking.metric_key(f"test_ndcg@{k}"): f"{evaluation.table.loc['hybrid', f'ndcg@{k}']:.6f}"}
             registration = register_and_promote(settings, model_info, held_out, version_tags, card)
 
-        stages.seconds["validation"] = snapshot_summary["validation_seconds"]
-        stages.seconds["ingest"] -= snapshot_summary["validation_seconds"]
+        # The ingest subflow validates too; report validation as a stage of its own, after ingest.
+        validation_seconds = snapshot_summary["validation_seconds"]
+        stages.seconds = {"ingest": stages.seconds.pop("ingest") - validation_seconds, "validation": validation_seconds, **stages.seconds}
         mlflow.log_metrics({f"stage_seconds.{stage.replace(' ', '_')}": seconds for stage, seconds in stages.seconds.items()})
 
     return {
@@ -142,14 +146,14 @@ def log_data(snapshot, tables, held_out) -> None:
     id) and the train / test parts of the split, with the snapshot folder as their source."""
     source = snapshot.path.as_uri()
     parts = {"snapshot": tables.ratings, "train": held_out.train, "test": held_out.test}
-    for context, frame in parts.items():
-        with warnings.catch_warnings():
-            # Two hints that do not apply here: integer columns and missing values (that concerns
-            # model inputs), and a file URI matching two equivalent local source types.
-            warnings.simplefilter("ignore", UserWarning)
+    with warnings.catch_warnings():
+        # Two hints that do not apply here: integer columns and missing values (that concerns
+        # model inputs), and a file URI matching two equivalent local source types.
+        warnings.simplefilter("ignore", UserWarning)
+        for context, frame in parts.items():
             dataset = mlflow.data.from_pandas(frame, source=source, name=f"{snapshot.dataset}-{context}",
                                               digest=f"{snapshot.id}-{context}"[:36])
-        mlflow.log_input(dataset, context=context)
+            mlflow.log_input(dataset, context=context)
 
 
 def log_vocabularies(settings, snapshot, prepared, setup) -> None:

@@ -362,6 +362,7 @@ def deploy(
 ) -> None:
     """Register prefect.yaml's deployments (weekly and manual retraining) with the Prefect server."""
     _prepare()
+    from movierec.deploy import api_url
     from movierec.deploy import deploy as deploy_all
     from movierec.settings import REPO_ROOT
 
@@ -372,6 +373,7 @@ def deploy(
         raise typer.Exit(1) from None
     for name in names:
         console.print(f"[bold green]deployed[/] {name}")
+    console.print(f"server {api_url()}; start a worker: scripts/prefect-server.sh --worker (or prefect worker start --pool movierec)")
     console.print("trigger a run: .venv/bin/prefect deployment run 'retrain/retrain-manual' -p trials=5")
 
 

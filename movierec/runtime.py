@@ -22,7 +22,8 @@ def configure(settings: Settings) -> None:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "GX_ANALYTICS_ENABLED": "false",
-        # MLflow: no progress bars in logs, no usage telemetry.
+        # MLflow: warnings only, no progress bars in logs, no usage telemetry.
+        "MLFLOW_LOGGING_LEVEL": "WARNING",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         "MLFLOW_DISABLE_TELEMETRY": "true",
     }

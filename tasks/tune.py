@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 
 import mlflow
@@ -26,6 +27,7 @@ from movierec.schema import CanonicalTables
 from movierec.settings import REPO_ROOT, Settings
 from tasks.features import build_features, feature_code_hash
 
+log = logging.getLogger("movierec")
 RUN_STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
 
 
@@ -92,6 +94,8 @@ def tune_hybrid(
                 mlflow.log_metric(tracking.metric_key(f"best_{metric}"), max(scores))
         finally:
             mlflow.end_run(RUN_STATUS[state])
+        best = f"{max(scores):.4f}" if scores else "–"
+        log.info("trial %d %s after %d epochs: best validation NDCG@%d %s", trial.number, state, len(scores), training.k, best)
 
     def features(item_groups: dict[str, float], user_groups: dict[str, float]):
         return build_features(settings, snapshot_id, tables, validation, "validation", item_groups, user_groups)
@@ -108,6 +112,8 @@ def tune_hybrid(
         prepare_features=features,
     )
     before = len(study.trials)
+    log.info("tuning: study %s (%d earlier trials), budget %s trials, %s", name, before,
+             "no limit on" if trials is None else trials, f"{timeout:g} s" if timeout else "no timeout")
     if trials != 0:
         study.optimize(objective, n_trials=trials, timeout=timeout, gc_after_trial=False)
     completed = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
