@@ -83,6 +83,7 @@ def retrain(
         mlflow.log_params({"dataset": dataset, "trials_budget": trials, "timeout_seconds": timeout,
                            "split": settings.training.split, "positive_threshold": settings.training.positive_threshold, "k": k})
         mlflow.log_dict(snapshot_summary, "data/snapshot.json")
+        mlflow.log_text(validation_report(snapshot_summary), "data/validation_report.md")
 
         with stages("features"):
             snapshot, tables = load_snapshot(settings, dataset, snapshot_id)
@@ -163,6 +164,18 @@ def log_vocabularies(settings, snapshot, prepared, setup) -> None:
     for name in ("item_vocabulary.parquet", "user_vocabulary.parquet", "settings.json"):
         mlflow.log_artifact(str(folder / name), "features")
     mlflow.set_tag("features_path", str(folder))
+
+
+def validation_report(snapshot_summary: dict) -> str:
+    """The expectation suites the snapshot passed, readable in the MLflow UI (the full Great
+    Expectations Data Docs stay in the reports folder)."""
+    lines = [f"# Validation of snapshot {snapshot_summary['snapshot_id']} ({snapshot_summary['dataset']})", "",
+             "| stage | suite | expectations | failed | passed |", "|---|---|---:|---:|---|"]
+    for stage, suites in snapshot_summary["validation"].items():
+        for suite, result in suites.items():
+            lines.append(f"| {stage} | {suite} | {result['evaluated']} | {result['failed']} | {'yes' if result['success'] else 'no'} |")
+    lines += ["", f"Data Docs: {snapshot_summary['data_docs']}", ""]
+    return "\n".join(lines)
 
 
 def known_limits(snapshot_summary: dict) -> list[str]:

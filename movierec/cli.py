@@ -305,10 +305,14 @@ def models() -> None:
         created = datetime.fromtimestamp(version.creation_timestamp / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M")
         table.add_row(
             str(version.version), ", ".join(sorted(aliases.get(str(version.version), []))) or "–", created,
-            tags.get("dataset", "?"), tags.get("snapshot_id", "?"), tags.get(f"test_ndcg_at_{k}", "–")[:6],
-            tags.get("gate.decision", "–"), tags.get("gate.challenger_score", "–")[:6],
+            tags.get("dataset", "?"), tags.get("snapshot_id", "?"), _score(tags.get(f"test_ndcg_at_{k}")),
+            tags.get("gate.decision", "–"), _score(tags.get("gate.challenger_score")),
         )
     console.print(table)
+
+
+def _score(tag: str | None) -> str:
+    return f"{float(tag):.4f}" if tag else "–"
 
 
 @app.command()

@@ -25,7 +25,7 @@ from movierec.snapshot import Snapshot, SnapshotStore
 from tasks.tune import setup_params
 
 
-@task(name="load snapshot", cache_policy=NO_CACHE)
+@task(name="load snapshot", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 def load_snapshot(settings: Settings, dataset: str, snapshot_id: str | None) -> tuple[Snapshot, CanonicalTables]:
     store = SnapshotStore(settings.snapshots_dir)
     snapshot = store.get(dataset, snapshot_id) if snapshot_id else store.latest(dataset)

@@ -7,6 +7,9 @@ import json
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from movierec.cli import app
 
 pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
 
@@ -83,7 +86,7 @@ def test_two_runs_track_everything_and_the_gate_picks_the_champion(home, quick_p
     assert {f"{first['snapshot']['snapshot_id']}-{part}"[:36] for part in ("snapshot", "train", "test")} == digests
     artifacts = {item.path for folder in ("", "plots", "features", "data", "metrics") for item in client.list_artifacts(first["run_id"], folder)}
     assert {
-        "model_card.md", "plots/optuna_history.png", "plots/metric_at_k.png", "plots/popularity_coverage.png",
+        "model_card.md", "data/validation_report.md", "plots/optuna_history.png", "plots/metric_at_k.png", "plots/popularity_coverage.png",
         "features/item_vocabulary.parquet", "features/user_vocabulary.parquet", "data/snapshot.json", "metrics/test_metrics.json",
     } <= artifacts
     card = mlflow.artifacts.load_text(f"{parent.info.artifact_uri}/model_card.md")
@@ -105,6 +108,20 @@ def test_two_runs_track_everything_and_the_gate_picks_the_champion(home, quick_p
     # The gate's challenger score is the same protocol as the test metric of the evaluation table.
     hybrid = next(row for row in second["metrics"] if row["model"] == "hybrid")
     assert registration["challenger_score"] == pytest.approx(hybrid["ndcg@10"], abs=1e-6)
+
+    # By hand: list, force the other version in, roll back.
+    other = "1" if expected == "2" else "2"
+    cli = CliRunner()
+    listing = cli.invoke(app, ["models"])
+    assert listing.exit_code == 0 and "champion" in listing.output and first["snapshot"]["snapshot_id"] in listing.output
+    refused = cli.invoke(app, ["promote", "--version", other])  # it lost the gate once; it loses again
+    assert refused.exit_code == 1 and "the gate says no" in refused.output
+    forced = cli.invoke(app, ["promote", "--version", other, "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert str(client.get_model_version_by_alias(name, "champion").version) == other
+    back = cli.invoke(app, ["rollback"])
+    assert back.exit_code == 0 and f"champion: version {expected}" in back.output
+    assert str(client.get_model_version_by_alias(name, "champion").version) == expected
 
 
 def test_a_failed_run_leaves_the_registry_untouched(home, quick_pipeline, monkeypatch):
