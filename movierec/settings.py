@@ -118,6 +118,15 @@ class PipelineSettings(BaseModel):
     curve_ks: list[int] = [1, 5, 10, 20, 50]
 
 
+class ServingSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    # How often the API checks the registry's `champion` alias for a new version.
+    poll_seconds: float = Field(10.0, gt=0)
+    # k of batch exports and of the retrain flow's export after promotion.
+    export_k: int = Field(20, ge=1, le=100)
+
+
 class LoggingSettings(BaseModel):
     prefect_level: str = "WARNING"
 
@@ -138,6 +147,7 @@ class Settings(BaseSettings):
     tuning: TuningSettings = TuningSettings()
     promotion: PromotionSettings = PromotionSettings()
     pipeline: PipelineSettings = PipelineSettings()
+    serving: ServingSettings = ServingSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @field_validator("home", "data_dir", mode="after")
@@ -189,6 +199,15 @@ class Settings(BaseSettings):
     @property
     def experiment_name(self) -> str:
         return os.environ.get("MLFLOW_EXPERIMENT_NAME") or self.mlflow.experiment_name
+
+    @property
+    def feedback_db(self) -> Path:
+        """SQLite file of the feedback events the API acknowledged."""
+        return self.home / "feedback.db"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.home / "exports"
 
     @property
     def artifacts_dir(self) -> Path:

@@ -1,0 +1,50 @@
+"""A registered champion in a test's MOVIEREC_HOME, without Prefect or tuning: a small hybrid
+fitted on generated data, logged as the pyfunc model and promoted through the real registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlflow
+
+from features.splits import user_temporal_split
+from models.compare import prepare
+from models.factorization import LightFMRecommender
+from models.serving import ServingBundle
+from movierec import pyfunc, tracking
+from movierec.preprocess import canonicalize
+from movierec.registry import Registry
+from movierec.schema import CanonicalTables
+from movierec.settings import get_settings
+from movierec.synthetic import generate
+
+USER_GROUPS = {"identity": 1.0, "age": 0.5, "gender": 0.5, "occupation": 0.5, "taste": 1.0}
+
+
+@dataclass
+class Registered:
+    name: str
+    version: str
+    tracking_uri: str
+    bundle: ServingBundle
+    tables: CanonicalTables
+
+
+def register_champion(n_ratings: int = 6_000, seed: int = 7, *, epochs: int = 5, promote: bool = True) -> Registered:
+    """Fit, log and register a hybrid in the settings' MLflow store (MOVIEREC_HOME must be set);
+    each call adds a version, made champion when `promote`. Different `epochs` give a different model."""
+    tables = canonicalize(generate(n_ratings, seed=seed), None)[0]
+    prepared = prepare(tables.users, tables.items, tables.tags, chosen=user_temporal_split(tables.ratings), user_groups=USER_GROUPS)
+    model = LightFMRecommender(name="hybrid", epochs=epochs, no_components=16).fit(
+        prepared.train, item_features=prepared.item_features.matrix, user_features=prepared.user_features.matrix
+    )
+    bundle = ServingBundle.from_model(model, prepared, tables.users, tables.items, USER_GROUPS)
+    settings = get_settings()
+    tracking.configure(settings)
+    registry = Registry(settings.registered_model_name)
+    with mlflow.start_run(run_name="test model"):
+        info = pyfunc.log_model(bundle, model.model, name="model")
+    with registry.registration(info.model_uri, {"dataset": "synthetic"}) as version:
+        if promote:
+            registry.promote(str(version.version), reason="test")
+    return Registered(registry.name, str(version.version), settings.tracking_uri, bundle, tables)
