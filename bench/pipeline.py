@@ -27,7 +27,7 @@ PEAK_RSS_WRAPPER = (
     "import resource, subprocess, sys, pathlib; code = subprocess.run(sys.argv[2:]).returncode; "
     "pathlib.Path(sys.argv[1]).write_text(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); sys.exit(code)"
 )
-STAGES = ("ingest", "validation", "features", "tuning", "final training", "evaluation", "registration")
+STAGES = ("ingest", "validation", "features", "tuning", "final training", "evaluation", "registration", "export")
 
 
 def run_case(dataset: str, trials: int, data_dir: Path) -> dict:

@@ -1,8 +1,17 @@
 """Flow `ingest`: dataset -> validated canonical tables -> Parquet snapshot.
 
     locate (local folder, zip, cache or download)  |  generate (synthetic)
-      -> unchanged inputs? return the existing snapshot
-      -> parse -> validate raw -> canonical tables (+ TMDB) -> validate canonical -> write snapshot
+      -> read feedback (the API's feedback store, if any)
+      -> unchanged inputs (files, parameters, feedback)? return the existing snapshot
+      -> parse -> merge feedback -> validate raw -> canonical tables (+ TMDB) -> validate canonical
+      -> write snapshot
+
+Feedback: the latest rating or thumb event of each (user, movie) becomes a raw rating (a thumb is
+the top or the bottom of the scale), appended to the dataset's ratings before the raw suites run,
+so feedback is validated like any other rating; preprocessing then keeps the latest rating per
+pair, so a feedback rating replaces the dataset's only when it is later. The digest of the stored
+rating-like events is part of the inputs fingerprint: new feedback gives a new snapshot, unchanged
+feedback reuses it, and without feedback the fingerprint is what it was before feedback existed.
 
 A failing step raises, so nothing after it runs and no snapshot is written.
 """
@@ -15,15 +24,19 @@ import time
 from prefect import flow
 
 from movierec.datasets import get_spec
+from movierec.errors import ValidationFailed
 from movierec.settings import get_settings
 from movierec.snapshot import Snapshot, SnapshotStore, inputs_fingerprint
 from tasks.ingest import (
     build_canonical,
+    explain_feedback_failure,
     generate_synthetic,
     locate_dataset,
     locate_tmdb,
+    merge_feedback,
     parse_dataset,
     parse_tmdb,
+    read_feedback,
     write_snapshot,
 )
 from tasks.validate import validate_canonical, validate_raw
@@ -58,6 +71,10 @@ def ingest(
         }
         log.info("found %s (%s)", dataset, source_files.origin.get("path") or source_files.origin.get("url"))
 
+    feedback = read_feedback(settings.feedback_db)
+    if feedback is not None:
+        # Only with feedback: snapshots made without any keep their fingerprint (and are reused).
+        inputs["feedback"] = feedback.digest
     fingerprint = inputs_fingerprint(inputs)
     existing = store.find_by_fingerprint(dataset, fingerprint)
     if existing is not None:
@@ -73,8 +90,19 @@ def ingest(
         tmdb = parse_tmdb(tmdb_source) if tmdb_source else None
     log.info("parsed %s ratings, %s movies", f"{len(raw.ratings):,}", f"{len(raw.movies):,}")
 
+    feedback_counts = None
+    if feedback is not None:
+        raw, feedback_rows, feedback_counts = merge_feedback(raw, feedback)
+        log.info("merged %s feedback rating(s) from %s feedback event(s)", feedback_counts["ratings"], feedback_counts["events"])
+
     started = time.perf_counter()
-    raw_report = validate_raw(raw, settings)
+    try:
+        raw_report = validate_raw(raw, settings)
+    except ValidationFailed as error:
+        if feedback is None:
+            raise
+        dataset_rows = len(raw.ratings) - len(feedback_rows)
+        raise explain_feedback_failure(error, raw, feedback_rows, dataset_rows, settings, feedback.path) from error
     validation_seconds = time.perf_counter() - started
     tables, preprocessing = build_canonical(raw, tmdb)
     started = time.perf_counter()
@@ -87,6 +115,7 @@ def ingest(
         "files": raw.files,
         "tmdb_files": tmdb_source.files if tmdb_source else None,
         "inputs_fingerprint": fingerprint,
+        "feedback": feedback_counts,
         "preprocessing": preprocessing,
         "validation": {
             "raw": raw_report.suites,
@@ -110,7 +139,16 @@ def summarize(snapshot: Snapshot, validation_seconds: float = 0.0) -> dict:
         "rows": {name: meta["rows"] for name, meta in lineage["tables"].items()},
         "rating_scale": lineage["preprocessing"]["rating_scale"],
         "tmdb": lineage["preprocessing"].get("tmdb"),
+        # Feedback merged into this snapshot's ratings (None: none), see tasks.ingest.merge_feedback.
+        "feedback": feedback_summary(lineage.get("feedback")),
         "data_docs": lineage["validation"]["data_docs"],
         "validation": {"raw": lineage["validation"]["raw"], "canonical": lineage["validation"]["canonical"]},
         "validation_seconds": validation_seconds,
     }
+
+
+def feedback_summary(record: dict | None) -> dict | None:
+    """The counts of a snapshot's feedback record (its path and digest stay in the lineage)."""
+    if not record:
+        return None
+    return {key: value for key, value in record.items() if key not in ("path",)}

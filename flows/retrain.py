@@ -7,6 +7,7 @@
       -> evaluation: the hybrid and the baselines on the held-out test part (nested runs, plots)
       -> registration: log the pyfunc model, register it as `challenger`
       -> promotion: `champion` moves only if the challenger beats it on the same holdout
+      -> export: the champion's top-k for every known user as Parquet (tasks/export.py)
 
 Any failure ends the MLflow run FAILED with the error and leaves the registry as it was.
 """
@@ -27,6 +28,7 @@ from movierec import tracking
 from movierec.feature_store import write_features
 from movierec.settings import get_settings
 from tasks.features import build_features, split_holdout, split_validation
+from tasks.export import export_champion
 from tasks.register import log_model, register_and_promote
 from tasks.train import evaluate_models, feature_settings, load_snapshot, train_final
 from tasks.tune import setup_params, tune_hybrid
@@ -121,6 +123,9 @@ def retrain(
             version_tags = {**tags, "run_id": run.info.run_id, tracking.metric_key(f"test_ndcg@{k}"): f"{evaluation.table.loc['hybrid', f'ndcg@{k}']:.6f}"}
             registration = register_and_promote(settings, model_info, held_out, version_tags, card)
 
+        with stages("export"):  # the champion's top-k for every user; never fails the run (tasks/export.py)
+            export = export_champion(settings, registration)
+
         # The ingest subflow validates too; report validation as a stage of its own, after ingest.
         validation_seconds = snapshot_summary["validation_seconds"]
         stages.seconds = {"ingest": stages.seconds.pop("ingest") - validation_seconds, "validation": validation_seconds, **stages.seconds}
@@ -138,6 +143,7 @@ def retrain(
         "tuning": {"study": tuned.study_name, "best_value": tuned.best_value, "best_trial": tuned.best_trial,
                    "counts": tuned.counts, "trials_this_run": tuned.trials_this_run, "params": setup_params(tuned.setup)},
         "registration": registration,
+        "export": export,
         "stage_seconds": stages.seconds,
     }
 

@@ -32,6 +32,7 @@ import scipy.sparse as sp
 
 from features.items import FeatureMatrix
 from features.users import DEFAULT_USER_GROUPS, DEMOGRAPHICS, genre_matrix, new_user_features
+from features.interactions import rating_matrix
 from models.evaluate import ranking_metrics
 from models.topk import PAD_ITEM, top_k
 
@@ -60,7 +61,9 @@ class ServingBundle:
     user_vectors: np.ndarray  # float32 (n_users, d)
     item_bias: np.ndarray  # float32 (n_items,)
     item_vectors: np.ndarray  # float32 (n_items, d)
-    seen: sp.csr_matrix  # users x items, the training ratings (excluded from recommendations)
+    # users x items, every rating the snapshot holds (training and held-out parts): what a user
+    # has rated is never recommended to them.
+    seen: sp.csr_matrix
     popularity: np.ndarray  # int64 (n_items,): item_idx, most training positives first
     popularity_counts: np.ndarray  # int64 (n_items,): training positives per item_idx
     items: pd.DataFrame  # movie_id, title, year, genres in item_idx order
@@ -70,6 +73,9 @@ class ServingBundle:
     user_feature_names: list[str] = field(default_factory=list)
     user_feature_groups: dict[str, tuple[int, int]] = field(default_factory=dict)
     user_groups: dict[str, float] | None = None  # group weights the user features were built with
+    # users x items, the ratings the model was trained on (None: `seen`). A holdout evaluation
+    # excludes these, not `seen`, which holds the held-out part too.
+    trained: sp.csr_matrix | None = None
 
     def __post_init__(self) -> None:
         self.user_ids = np.asarray(self.user_ids, dtype=np.int64)
@@ -81,6 +87,7 @@ class ServingBundle:
         self.popularity = np.asarray(self.popularity, dtype=np.int64)
         self.popularity_counts = np.asarray(self.popularity_counts, dtype=np.int64)
         self.seen = sp.csr_matrix(self.seen)
+        self.trained = self.seen if self.trained is None else sp.csr_matrix(self.trained)
         self.user_feature_groups = {g: (int(a), int(b)) for g, (a, b) in self.user_feature_groups.items()}
         n_users, n_items = len(self.user_ids), len(self.item_ids)
         checks = {
@@ -89,6 +96,7 @@ class ServingBundle:
             "item_bias": (self.item_bias.shape, (n_items,)),
             "item_vectors": (self.item_vectors.shape[:1], (n_items,)),
             "seen": (self.seen.shape, (n_users, n_items)),
+            "trained": (self.trained.shape, (n_users, n_items)),
             "popularity": (self.popularity.shape, (n_items,)),
             "popularity_counts": (self.popularity_counts.shape, (n_items,)),
             "items": ((len(self.items),), (n_items,)),
@@ -133,7 +141,8 @@ class ServingBundle:
 
         `users` / `items` are the canonical tables (all user_idx / item_idx of the snapshot);
         `user_groups` the user feature group weights given to `prepare` (None: the defaults).
-        Popularity counts the positives of `prepared.train`; `seen` is `prepared.seen`.
+        Popularity counts the positives of `prepared.train`; `trained` is `prepared.seen`, and
+        `seen` adds the split's held-out ratings, so serving never recommends a rated movie.
         """
         if model.model is None:
             raise ValueError("fit the model before bundling it")
@@ -164,7 +173,8 @@ class ServingBundle:
             user_vectors=np.array(user_vectors, dtype=np.float32),
             item_bias=np.array(item_bias, dtype=np.float32),
             item_vectors=np.array(item_vectors, dtype=np.float32),
-            seen=prepared.seen.copy(),
+            seen=_all_ratings(prepared),
+            trained=prepared.seen.copy(),
             # Ties in popularity: lower item_idx first, the rule of models.topk.
             popularity=np.argsort(-counts, kind="stable"),
             popularity_counts=counts,
@@ -365,13 +375,31 @@ class ServingBundle:
             lists[request] = (movie_ids, scores, POPULARITY if fallback else MODEL)
         return _output_frame(lists, user_ids)
 
+    def because(self, liked_items: np.ndarray, recommended: np.ndarray) -> np.ndarray:
+        """For each recommended item_idx, the liked item_idx whose item vector is most similar
+        (cosine; ties: the first in `liked_items`). -1 where `recommended` is padding (-1) or
+        nothing is liked. The "because you liked ..." of a recommendation."""
+        liked = np.asarray(liked_items, dtype=np.int64).ravel()
+        recommended = np.asarray(recommended, dtype=np.int64)
+        out = np.full(recommended.shape, -1, dtype=np.int64)
+        valid = recommended >= 0
+        if not len(liked) or not valid.any():
+            return out
+        if self._unit_items is None:
+            norms = np.linalg.norm(self.item_vectors, axis=1, keepdims=True)
+            norms[norms == 0] = 1.0
+            self._unit_items = (self.item_vectors / norms).astype(np.float32)
+        similarity = self._unit_items[recommended[valid]] @ self._unit_items[liked].T
+        out[valid] = liked[np.argmax(similarity, axis=1)]
+        return out
+
 
 def holdout_metrics(bundle: ServingBundle, train: pd.DataFrame, test: pd.DataFrame, *, k: int, threshold: float) -> dict:
     """Ranking metrics of `bundle` as served, on a holdout given in ORIGINAL ids.
 
     `train` / `test` have user_id, movie_id, rating. Evaluated users: the test users with at least
     one positive (rating >= threshold). Each gets the bundle's top-k: a user the bundle knows gets
-    the model's list with the bundle's own `seen` items AND the user's `train` pairs excluded; an
+    the model's list with the items it was `trained` on AND the user's `train` pairs excluded; an
     unknown user gets the popularity list with their `train` pairs excluded. Both exclusions are
     one combined matrix in the bundle's item space (train movies the bundle does not know cannot
     be recommended anyway), so the selection is exact. Test positives on movies the bundle does
@@ -397,10 +425,10 @@ def holdout_metrics(bundle: ServingBundle, train: pd.DataFrame, test: pd.DataFra
     n_columns = int(max(bundle.n_items, test_items.max() + 1 if len(test_items) else 0))
     test_matrix = sp.csr_matrix((np.ones(len(test_rows), np.float32), (test_rows, test_items)), shape=(n, n_columns))
 
-    # Exclusions: the bundle's seen items of known users plus every given train pair.
+    # Exclusions: the items each known user's model was trained on plus every given train pair.
     index = bundle.user_index(users)
     known = index >= 0
-    seen_rows = bundle.seen[index[known]].tocoo()
+    seen_rows = bundle.trained[index[known]].tocoo()
     train_rows = row_of.get_indexer(train["user_id"].to_numpy(np.int64))
     train_items = bundle.item_index(train["movie_id"].to_numpy(np.int64))
     keep = (train_rows >= 0) & (train_items >= 0)
@@ -516,3 +544,8 @@ def _output_frame(lists: list[tuple[np.ndarray, np.ndarray, str]], user_ids: pd.
         }
     )
 
+
+def _all_ratings(prepared: Prepared) -> sp.csr_matrix:
+    """users x items, every rating of the split (training and held-out), valued by the rating."""
+    both = pd.concat([prepared.split.train, prepared.split.test], ignore_index=True)
+    return rating_matrix(both, prepared.n_users, prepared.n_items)

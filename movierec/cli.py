@@ -270,10 +270,13 @@ def _print_pipeline(result: dict, settings) -> None:
     console.print(f"[bold green]registered {registration['name']} version {registration['version']}[/] (alias challenger)")
     console.print(f"promotion gate: {registration['reason']}")
     console.print(f"champion: version {registration['champion_version']}")
+    console.print(f"export: {result.get('export') or 'not written (see the run tag export.error)'}", soft_wrap=True)
     uri = result["tracking_uri"]
     console.print("next:")
     console.print(f"  MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000", soft_wrap=True)
-    console.print(f"  serve:      MLFLOW_TRACKING_URI={uri} .venv/bin/mlflow models serve "
+    console.print(f"  API + page: .venv/bin/movierec serve   (http://{settings.serving.host}:{settings.serving.port}/)", soft_wrap=True)
+    # `mlflow models serve` starts uvicorn through a shell: the venv's bin must be on PATH.
+    console.print(f"  MLflow serving: PATH=$PWD/.venv/bin:$PATH MLFLOW_TRACKING_URI={uri} .venv/bin/mlflow models serve "
                   f"-m models:/{registration['name']}@champion --env-manager local --port 5001", soft_wrap=True)
     seconds = result["stage_seconds"]
     console.print("stage seconds: " + ", ".join(f"{stage} {value:.1f}" for stage, value in seconds.items()))
@@ -379,6 +382,55 @@ def deploy(
         console.print(f"[bold green]deployed[/] {name}")
     console.print(f"server {api_url()}; start a worker: scripts/prefect-server.sh --worker (or prefect worker start --pool movierec)")
     console.print("trigger a run: .venv/bin/prefect deployment run 'retrain/retrain-manual' -p trials=5")
+
+
+@app.command("export-recs")
+def export_recs(
+    out: Annotated[str, typer.Option("--out", "-o", help="Parquet file to write (atomically; folders are created).")],
+    k: Annotated[int | None, typer.Option("--k", min=1, max=1000, help="Movies per user (default: serving.export_k).")] = None,
+    model_uri: Annotated[str | None, typer.Option("--model-uri", help="Model to export (default: models:/<registered name>@champion).")] = None,
+) -> None:
+    """Write every known user's top-k recommendations (user_id, movie_id, rank, score) as Parquet."""
+    from pathlib import Path
+
+    from mlflow.exceptions import MlflowException
+
+    from movierec import tracking
+    from movierec.export import export_model
+
+    settings = get_settings()
+    tracking.configure(settings)
+    k = settings.serving.export_k if k is None else k
+    model_uri = model_uri or f"models:/{settings.registered_model_name}@champion"
+    try:
+        path, frame = export_model(model_uri, k, Path(out))
+    except (MlflowException, OSError, ValueError) as error:
+        message = error.message if isinstance(error, MlflowException) else str(error)
+        console.print(f"[bold red]error:[/] cannot export {model_uri}: {message}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    console.print(f"[bold green]exported[/] {len(frame):,} rows, {frame['user_id'].nunique():,} users, top {k} "
+                  f"of {model_uri}: {path}", soft_wrap=True)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to bind (default: serving.host).")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port (default: serving.port).")] = None,
+) -> None:
+    """Serve the champion model: recommendation API, web page and /metrics (hot-swaps new champions)."""
+    _prepare()
+    import uvicorn
+
+    from movierec.serve import create_app, uvicorn_options
+
+    settings = get_settings()
+    host = host or settings.serving.host
+    port = port or settings.serving.port
+    application = create_app(settings)
+    shown = f"[{host}]" if ":" in host else host
+    console.print(f"[bold green]movierec[/] serving {settings.registered_model_name}@champion on http://{shown}:{port}/ "
+                  f"(API docs /docs, metrics /metrics)", soft_wrap=True)
+    uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False, **uvicorn_options())
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ retrain flow merges those into the ratings of the next snapshot.
 from __future__ import annotations
 
 import hashlib
+import math
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable
@@ -23,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 
 from movierec.schema import RatingScale
@@ -50,6 +53,18 @@ class FeedbackEvent:
     value: float  # rating: on the dataset's scale; thumb: +1 or -1; click: 1
     timestamp: datetime  # timezone-aware
 
+    def __post_init__(self) -> None:
+        # SQLite's CHECK would reject a bad kind, but `INSERT OR IGNORE` used to turn that into a
+        # silent "duplicate"; a naive timestamp would be read as the machine's local time.
+        if self.kind not in KINDS:
+            raise ValueError(f"feedback event {self.event_id!r}: kind must be one of {KINDS}, got {self.kind!r}")
+        if not math.isfinite(float(self.value)):
+            raise ValueError(f"feedback event {self.event_id!r}: value must be a finite number, got {self.value!r}")
+        if self.kind == "thumb" and float(self.value) not in (1.0, -1.0):
+            raise ValueError(f"feedback event {self.event_id!r}: a thumb is +1 or -1, got {self.value!r}")
+        if self.timestamp.tzinfo is None or self.timestamp.utcoffset() is None:
+            raise ValueError(f"feedback event {self.event_id!r}: timestamp must be timezone-aware, got {self.timestamp!r}")
+
     def row(self, received_at: str) -> tuple:
         return (self.event_id, int(self.user_id), int(self.movie_id), self.kind, float(self.value),
                 self.timestamp.astimezone(timezone.utc).isoformat(), received_at)
@@ -64,13 +79,15 @@ class FeedbackStore:
             connection.execute(SCHEMA)
 
     def _connection(self) -> sqlite3.Connection:
-        """One connection per thread (sqlite3 connections must not be shared across threads)."""
+        """One connection per thread and process: sqlite3 connections must not be shared across
+        threads, nor carried into a forked child (the child opens its own)."""
         connection = getattr(self._local, "connection", None)
-        if connection is None:
+        if connection is None or getattr(self._local, "pid", None) != os.getpid():
             connection = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=FULL")
             self._local.connection = connection
+            self._local.pid = os.getpid()
         return connection
 
     def append(self, event: FeedbackEvent) -> bool:
@@ -85,7 +102,10 @@ class FeedbackStore:
         connection.execute("BEGIN IMMEDIATE")
         try:
             for event in events:
-                cursor = connection.execute("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?)", event.row(received_at))
+                # Only a repeated id is ignored; any other constraint violation raises.
+                cursor = connection.execute(
+                    "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(event_id) DO NOTHING", event.row(received_at)
+                )
                 stored.append(cursor.rowcount == 1)
             connection.execute("COMMIT")
         except BaseException:
@@ -101,14 +121,28 @@ class FeedbackStore:
         frame = pd.read_sql_query("SELECT * FROM events ORDER BY received_at, event_id", self._connection())
         for column in ("timestamp", "received_at"):
             frame[column] = pd.to_datetime(frame[column], utc=True, format="ISO8601")
-        return frame
+        return frame.astype({"user_id": "int64", "movie_id": "int64", "value": "float64"})
 
-    def digest(self) -> str:
-        """Content hash of the stored events: changes exactly when an event is added."""
+    def digest(self, kinds: Iterable[str] = KINDS) -> str:
+        """Content hash of the stored events (of the given kinds): changes exactly when such an
+        event is added."""
+        kinds = sorted(set(kinds))
         digest = hashlib.sha256()
-        for row in self._connection().execute("SELECT event_id, user_id, movie_id, kind, value, timestamp FROM events ORDER BY event_id"):
+        query = (f"SELECT event_id, user_id, movie_id, kind, value, timestamp FROM events "
+                 f"WHERE kind IN ({', '.join('?' * len(kinds))}) ORDER BY event_id")
+        for row in self._connection().execute(query, kinds):
             digest.update(repr(row).encode())
         return digest.hexdigest()
+
+    def read(self, kinds: Iterable[str] = KINDS) -> tuple[pd.DataFrame, str]:
+        """`events()` and `digest(kinds)` of one consistent state of the store (one read
+        transaction), even while writers append."""
+        connection = self._connection()
+        connection.execute("BEGIN")
+        try:
+            return self.events(), self.digest(kinds)
+        finally:
+            connection.execute("COMMIT")
 
     def close(self) -> None:
         connection = getattr(self._local, "connection", None)
@@ -117,16 +151,21 @@ class FeedbackStore:
             self._local.connection = None
 
 
+RATING_KINDS = ("rating", "thumb")
+
+
 def feedback_ratings(events: pd.DataFrame, scale: RatingScale) -> pd.DataFrame:
-    """Ratings implied by feedback (user_id, movie_id, rating, timestamp): rating events as given,
-    thumbs up/down as the scale's max/min; clicks are not ratings. For each (user, movie) the
-    latest event wins (ties by event id, so the result does not depend on storage order)."""
-    rated = events[events["kind"].isin(["rating", "thumb"])].copy()
-    thumbs = rated["kind"] == "thumb"
-    rated.loc[thumbs, "value"] = rated.loc[thumbs, "value"].map(lambda v: scale.max if v > 0 else scale.min)
-    rated = rated.sort_values(["timestamp", "event_id"]).drop_duplicates(["user_id", "movie_id"], keep="last")
+    """Ratings implied by feedback (user_id, movie_id, rating, timestamp, and the event_id each
+    comes from): rating events as given, thumbs up/down as the scale's max/min; clicks are not
+    ratings. For each (user, movie) the latest event wins (equal timestamps: the greater event id,
+    so the result does not depend on storage order)."""
+    rated = events[events["kind"].isin(RATING_KINDS)].copy()
+    rated["value"] = rated["value"].astype("float64")
+    thumbs = (rated["kind"] == "thumb").to_numpy()
+    rated.loc[thumbs, "value"] = np.where(rated.loc[thumbs, "value"].to_numpy() > 0, scale.max, scale.min)
+    rated = rated.sort_values(["timestamp", "event_id"], kind="stable").drop_duplicates(["user_id", "movie_id"], keep="last")
     return (
-        rated.rename(columns={"value": "rating"})[["user_id", "movie_id", "rating", "timestamp"]]
-        .sort_values(["user_id", "movie_id"])
+        rated.rename(columns={"value": "rating"})[["user_id", "movie_id", "rating", "timestamp", "event_id"]]
+        .sort_values(["user_id", "movie_id"], kind="stable")
         .reset_index(drop=True)
     )

@@ -2,7 +2,8 @@
 
 On disk a bundle is a folder of plain files, nothing pickled:
   arrays.npz    ids, representations, popularity, user feature embeddings/biases (hybrid)
-  seen.npz      the users x items training ratings (scipy sparse)
+  seen.npz      users x items, every rating of the snapshot (scipy sparse; never recommended)
+  trained.npz   users x items, the ratings the model was trained on (holdout evaluation)
   items.parquet display metadata in item_idx order
   bundle.json   format version, user feature names, group column ranges, group weights
 
@@ -43,7 +44,9 @@ from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
 
 from models.serving import ServingBundle, as_request_frame
 
-BUNDLE_FORMAT = 1
+# Format 2 added `trained.npz` (the training ratings) beside `seen.npz` (every rating).
+BUNDLE_FORMAT = 2
+READABLE_FORMATS = (1, 2)
 REPO = Path(__file__).resolve().parent.parent
 CODE_PACKAGES = ("models", "features", "movierec")
 # Distribution names whose installed versions are pinned in the model's requirements.
@@ -68,6 +71,7 @@ def save_bundle(bundle: ServingBundle, folder: Path) -> Path:
         arrays.update({name: getattr(bundle, name) for name in FEATURE_ARRAYS})
     np.savez(folder / "arrays.npz", **arrays)
     sp.save_npz(folder / "seen.npz", bundle.seen.tocsr(), compressed=True)
+    sp.save_npz(folder / "trained.npz", bundle.trained.tocsr(), compressed=True)
     bundle.items.to_parquet(folder / "items.parquet", index=False)
     meta = {
         "format": BUNDLE_FORMAT,
@@ -82,13 +86,15 @@ def save_bundle(bundle: ServingBundle, folder: Path) -> Path:
 def load_bundle(folder: Path | str) -> ServingBundle:
     folder = Path(folder)
     meta = json.loads((folder / "bundle.json").read_text())
-    if meta.get("format") != BUNDLE_FORMAT:
-        raise ValueError(f"{folder} holds bundle format {meta.get('format')}; this code reads format {BUNDLE_FORMAT}")
+    if meta.get("format") not in READABLE_FORMATS:
+        raise ValueError(f"{folder} holds bundle format {meta.get('format')}; this code reads formats {READABLE_FORMATS}")
     with np.load(folder / "arrays.npz", allow_pickle=False) as stored:
         arrays = {name: stored[name] for name in stored.files}
     return ServingBundle(
         **{name: arrays[name] for name in ARRAYS},
         seen=sp.load_npz(folder / "seen.npz").tocsr(),
+        # Format 1 had no held-out ratings in `seen`: what it excluded was what it trained on.
+        trained=sp.load_npz(folder / "trained.npz").tocsr() if (folder / "trained.npz").exists() else None,
         items=pd.read_parquet(folder / "items.parquet"),
         **{name: arrays.get(name) for name in FEATURE_ARRAYS},
         user_feature_names=list(meta["user_feature_names"]),

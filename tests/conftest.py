@@ -57,6 +57,15 @@ def prefect_api():
         yield
 
 
+@pytest.fixture
+def quick_pipeline(monkeypatch):
+    """The retrain flow at toy size: few epochs, small factors, two cheap baselines."""
+    monkeypatch.setenv("MOVIEREC_TUNING__MAX_EPOCHS", "3")
+    monkeypatch.setenv("MOVIEREC_TRAINING__EPOCHS", "3")
+    monkeypatch.setenv("MOVIEREC_TRAINING__NO_COMPONENTS", "8")
+    monkeypatch.setenv("MOVIEREC_PIPELINE__BASELINES", '["popularity", "item_knn"]')
+
+
 @pytest.fixture(scope="session")
 def small_raw():
     """A generated MovieLens-shaped dataset of 6,000 ratings."""

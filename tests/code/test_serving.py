@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from features.interactions import rating_matrix
 from features.splits import user_temporal_split
 from features.users import new_user_features
 from models.compare import evaluate, prepare
@@ -54,23 +55,26 @@ def _liked(bundle, n=4):
     return bundle.item_ids[[item for item in middle if genres[item] == first][:n]]
 
 
-def test_known_users_get_the_models_lists_without_seen_items(bundle, hybrid, prepared, tables):
+def test_known_users_get_the_models_lists_without_any_rated_movie(bundle, hybrid, prepared, tables):
     users = tables.users.sort_values("user_idx")
     movie_ids, scores, fallback = bundle.recommend_users(users["user_id"].to_numpy(), 10)
-    items, expected_scores = hybrid.recommend(users["user_idx"].to_numpy(), 10, exclude=prepared.seen)
+    # Served lists exclude every rated movie, the held-out part of the split included.
+    rated = rating_matrix(tables.ratings, prepared.n_users, prepared.n_items)
+    items, expected_scores = hybrid.recommend(users["user_idx"].to_numpy(), 10, exclude=rated)
     np.testing.assert_array_equal(movie_ids, bundle.item_ids[items])
     np.testing.assert_allclose(scores, expected_scores, rtol=1e-6)
     assert not fallback.any() and movie_ids.dtype == np.int64 and scores.dtype == np.float32
-    train = prepared.split.train
     for user_idx, row in zip(users["user_idx"], movie_ids):
-        assert not set(row) & set(train.loc[train["user_idx"] == user_idx, "movie_id"])
+        assert not set(row) & set(tables.ratings.loc[tables.ratings["user_idx"] == user_idx, "movie_id"])
+    # What the model was trained on stays apart, for holdout evaluation.
+    assert (bundle.trained != prepared.seen).nnz == 0 and bundle.seen.nnz == len(tables.ratings) > bundle.trained.nnz
 
 
 def test_known_user_scores_are_the_models_scores(bundle, hybrid, prepared):
     user_idx = 5
     movie_ids, scores, _ = bundle.recommend_users([bundle.user_ids[user_idx]], bundle.n_items)
     valid = movie_ids[0] >= 0
-    assert valid.sum() == bundle.n_items - prepared.seen[user_idx].nnz
+    assert valid.sum() == bundle.n_items - bundle.seen[user_idx].nnz
     expected = hybrid.scores(np.array([user_idx]))[0][bundle.item_index(movie_ids[0][valid])]
     np.testing.assert_allclose(scores[0][valid], expected, rtol=1e-6)
     assert np.all(np.diff(scores[0][valid]) <= 0)

@@ -58,11 +58,11 @@ def test_a_saved_bundle_loads_identical(fitted, kind, tmp_path):
 
     _, bundle = fitted[kind]
     loaded = load_bundle(save_bundle(bundle, tmp_path / "bundle"))
-    assert sorted(p.name for p in (tmp_path / "bundle").iterdir()) == ["arrays.npz", "bundle.json", "items.parquet", "seen.npz"]
+    assert sorted(p.name for p in (tmp_path / "bundle").iterdir()) == ["arrays.npz", "bundle.json", "items.parquet", "seen.npz", "trained.npz"]
     for name in ("user_ids", "item_ids", "user_bias", "user_vectors", "item_bias", "item_vectors", "popularity", "popularity_counts"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(bundle, name), err_msg=name)
         assert getattr(loaded, name).dtype == getattr(bundle, name).dtype, name
-    assert (loaded.seen != bundle.seen).nnz == 0
+    assert (loaded.seen != bundle.seen).nnz == 0 and (loaded.trained != bundle.trained).nnz == 0
     pd.testing.assert_frame_equal(loaded.items, bundle.items)
     if kind == "hybrid":
         np.testing.assert_array_equal(loaded.user_feature_embeddings, bundle.user_feature_embeddings)

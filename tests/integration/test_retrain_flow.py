@@ -16,14 +16,6 @@ pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
 DATA = {"dataset": "synthetic", "synthetic_ratings": 8_000, "seed": 2}
 
 
-@pytest.fixture
-def quick_pipeline(monkeypatch):
-    monkeypatch.setenv("MOVIEREC_TUNING__MAX_EPOCHS", "3")
-    monkeypatch.setenv("MOVIEREC_TRAINING__EPOCHS", "3")
-    monkeypatch.setenv("MOVIEREC_TRAINING__NO_COMPONENTS", "8")
-    monkeypatch.setenv("MOVIEREC_PIPELINE__BASELINES", '["popularity", "item_knn"]')
-
-
 def _client(home) -> MlflowClient:
     uri = f"sqlite:///{home / 'mlflow.db'}"
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -102,6 +94,8 @@ def test_two_runs_track_everything_and_the_gate_picks_the_champion(home, quick_p
     assert registration["promoted"] == (expected == "2")
     assert str(client.get_model_version_by_alias(name, "champion").version) == expected
     assert str(client.get_model_version_by_alias(name, "challenger").version) == "2"
+    exported = home / "exports" / f"{name}-v{expected}-top20.parquet"  # the champion's batch export
+    assert second["export"] == str(exported) and exported.is_file() and (home / "exports" / f"{name}-v1-top20.parquet").is_file()
     tags = versions["2"].tags
     assert tags["gate.champion_version"] == "1" and float(tags["gate.champion_score"]) == pytest.approx(registration["champion_score"])
     assert tags["snapshot_id"] == first["snapshot"]["snapshot_id"] and tags["run_id"] == second["run_id"]

@@ -1,0 +1,215 @@
+"""The feedback loop end to end: stored feedback events become ratings of the next snapshot,
+validated by the same suites, and reach the next registered model."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import mlflow
+import pandas as pd
+import pytest
+
+from movierec.errors import ValidationFailed
+from movierec.feedback import FeedbackEvent, FeedbackStore
+from movierec.settings import get_settings
+from movierec.snapshot import SnapshotStore
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+DATA = {"dataset": "synthetic", "synthetic_ratings": 8_000, "seed": 2}
+NOW = datetime.now(timezone.utc).replace(microsecond=0)
+
+
+def _store() -> SnapshotStore:
+    return SnapshotStore(get_settings().snapshots_dir)
+
+
+def _feedback() -> FeedbackStore:
+    return FeedbackStore(get_settings().feedback_db)
+
+
+def _at(stamp: pd.Timestamp, seconds: int = 0) -> datetime:
+    return (stamp + pd.Timedelta(seconds=seconds)).to_pydatetime()
+
+
+def _unrated(tables, user: int, count: int = 1) -> list[int]:
+    rated = set(tables.ratings.loc[tables.ratings["user_id"] == user, "movie_id"])
+    return [int(m) for m in tables.items["movie_id"] if m not in rated][:count]
+
+
+@pytest.mark.slow
+def test_feedback_reaches_the_next_snapshot_and_model(home, quick_pipeline):
+    from flows.ingest import ingest
+    from flows.retrain import retrain
+
+    first = retrain(**DATA, trials=1)
+    store = _store()
+    before = store.load(store.get("synthetic", first["snapshot"]["snapshot_id"]))
+    ratings = before.ratings
+    counts = ratings["user_id"].value_counts()
+    user = int(counts.index[0])  # the most active user
+    mine = ratings[ratings["user_id"] == user].sort_values("timestamp")
+    movie = _unrated(before, user)[0]
+    # Stamped just after the user's first rating, so the pair falls in the training part of the
+    # per-user temporal split (the final model is fitted on that part; see the xfail test below
+    # for an event stamped now).
+    thumb_time = _at(mine["timestamp"].iloc[0], 1)
+    replaced = mine.iloc[-1]  # a dataset rating the user revises later
+    new_value = 1.0 if replaced["rating"] >= 3 else 5.0
+    newcomer = int(before.users["user_id"].max()) + 1
+    newcomer_movies = _unrated(before, newcomer, 3)
+    events = [
+        FeedbackEvent("older-conflict", user, movie, "rating", 1.0, thumb_time - timedelta(seconds=1)),
+        FeedbackEvent("thumb-up", user, movie, "thumb", 1, thumb_time),
+        FeedbackEvent("click", user, movie, "click", 1, thumb_time + timedelta(seconds=5)),
+        FeedbackEvent("re-rating", user, int(replaced["movie_id"]), "rating", new_value, NOW - timedelta(minutes=5)),
+        # A user known only from feedback (fewer ratings than evaluation needs: all are training).
+        FeedbackEvent("new-1", newcomer, newcomer_movies[0], "thumb", 1, NOW - timedelta(minutes=3)),
+        FeedbackEvent("new-2", newcomer, newcomer_movies[1], "rating", 3.5, NOW - timedelta(minutes=2)),
+        FeedbackEvent("new-3", newcomer, newcomer_movies[2], "thumb", -1, NOW - timedelta(minutes=1)),
+    ]
+    feedback = _feedback()
+    assert all(feedback.append_many(events))
+    digest = feedback.digest(kinds=("rating", "thumb"))
+
+    second = retrain(**DATA, trials=1)
+
+    # A new snapshot, not the reused one.
+    summary = second["snapshot"]
+    assert not summary["reused"] and summary["snapshot_id"] != first["snapshot"]["snapshot_id"]
+    merged = summary["feedback"]
+    assert merged == {
+        "digest": digest, "events": 7, "rating_events": 6, "clicks": 1, "ratings": 5,
+        "new_pairs": 4, "replaced": 1, "older_than_dataset": 0, "new_users": 1,
+    }
+    snapshot = store.get("synthetic", summary["snapshot_id"])
+    assert snapshot.lineage["feedback"]["digest"] == digest
+    assert snapshot.lineage["feedback"]["path"] == str(get_settings().feedback_db)
+    assert snapshot.lineage["inputs_fingerprint"] != store.get("synthetic", first["snapshot"]["snapshot_id"]).lineage["inputs_fingerprint"]
+    assert all(s["success"] for s in snapshot.lineage["validation"]["raw"].values())
+
+    # Its ratings: the thumb up as the scale's max (the older conflicting rating lost), the revised
+    # rating with its later time; the dataset's other ratings unchanged; the newcomer is a user.
+    after = store.load(snapshot)
+    indexed = after.ratings.set_index(["user_id", "movie_id"])
+    thumb = indexed.loc[(user, movie)]
+    assert thumb["rating"] == 5.0 and thumb["timestamp"] == pd.Timestamp(thumb_time)
+    revised = indexed.loc[(user, int(replaced["movie_id"]))]
+    assert revised["rating"] == new_value and revised["timestamp"] == pd.Timestamp(NOW - timedelta(minutes=5))
+    assert len(after.ratings) == len(ratings) + 4
+    assert [indexed.loc[(newcomer, m), "rating"] for m in newcomer_movies] == [5.0, 3.5, 0.5]
+    new_user = after.users.set_index("user_id").loc[newcomer]
+    assert pd.isna(new_user["age"]) and pd.isna(new_user["gender"])
+    untouched = before.ratings.merge(after.ratings, on=["user_id", "movie_id"], suffixes=("", "_after"))
+    changed = untouched[(untouched["rating"] != untouched["rating_after"]) | (untouched["timestamp"] != untouched["timestamp_after"])]
+    assert changed[["user_id", "movie_id"]].values.tolist() == [[user, int(replaced["movie_id"])]]
+
+    # The registered model learned from them: the thumbed-up movie is among the user's seen
+    # items (excluded from their recommendations), and so are the newcomer's movies.
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{home / 'mlflow.db'}")
+    version = second["registration"]["version"]
+    bundle = mlflow.pyfunc.load_model(f"models:/movierec-lightfm/{version}").unwrap_python_model().bundle
+    user_index = {int(u): i for i, u in enumerate(bundle.user_ids)}
+    item_index = {int(m): i for i, m in enumerate(bundle.item_ids)}
+    assert bundle.seen[user_index[user], item_index[movie]] == 5.0
+    assert bundle.trained[user_index[user], item_index[movie]] == 5.0  # in the training part: learned
+    assert all(bundle.seen[user_index[newcomer], item_index[m]] != 0 for m in newcomer_movies)
+    recommended, _, fallback = bundle.recommend_users([user], k=bundle.n_items)
+    assert not fallback[0] and movie not in recommended[0].tolist()
+
+    # The MLflow run records what was merged.
+    logged = mlflow.artifacts.load_dict(f"runs:/{second['run_id']}/data/snapshot.json")
+    assert logged["feedback"]["ratings"] == 5 and logged["feedback"]["digest"] == digest
+
+    # Unchanged feedback (a click is not a rating): the snapshot is reused.
+    feedback.append(FeedbackEvent("click-2", user, movie, "click", 1, NOW))
+    again = ingest(**DATA)
+    assert again["reused"] and again["snapshot_id"] == summary["snapshot_id"]
+    assert again["feedback"]["ratings"] == 5
+
+
+def test_bad_feedback_fails_validation_and_writes_nothing(home):
+    from flows.ingest import ingest
+
+    first = ingest(dataset="synthetic", synthetic_ratings=4_000, seed=1)
+    store = _store()
+    tables = store.load(store.get("synthetic", first["snapshot_id"]))
+    unknown_movie = int(tables.items["movie_id"].max()) + 1000
+    _feedback().append_many([
+        FeedbackEvent("out-of-scale", 1, int(tables.items["movie_id"].iloc[0]), "rating", 7.0, NOW),
+        FeedbackEvent("not-in-catalogue", 2, unknown_movie, "thumb", 1, NOW),
+    ])
+    listing = sorted(p.name for p in store.dataset_dir("synthetic").iterdir())
+
+    with pytest.raises(ValidationFailed) as failure:
+        ingest(dataset="synthetic", synthetic_ratings=4_000, seed=1)
+    message = str(failure.value)
+    assert "validation suite 'raw_ratings, raw_rated_movies' failed 3 expectation(s)" in message
+    assert "column='rating'" in message and "7.0" in message
+    assert f"{unknown_movie}" in message
+    assert "feedback event 'out-of-scale' (user 1" in message and "rating 7 is not on the scale 0.5-5" in message
+    assert f"feedback event 'not-in-catalogue' (user 2, movie {unknown_movie}): movie {unknown_movie} is not in the catalogue" in message
+    assert "feedback rating(s) merged from" in message
+    # Nothing written: the same folders, LATEST unchanged.
+    assert sorted(p.name for p in store.dataset_dir("synthetic").iterdir()) == listing
+    assert store.latest("synthetic").id == first["snapshot_id"]
+
+
+def test_feedback_without_ratings_keeps_the_snapshot(home):
+    from flows.ingest import ingest
+
+    first = ingest(dataset="synthetic", synthetic_ratings=4_000, seed=1)
+    assert first["feedback"] is None
+    _feedback().append(FeedbackEvent("only-a-click", 1, 1, "click", 1, NOW))
+    again = ingest(dataset="synthetic", synthetic_ratings=4_000, seed=1)
+    assert again["reused"] and again["snapshot_id"] == first["snapshot_id"] and again["feedback"] is None
+    lineage = json.loads((_store().get("synthetic", first["snapshot_id"]).path / "lineage.json").read_text())
+    assert lineage["feedback"] is None
+
+
+def test_same_second_feedback_replaces_and_older_feedback_loses(home):
+    from flows.ingest import ingest
+
+    first = ingest(dataset="synthetic", synthetic_ratings=4_000, seed=1)
+    store = _store()
+    ratings = store.load(store.get("synthetic", first["snapshot_id"])).ratings
+    a, b = ratings.iloc[0], ratings.iloc[1]
+    _feedback().append_many([
+        FeedbackEvent("same-second", int(a["user_id"]), int(a["movie_id"]), "rating", 0.5 if a["rating"] != 0.5 else 1.0,
+                      _at(a["timestamp"])),
+        FeedbackEvent("older", int(b["user_id"]), int(b["movie_id"]), "thumb", -1 if b["rating"] != 0.5 else 1,
+                      _at(b["timestamp"], -60)),
+    ])
+    summary = ingest(dataset="synthetic", synthetic_ratings=4_000, seed=1)
+    assert summary["feedback"]["replaced"] == 1 and summary["feedback"]["older_than_dataset"] == 1
+    after = store.load(store.get("synthetic", summary["snapshot_id"])).ratings.set_index(["user_id", "movie_id"])
+    assert after.loc[(a["user_id"], a["movie_id"]), "rating"] == (0.5 if a["rating"] != 0.5 else 1.0)
+    assert after.loc[(b["user_id"], b["movie_id"]), "rating"] == b["rating"]
+    assert len(after) == len(ratings)
+
+
+@pytest.mark.slow
+def test_feedback_stamped_now_is_never_recommended_again(home, quick_pipeline):
+    """A rating made now falls in the held-out (latest) part of the per-user temporal split: the
+    model is not trained on it (the gate needs an unseen holdout), but the served model knows the
+    user rated the movie and never recommends it to them."""
+    from flows.ingest import ingest
+    from flows.retrain import retrain
+
+    first = ingest(**DATA)
+    store = _store()
+    tables = store.load(store.get("synthetic", first["snapshot_id"]))
+    user = int(tables.ratings["user_id"].value_counts().index[0])
+    movie = _unrated(tables, user)[0]
+    _feedback().append(FeedbackEvent("thumb-now", user, movie, "thumb", 1, NOW))
+    result = retrain(**DATA, trials=1)
+
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{home / 'mlflow.db'}")
+    bundle = mlflow.pyfunc.load_model(f"models:/movierec-lightfm/{result['registration']['version']}").unwrap_python_model().bundle
+    row, column = bundle.user_index([user])[0], bundle.item_index([movie])[0]
+    assert bundle.seen[row, column] == 5.0 and bundle.trained[row, column] == 0
+    recommended, _, _ = bundle.recommend_users([user], k=bundle.n_items)
+    assert movie not in recommended[0].tolist()

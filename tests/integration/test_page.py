@@ -1,0 +1,106 @@
+"""The web page in headless Chromium (Playwright, the system's /usr/bin/chromium): an existing
+user's recommendations with reasons, a new user rating movies found by search, a thumbs-up that
+lands in the feedback store."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from movierec.feedback import FeedbackStore
+from movierec.settings import get_settings
+from registered import register_champion
+from server import Server
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent (install it: apt-get install -y chromium; `make test` does when root)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (dev dependency group)")
+    with sync_api.sync_playwright() as playwright:
+        try:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        except Exception as error:  # noqa: BLE001 - any launch failure is a skip reason
+            pytest.skip(f"playwright cannot launch {CHROMIUM}: {str(error).splitlines()[0]}")
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def test_pick_a_user_rate_movies_as_a_new_user_and_send_a_thumbs_up(home, tmp_path, browser):
+    registered = register_champion()
+    bundle = registered.bundle
+    server = Server(home, tmp_path / "server.log").start()
+    try:
+        page = browser.new_page()
+        page.set_default_timeout(20_000)
+        page.goto(server.url + "/")
+        page.get_by_test_id("model-status").filter(has_text=f"version {registered.version}").wait_for()
+
+        # An existing user: ten recommendations, each with title, genres and a "because you liked" reason.
+        user = int(bundle.user_ids[4])
+        page.get_by_label("Existing user id").fill(str(user))
+        page.get_by_test_id("load-user").click()
+        items = page.get_by_test_id("rec-item")
+        items.nth(9).wait_for()
+        assert items.count() == 10
+        expected, _, _ = bundle.recommend_users([user], 10)
+        shown = [int(items.nth(i).get_attribute("data-movie-id")) for i in range(10)]
+        assert shown == expected[0].tolist()
+        reasons = page.get_by_test_id("rec-reason").all_inner_texts()
+        assert len(reasons) == 10 and all(reason.startswith("because you liked ") for reason in reasons)
+        first_title = bundle.items.set_index("movie_id").loc[shown[0], "title"]
+        assert first_title in items.nth(0).inner_text()
+
+        # A new user: find three movies by title, rate or like them, get recommendations.
+        page.get_by_test_id("new-user").click()
+        chosen = bundle.items.set_index("movie_id").loc[bundle.item_ids[bundle.popularity[10:13]].tolist()]
+        for number, (movie_id, movie) in enumerate(chosen.iterrows()):
+            page.get_by_label("Movie title").fill(movie["title"].upper())
+            page.get_by_test_id("search-button").click()
+            if number == 0:
+                page.get_by_test_id(f"like-{movie_id}").click()
+            else:
+                stars = page.get_by_test_id(f"rate-{movie_id}-{4 + number % 2}")
+                assert stars.get_attribute("aria-label") == f"Rate {movie['title']} {4 + number % 2} stars"
+                stars.click()
+            page.locator(f'[data-testid="rated-item"][data-movie-id="{movie_id}"]').wait_for()
+        assert page.get_by_test_id("rated-item").count() == 3
+        page.get_by_test_id("get-recs").click()
+        page.get_by_test_id("recs-summary").filter(has_text=re.compile("for you")).wait_for()
+        items = page.get_by_test_id("rec-item")
+        assert items.count() == 10
+        shown = [int(items.nth(i).get_attribute("data-movie-id")) for i in range(10)]
+        liked = chosen.index.tolist()
+        assert shown == bundle.recommend_new_user(liked, {}, 10)[0].tolist()
+        assert not set(shown) & set(liked)
+        titles = set(chosen["title"])
+        for reason in page.get_by_test_id("rec-reason").all_inner_texts():
+            assert reason.removeprefix("because you liked ") in titles
+
+        # Thumbs up: stored in the feedback store.
+        target = shown[0]
+        page.get_by_test_id(f"thumb-up-{target}").click()
+        page.get_by_test_id("status").filter(has_text="saved").wait_for()
+        assert page.get_by_test_id(f"thumb-up-{target}").get_attribute("aria-pressed") == "true"
+        event_id = page.get_by_test_id(f"thumb-up-{target}").get_attribute("data-event-id")
+        events = FeedbackStore(get_settings().feedback_db).events()
+        thumbs = events[events["kind"] == "thumb"]
+        assert thumbs["event_id"].tolist() == [event_id]
+        assert thumbs.iloc[0]["movie_id"] == target and thumbs.iloc[0]["value"] == 1
+        assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", event_id)
+        ratings = events[events["kind"] == "rating"]  # the page also records the ratings it sent
+        assert sorted(ratings["movie_id"].tolist()) == sorted(liked)
+        assert set(ratings["user_id"]) == set(thumbs["user_id"])
+    finally:
+        server.stop()

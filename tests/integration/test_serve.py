@@ -1,0 +1,385 @@
+"""The recommendation API (movierec.serve) over a registered champion, through TestClient."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from movierec.feedback import FeedbackStore
+from movierec.serve import create_app
+from movierec.settings import get_settings
+from registered import register_champion
+
+USERS_ROUTE = "/users/{user_id}/recommendations"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    home = tmp_path_factory.mktemp("serve") / "home"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MOVIEREC_HOME", str(home))
+        registered = register_champion()
+        settings = get_settings()
+        app = create_app(settings, watch=False)
+        with TestClient(app) as client:
+            yield SimpleNamespace(client=client, app=app, registered=registered, settings=settings,
+                                  bundle=registered.bundle)
+
+
+def _metric(client: TestClient, name: str, **labels: str) -> float:
+    total = 0.0
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(key) == value for key, value in labels.items()):
+                total += sample.value
+    return total
+
+
+def _event(**overrides) -> dict:
+    event = {"event_id": str(uuid.uuid4()), "user_id": 1, "movie_id": 1, "type": "rating", "value": 4.0,
+             "timestamp": "2024-05-01T12:00:00+02:00"}
+    return {**event, **overrides}
+
+
+def _seen_movies(bundle, user_id: int) -> set[int]:
+    index = int(bundle.user_index([user_id])[0])
+    return set(bundle.item_ids[bundle.seen[index].indices].tolist())
+
+
+# ---------------------------------------------------------------------- recommendations
+
+
+def test_a_known_user_gets_the_models_list_without_seen_movies(served):
+    bundle = served.bundle
+    user = int(bundle.user_ids[3])
+    response = served.client.get(f"/users/{user}/recommendations", params={"k": 10})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["model_version"] == served.registered.version == response.headers["x-model-version"]
+    assert body["fallback"] is False and body["source"] == "model" and body["user_id"] == user
+    movies = [item["movie_id"] for item in body["items"]]
+    assert len(movies) == 10 and not set(movies) & _seen_movies(bundle, user)
+    expected, scores, _ = bundle.recommend_users([user], 10)
+    assert movies == expected[0].tolist()
+    assert [item["rank"] for item in body["items"]] == list(range(1, 11))
+    np.testing.assert_allclose([item["score"] for item in body["items"]], scores[0], rtol=1e-5)
+    first = body["items"][0]
+    card = bundle.items.set_index("movie_id").loc[first["movie_id"]]
+    assert first["title"] == card["title"] and first["year"] == int(card["year"])
+    assert first["genres"] == [g for g in str(card["genres"]).split("|") if g]
+
+
+def test_every_known_user_gets_exactly_the_bundles_list(served):
+    bundle = served.bundle
+    expected, _, _ = bundle.recommend_users(bundle.user_ids, 7)
+    for row, user in enumerate(bundle.user_ids[:60].tolist()):
+        items = served.client.get(f"/users/{user}/recommendations?k=7").json()["items"]
+        assert [item["movie_id"] for item in items] == expected[row][expected[row] >= 0].tolist(), user
+
+
+def test_the_reason_is_the_users_top_rated_movie_most_similar_to_the_recommendation(served):
+    bundle = served.bundle
+    user = int(bundle.user_ids[5])
+    index = int(bundle.user_index([user])[0])
+    row = bundle.seen[index]
+    top_rated = row.indices[row.data == row.data.max()]
+    unit = bundle.item_vectors / np.linalg.norm(bundle.item_vectors, axis=1, keepdims=True)
+    titles = dict(zip(bundle.items["movie_id"], bundle.items["title"]))
+    for item in served.client.get(f"/users/{user}/recommendations?k=5").json()["items"]:
+        recommended = int(bundle.item_index([item["movie_id"]])[0])
+        best = top_rated[np.argmax(unit[top_rated] @ unit[recommended])]
+        assert item["because_movie_id"] == int(bundle.item_ids[best])
+        assert item["reason"] == f"because you liked {titles[int(bundle.item_ids[best])]}"
+
+
+def test_an_unknown_user_gets_the_popularity_fallback_flagged(served):
+    before = _metric(served.client, "movierec_fallbacks_total", endpoint="user")
+    body = served.client.get("/users/987654/recommendations?k=5").json()
+    assert body["fallback"] is True and body["source"] == "popularity"
+    bundle = served.bundle
+    assert [item["movie_id"] for item in body["items"]] == bundle.item_ids[bundle.popularity[:5]].tolist()
+    assert {item["reason"] for item in body["items"]} == {"popular with everyone"}
+    assert _metric(served.client, "movierec_fallbacks_total", endpoint="user") == before + 1
+
+
+def test_a_new_user_by_liked_movies(served):
+    bundle = served.bundle
+    liked = bundle.item_ids[bundle.popularity[20:23]].tolist()
+    response = served.client.post("/recommendations", json={"liked_movie_ids": liked, "k": 8})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["fallback"] is False and body["source"] == "model" and body["model_version"] == served.registered.version
+    movies = [item["movie_id"] for item in body["items"]]
+    expected, _, _ = bundle.recommend_new_user(liked, {}, 8)
+    assert movies == expected.tolist() and not set(movies) & set(liked)
+    assert all(item["because_movie_id"] in liked for item in body["items"])
+    assert all(item["reason"].startswith("because you liked ") for item in body["items"])
+
+
+def test_a_new_user_by_demographics(served):
+    body = served.client.post("/recommendations", json={"age": 25, "gender": "F", "occupation": "programmer", "k": 5}).json()
+    expected, _, fallback = served.bundle.recommend_new_user([], {"age": 25, "gender": "F", "occupation": "programmer"}, 5)
+    assert fallback is False and body["fallback"] is False
+    assert [item["movie_id"] for item in body["items"]] == expected.tolist()
+
+
+def test_a_new_user_by_ratings_likes_the_high_ones_and_never_gets_rated_movies_back(served):
+    bundle = served.bundle
+    high = bundle.item_ids[bundle.popularity[30:32]].tolist()
+    low = bundle.item_ids[bundle.popularity[:3]].tolist()  # the most popular: would be recommended otherwise
+    ratings = [{"movie_id": m, "rating": 5} for m in high] + [{"movie_id": m, "rating": 1.5} for m in low]
+    body = served.client.post("/recommendations", json={"ratings": ratings, "k": 10}).json()
+    movies = [item["movie_id"] for item in body["items"]]
+    expected, _, _ = bundle.recommend_new_user(high, {}, 10 + len(low))
+    assert movies == [m for m in expected.tolist() if m not in low][:10]
+    assert not set(movies) & (set(high) | set(low))
+    assert {item["because_movie_id"] for item in body["items"]} <= set(high)
+
+
+def test_a_new_user_with_nothing_gets_popularity(served):
+    body = served.client.post("/recommendations", json={"liked_movie_ids": [], "k": 3}).json()
+    assert body["fallback"] is True and body["source"] == "popularity"
+    assert [item["movie_id"] for item in body["items"]] == served.bundle.item_ids[served.bundle.popularity[:3]].tolist()
+
+
+def test_similar_movies(served):
+    bundle = served.bundle
+    movie = int(bundle.item_ids[bundle.popularity[0]])
+    body = served.client.get(f"/movies/{movie}/similar?k=6").json()
+    expected, cosines = bundle.similar_movies(movie, 6)
+    assert body["movie"]["movie_id"] == movie and body["model_version"] == served.registered.version
+    assert [item["movie_id"] for item in body["items"]] == expected.tolist()
+    np.testing.assert_allclose([item["score"] for item in body["items"]], cosines, rtol=1e-5)
+
+
+def test_title_search_is_case_insensitive_with_exact_and_prefix_matches_first(served):
+    items = served.bundle.items.assign(popularity=served.bundle.popularity_counts)
+    titles = items["title"]
+    folded_titles = titles.str.casefold()
+    # A word that starts some titles and appears inside others, in at most 100 titles.
+    word = next(w for w in titles.str.split().str[0].value_counts().index
+                if 2 <= folded_titles.str.contains(w.casefold(), regex=False).sum() <= 100
+                and folded_titles.str.startswith(w.casefold()).sum() < folded_titles.str.contains(w.casefold(), regex=False).sum())
+    body = served.client.get("/movies", params={"query": word.upper(), "limit": 100}).json()
+    found = body["items"]
+    expected = items[titles.str.casefold().str.contains(word.casefold(), regex=False)]
+    assert sorted(item["movie_id"] for item in found) == sorted(expected["movie_id"])
+    assert body["total"] == len(expected)
+    rank = {m: r for r, m in enumerate(served.bundle.item_ids[served.bundle.popularity].tolist())}
+    folded = word.casefold()
+
+    def kind(title: str) -> int:
+        title = title.casefold()
+        return 0 if title == folded else 1 if title.startswith(folded) else 2 if " " + folded in title else 3
+
+    keys = [(kind(item["title"]), rank[item["movie_id"]]) for item in found]
+    assert keys == sorted(keys) and keys[0][0] <= 1 and keys[-1][0] >= 2
+    exact = served.client.get("/movies", params={"query": titles.iloc[0].lower(), "limit": 5}).json()["items"]
+    assert exact[0]["title"] == titles.iloc[0]
+    assert served.client.get("/movies", params={"query": "zzzz-no-such-title"}).json()["items"] == []
+    popular = served.client.get("/movies", params={"limit": 3}).json()["items"]
+    assert [item["movie_id"] for item in popular] == served.bundle.item_ids[served.bundle.popularity[:3]].tolist()
+
+
+def test_user_search_lists_known_users(served):
+    body = served.client.get("/users", params={"query": "1", "limit": 5}).json()
+    assert 0 < len(body["items"]) <= 5
+    known = set(served.bundle.user_ids.tolist())
+    assert all(str(item["user_id"]).startswith("1") and item["user_id"] in known for item in body["items"])
+
+
+# ---------------------------------------------------------------------- feedback
+
+
+def test_feedback_is_stored_once_and_a_duplicate_is_reported(served):
+    before = _metric(served.client, "movierec_feedback_events_total", type="thumb", result="stored")
+    event = _event(type="thumb", value=-1, user_id=int(served.bundle.user_ids[0]))
+    first = served.client.post("/feedback", json=event)
+    assert first.status_code == 201 and first.json()["stored"] is True
+    again = served.client.post("/feedback", json=event)
+    assert again.status_code == 200 and again.json() == {**again.json(), "stored": False, "duplicate": True}
+    stored = FeedbackStore(served.settings.feedback_db).events()
+    rows = stored[stored["event_id"] == event["event_id"]]
+    assert len(rows) == 1
+    assert rows.iloc[0]["kind"] == "thumb" and rows.iloc[0]["value"] == -1 and rows.iloc[0]["user_id"] == event["user_id"]
+    assert rows.iloc[0]["timestamp"].isoformat() == "2024-05-01T10:00:00+00:00"
+    assert _metric(served.client, "movierec_feedback_events_total", type="thumb", result="stored") == before + 1
+    assert _metric(served.client, "movierec_feedback_events_total", type="thumb", result="duplicate") >= 1
+
+
+@pytest.mark.parametrize("kind, value", [("rating", 0.5), ("rating", 5), ("click", 1), ("thumb", 1)])
+def test_valid_feedback_values(served, kind, value):
+    assert served.client.post("/feedback", json=_event(type=kind, value=value)).status_code == 201
+
+
+# ---------------------------------------------------------------------- operations
+
+
+def test_health_readiness_and_metrics(served):
+    client = served.client
+    assert client.get("/healthz").json()["status"] == "ok"
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["model_version"] == served.registered.version
+    before = _metric(client, "movierec_http_requests_total", endpoint=USERS_ROUTE, method="GET", status="200")
+    count_before = _metric(client, "movierec_http_request_duration_seconds_count", endpoint=USERS_ROUTE)
+    for _ in range(3):
+        client.get(f"/users/{int(served.bundle.user_ids[0])}/recommendations")
+    client.get("/users/abc/recommendations")
+    text = client.get("/metrics")
+    assert text.headers["content-type"].startswith("text/plain")
+    assert _metric(client, "movierec_http_requests_total", endpoint=USERS_ROUTE, method="GET", status="200") == before + 3
+    assert _metric(client, "movierec_http_request_duration_seconds_count", endpoint=USERS_ROUTE) == count_before + 4
+    assert _metric(client, "movierec_http_requests_total", endpoint=USERS_ROUTE, status="422") >= 1
+    assert _metric(client, "movierec_model_version") == float(served.registered.version)
+    assert _metric(client, "movierec_model_info", version=served.registered.version) == 1
+    assert "movierec_model_swaps_total" in text.text
+
+
+def test_the_page_and_its_assets_are_served(served):
+    page = served.client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    for asset in ("/static/app.js", "/static/app.css"):
+        assert served.client.get(asset).status_code == 200
+    assert "http://" not in page.text and "https://" not in page.text  # no external resources
+
+
+# ---------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "method, url, body, status, words",
+    [
+        ("GET", "/users/1/recommendations?k=0", None, 422, "k"),
+        ("GET", "/users/1/recommendations?k=101", None, 422, "k"),
+        ("GET", "/users/1/recommendations?k=ten", None, 422, "k"),
+        ("GET", "/users/abc/recommendations", None, 422, "user_id"),
+        ("GET", "/users/-3/recommendations", None, 422, "user_id"),
+        ("GET", "/users/99999999999999999999999/recommendations", None, 422, "user_id"),
+        ("GET", "/movies/999999/similar", None, 404, "999999"),
+        ("GET", "/movies/1/similar?k=0", None, 422, "k"),
+        ("GET", "/movies?limit=0", None, 422, "limit"),
+        ("POST", "/recommendations", b"{not json", 422, "malformed JSON"),
+        ("POST", "/recommendations", {"liked_movie_ids": "1,2"}, 422, "liked_movie_ids"),
+        ("POST", "/recommendations", {"liked_movie_ids": [1], "k": 101}, 422, "k"),
+        ("POST", "/recommendations", {"ratings": [{"movie_id": 1}]}, 422, "rating"),
+        ("POST", "/recommendations", {"ratings": [{"movie_id": 1, "rating": 9}]}, 422, "rating scale"),
+        ("POST", "/recommendations", {"age": -4}, 422, "age"),
+        ("POST", "/recommendations", {"surprise": 1}, 422, "surprise"),
+        ("POST", "/feedback", b"[1, 2", 422, "malformed JSON"),
+        ("POST", "/feedback", {"event_id": "x", "user_id": 1}, 422, "movie_id"),
+        ("POST", "/feedback", "rating-out-of-scale", 422, "rating scale"),
+        ("POST", "/feedback", "naive-timestamp", 422, "timezone"),
+        ("POST", "/feedback", "thumb-two", 422, "+1 or -1"),
+        ("POST", "/feedback", "unknown-type", 422, "type"),
+        ("POST", "/feedback", "bad-event-id", 422, "event_id"),
+    ],
+)
+def test_bad_input_is_a_4xx_with_a_message(served, method, url, body, status, words):
+    events = {
+        "rating-out-of-scale": _event(value=5.5),
+        "naive-timestamp": _event(timestamp="2024-05-01T12:00:00"),
+        "thumb-two": _event(type="thumb", value=2),
+        "unknown-type": _event(type="like"),
+        "bad-event-id": _event(event_id="has spaces and ünïcode"),
+    }
+    if isinstance(body, str):
+        body = events[body]
+    if isinstance(body, bytes):
+        response = served.client.request(method, url, content=body, headers={"content-type": "application/json"})
+    else:
+        response = served.client.request(method, url, json=body)
+    assert response.status_code == status, response.text
+    assert words in response.json()["detail"], response.json()
+
+
+# ---------------------------------------------------------------------- no champion, hot swap
+
+
+def test_without_a_champion_readyz_and_recommendations_are_503_and_polling_finds_one(home):
+    app = create_app(get_settings(), watch=False)
+    with TestClient(app) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "champion" in ready.json()["detail"]
+        assert client.get("/healthz").status_code == 200
+        for response in (client.get("/users/1/recommendations"), client.get("/movies/1/similar"),
+                         client.get("/movies?query=a"), client.post("/recommendations", json={"liked_movie_ids": [1]})):
+            assert response.status_code == 503 and "champion" in response.json()["detail"]
+        assert client.post("/feedback", json=_event()).status_code == 201  # feedback needs no model
+        registered = register_champion(promote=False)
+        assert app.state.holder.check_now() is False  # a challenger is not served
+        assert client.get("/readyz").status_code == 503
+        from movierec.registry import Registry
+
+        Registry(registered.name).promote(registered.version, reason="test")
+        assert app.state.holder.check_now() is True
+        assert client.get("/readyz").json()["model_version"] == registered.version
+        assert client.get("/users/1/recommendations").status_code == 200
+
+
+def test_the_watcher_thread_picks_up_a_champion(home, monkeypatch):
+    monkeypatch.setenv("MOVIEREC_SERVING__POLL_SECONDS", "0.2")
+    app = create_app(get_settings())
+    with TestClient(app) as client:
+        assert client.get("/readyz").status_code == 503
+        registered = register_champion()
+        for _ in range(300):
+            if client.get("/readyz").status_code == 200:
+                break
+            threading.Event().wait(0.1)
+        assert client.get("/readyz").json()["model_version"] == registered.version
+
+
+def test_a_new_champion_is_hot_swapped_and_requests_in_flight_never_fail(home):
+    first = register_champion()
+    app = create_app(get_settings(), watch=False)
+    second = register_champion(epochs=3)  # promoted: the alias moves, the app still serves `first`
+    assert first.version != second.version
+    users = first.bundle.user_ids[:20].tolist()
+    expected = {
+        version: {user: items.tolist() for user, items in zip(users, bundle.recommend_users(users, 10)[0])}
+        for version, bundle in ((first.version, first.bundle), (second.version, second.bundle))
+    }
+    assert expected[first.version] != expected[second.version]
+    with TestClient(app) as client:
+        assert client.get("/readyz").json()["model_version"] == first.version
+        swapped = threading.Event()
+        results, errors = [], []
+
+        def hammer(offset: int) -> None:
+            after = 0
+            try:
+                for i in range(10_000):
+                    user = users[(offset + i) % len(users)]
+                    response = client.get(f"/users/{user}/recommendations?k=10")
+                    results.append((response.status_code, user, response.json()))
+                    if swapped.is_set():
+                        after += 1
+                        if after >= 25:
+                            return
+            except Exception as error:  # noqa: BLE001 - the test reports it
+                errors.append(error)
+
+        threads = [threading.Thread(target=hammer, args=(n,)) for n in range(6)]
+        for thread in threads:
+            thread.start()
+        while len(results) < 30 and not errors:
+            threading.Event().wait(0.01)
+        assert app.state.holder.check_now() is True
+        swapped.set()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert not errors
+        assert {status for status, _, _ in results} == {200}
+        versions = {body["model_version"] for _, _, body in results}
+        assert versions == {first.version, second.version}
+        for _, user, body in results:  # each answer is wholly one model's
+            assert [item["movie_id"] for item in body["items"]] == expected[body["model_version"]][user]
+        assert client.get("/readyz").json()["model_version"] == second.version
+        assert _metric(client, "movierec_model_swaps_total") == 1
+        assert _metric(client, "movierec_model_info", version=first.version) == 0
