@@ -421,7 +421,7 @@ def serve(
     _prepare()
     import uvicorn
 
-    from movierec.serve import create_app, uvicorn_options
+    from movierec.serve import UVICORN_OPTIONS, create_app
 
     settings = get_settings()
     host = host or settings.serving.host
@@ -430,7 +430,7 @@ def serve(
     shown = f"[{host}]" if ":" in host else host
     console.print(f"[bold green]movierec[/] serving {settings.registered_model_name}@champion on http://{shown}:{port}/ "
                   f"(API docs /docs, metrics /metrics)", soft_wrap=True)
-    uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False, **uvicorn_options())
+    uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False, **UVICORN_OPTIONS)
 
 
 if __name__ == "__main__":

@@ -689,11 +689,6 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
     return app
 
 
-def uvicorn_options() -> dict[str, str]:
-    """uvloop / httptools when installed (uvicorn's "auto" picks them), else asyncio / h11."""
-    import importlib.util
-
-    return {
-        "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        "http": "httptools" if importlib.util.find_spec("httptools") else "h11",
-    }
+# uvloop and httptools are dependencies: the README's load-test figures (bench/load_api.py) were
+# measured with this event loop and HTTP parser.
+UVICORN_OPTIONS = {"loop": "uvloop", "http": "httptools"}
