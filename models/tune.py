@@ -39,8 +39,32 @@ class TrialSetup:
     user_groups: dict[str, float]
 
 
-def suggest(trial: optuna.Trial, *, max_epochs: int, grid: bool = False) -> TrialSetup:
-    """The trial's hyperparameters and feature groups."""
+def present_groups(users: pd.DataFrame, items: pd.DataFrame, tags: pd.DataFrame) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The tunable item and user groups the data has any value for: a group with no values
+    (demographics of ml-latest-small, TMDB fields without a TMDB join) is left out of the search."""
+    def filled(frame: pd.DataFrame, column: str) -> bool:
+        return column in frame and frame[column].astype("string").fillna("").str.len().gt(0).any()
+
+    item_columns = {"genre": "genres", "year": "year", "keyword": "keywords", "cast": "cast",
+                    "director": "director", "language": "original_language", "text": "overview"}
+    has_tags = not tags.empty
+    item_groups = tuple(
+        group for group in TUNABLE_ITEM_GROUPS
+        if (group in ("tag", "text") and has_tags) or (group in item_columns and filled(items, item_columns[group]))
+    )
+    user_groups = tuple(group for group in TUNABLE_USER_GROUPS if group == "taste" or filled(users, group))
+    return item_groups, user_groups
+
+
+def suggest(
+    trial: optuna.Trial,
+    *,
+    max_epochs: int,
+    grid: bool = False,
+    item_groups: tuple[str, ...] = TUNABLE_ITEM_GROUPS,
+    user_groups: tuple[str, ...] = TUNABLE_USER_GROUPS,
+) -> TrialSetup:
+    """The trial's hyperparameters and which of `item_groups` / `user_groups` it uses, how much."""
     if grid:
         params = {name: trial.suggest_categorical(name, values) for name, values in GRID.items()}
         return TrialSetup({**params, "max_sampled": 10}, {"identity": 1.0, "genre": 1.0, "text": 0.5}, {"identity": 1.0, "taste": 1.0})
@@ -53,17 +77,17 @@ def suggest(trial: optuna.Trial, *, max_epochs: int, grid: bool = False) -> Tria
         "max_sampled": trial.suggest_int("max_sampled", 5, 50),
         "epochs": max_epochs,
     }
-    item_groups = {"identity": 1.0}
-    for group in TUNABLE_ITEM_GROUPS:
+    item_weights = {"identity": 1.0}
+    for group in item_groups:
         weight = trial.suggest_categorical(f"item_{group}", [0.0, 0.25, 0.5, 1.0])
         if weight:
-            item_groups[group] = weight
-    user_groups = {"identity": 1.0}
-    for group in TUNABLE_USER_GROUPS:
+            item_weights[group] = weight
+    user_weights = {"identity": 1.0}
+    for group in user_groups:
         weight = trial.suggest_categorical(f"user_{group}", [0.0, 0.5, 1.0])
         if weight:
-            user_groups[group] = weight
-    return TrialSetup(lightfm, item_groups, user_groups)
+            user_weights[group] = weight
+    return TrialSetup(lightfm, item_weights, user_weights)
 
 
 def make_objective(
@@ -87,6 +111,7 @@ def make_objective(
     validation split (e.g. with a persistently cached one).
     """
     prepared_by_groups: dict[str, Prepared] = {}
+    item_groups, user_groups = present_groups(tables["users"], tables["items"], tables["tags"])
 
     def default_prepare(item_groups: dict[str, float], user_groups: dict[str, float]) -> Prepared:
         return prepare(
@@ -102,7 +127,7 @@ def make_objective(
         return prepared_by_groups[key]
 
     def objective(trial: optuna.Trial) -> float:
-        setup = suggest(trial, max_epochs=max_epochs, grid=grid)
+        setup = suggest(trial, max_epochs=max_epochs, grid=grid, item_groups=item_groups, user_groups=user_groups)
         prepared = prepared_for(setup)
         scores: list[float] = []
 
@@ -137,7 +162,11 @@ def make_objective(
 def best_setup(study: optuna.Study, *, grid: bool = False) -> TrialSetup:
     """The best trial's setup, trained for the epoch count at which it scored best."""
     best = study.best_trial
-    setup = suggest(optuna.trial.FixedTrial(best.params), max_epochs=best.user_attrs["best_epoch"], grid=grid)
+    # The trial's parameters name the groups its search space had.
+    item_groups = tuple(group for group in TUNABLE_ITEM_GROUPS if f"item_{group}" in best.params)
+    user_groups = tuple(group for group in TUNABLE_USER_GROUPS if f"user_{group}" in best.params)
+    setup = suggest(optuna.trial.FixedTrial(best.params), max_epochs=best.user_attrs["best_epoch"], grid=grid,
+                    item_groups=item_groups, user_groups=user_groups)
     setup.lightfm["epochs"] = best.user_attrs["best_epoch"]
     return setup
 

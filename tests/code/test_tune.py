@@ -1,8 +1,9 @@
 import optuna
+import pandas as pd
 import pytest
 
 from features.splits import user_temporal_split, validation_split
-from models.tune import best_setup, create_study, make_objective, trial_counts
+from models.tune import best_setup, create_study, make_objective, present_groups, trial_counts
 from movierec.preprocess import canonicalize
 from movierec.synthetic import generate
 
@@ -79,3 +80,20 @@ def test_grid_and_random_samplers_run_the_same_objective(setting, tmp_path):
     random = create_study("random", f"sqlite:///{tmp_path / 'r.db'}", sampler="random", pruner="none")
     random.optimize(make_objective(validation, frames, max_epochs=2), n_trials=2)
     assert all(0.0 <= t.value <= 1.0 for t in random.trials)
+
+
+def test_the_search_space_leaves_out_groups_the_data_has_no_values_for(setting, tmp_path):
+    tables, _, validation = setting
+    # Generated data has MovieLens fields and demographics but no TMDB metadata.
+    assert present_groups(tables.users, tables.items, tables.tags) == (
+        ("genre", "year", "tag", "text"), ("age", "gender", "occupation", "taste"))
+    no_demographics = tables.users.assign(age=pd.NA, gender=None, occupation=None)
+    assert present_groups(no_demographics, tables.items, tables.tags)[1] == ("taste",)
+
+    frames = {"users": no_demographics, "items": tables.items, "tags": tables.tags}
+    study = create_study("space", f"sqlite:///{tmp_path / 's.db'}", pruner="none")
+    study.optimize(make_objective(validation, frames, max_epochs=1), n_trials=2)
+    for trial in study.trials:
+        assert not {"user_age", "user_gender", "user_occupation", "item_keyword", "item_cast"} & set(trial.params)
+        assert {"user_taste", "item_genre", "item_text"} <= set(trial.params)
+    assert set(best_setup(study).user_groups) <= {"identity", "taste"}
