@@ -97,7 +97,7 @@ def test_two_runs_track_everything_and_the_gate_picks_the_champion(home, quick_p
     exported = home / "exports" / f"{name}-v{expected}-top20.parquet"  # the champion's batch export
     assert second["export"] == str(exported) and exported.is_file() and (home / "exports" / f"{name}-v1-top20.parquet").is_file()
     tags = versions["2"].tags
-    assert tags["gate.champion_version"] == "1" and float(tags["gate.champion_score"]) == pytest.approx(registration["champion_score"])
+    assert tags["gate.champion_version"] == "1" and float(tags["gate.champion_score"]) == pytest.approx(registration["champion_score"], abs=1e-6)  # tag: 6 decimals
     assert tags["snapshot_id"] == first["snapshot"]["snapshot_id"] and tags["run_id"] == second["run_id"]
     # The gate's challenger score is the same protocol as the test metric of the evaluation table.
     hybrid = next(row for row in second["metrics"] if row["model"] == "hybrid")
