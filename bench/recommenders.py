@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.compare import MODEL_NAMES, cold_item_report, compare, prepare
+from models.compare import MODEL_NAMES, ColdStartSetup, cold_item_report, compare, prepare
 from models.factorization import LightFMRecommender
 from models.topk import batched_top_k
 from features.splits import user_temporal_split
@@ -69,10 +69,9 @@ def main(datasets: list[str]) -> None:
         if "rmse" in table:
             row = table.loc["biased_mf"]
             print(f"biased_mf rating errors: MAE {row['mae']:.4f}  RMSE {row['rmse']:.4f}")
-        cold = cold_item_report(
-            tables.ratings, tables.users, tables.items, tables.tags, ("mf", "content", "hybrid"),
+        cold = cold_item_report(tables, ("mf", "content", "hybrid"), setup=ColdStartSetup(
             item_groups=settings.item_feature_groups, user_groups=settings.user_feature_groups, lightfm_params=params,
-        )
+        ))
         print(f"{dataset} cold items:\n{cold.round(4).to_string()}")
 
     tables = tables_of("ml-latest-small")

@@ -23,6 +23,7 @@ from features.users import DEMOGRAPHICS, genre_matrix, new_user_features, user_f
 from models.base import Recommender
 from models.evaluate import activity_segments, auc, ranking_metrics, rating_errors, segment_metrics
 from models.factorization import BiasedMF, LightFMRecommender
+from movierec.schema import CanonicalTables
 
 MODEL_NAMES = ("popularity", "item_knn", "ease", "user_knn", "content", "mf", "hybrid", "biased_mf")
 # Item feature groups that describe a movie without using its interactions (content-based).
@@ -150,27 +151,36 @@ def compare(prepared: Prepared, names: tuple[str, ...] = MODEL_NAMES, *, k: int 
     return pd.DataFrame(rows).set_index("model")
 
 
+@dataclass(frozen=True)
+class ColdStartSetup:
+    """What the cold-start reports hold fixed besides their split: the positive threshold, the
+    feature groups, LightFM's parameters and the seed of the held-out items or users."""
+
+    threshold: float = 4.0
+    item_groups: dict[str, float] | None = None
+    user_groups: dict[str, float] | None = None
+    lightfm_params: dict | None = None
+    seed: int = 0
+
+    def prepare(self, tables: CanonicalTables, chosen: Split) -> Prepared:
+        return prepare(tables.users, tables.items, tables.tags, chosen=chosen, threshold=self.threshold,
+                       item_groups=self.item_groups, user_groups=self.user_groups)
+
+
 def cold_item_report(
-    ratings: pd.DataFrame,
-    users: pd.DataFrame,
-    items: pd.DataFrame,
-    tags: pd.DataFrame,
+    tables: CanonicalTables,
     names: tuple[str, ...] = ("mf", "content", "hybrid"),
     *,
     item_share: float = 0.1,
-    seed: int = 0,
-    threshold: float = 4.0,
-    item_groups: dict[str, float] | None = None,
-    user_groups: dict[str, float] | None = None,
-    lightfm_params: dict | None = None,
+    setup: ColdStartSetup = ColdStartSetup(),
 ) -> pd.DataFrame:
     """AUC of each model at ranking a user's held-out positives among the cold items."""
-    chosen = cold_item_split(ratings, item_share=item_share, seed=seed)
-    prepared = prepare(users, items, tags, chosen=chosen, threshold=threshold, item_groups=item_groups, user_groups=user_groups)
+    chosen = cold_item_split(tables.ratings, item_share=item_share, seed=setup.seed)
+    prepared = setup.prepare(tables, chosen)
     cold, evaluated = chosen.cold_items, evaluated_users(prepared)
     rows = []
     for name in names:
-        model = build_model(name, prepared, lightfm_params)
+        model = build_model(name, prepared, setup.lightfm_params)
         rows.append(
             {
                 "model": name,
@@ -183,35 +193,25 @@ def cold_item_report(
 
 
 def cold_user_report(
-    ratings: pd.DataFrame,
-    users: pd.DataFrame,
-    items: pd.DataFrame,
-    tags: pd.DataFrame,
-    *,
-    k: int = 10,
-    user_share: float = 0.1,
-    seed: int = 0,
-    threshold: float = 4.0,
-    item_groups: dict[str, float] | None = None,
-    user_groups: dict[str, float] | None = None,
-    lightfm_params: dict | None = None,
+    tables: CanonicalTables, *, k: int = 10, user_share: float = 0.1, setup: ColdStartSetup = ColdStartSetup()
 ) -> pd.DataFrame:
     """Ranking metrics for users with no training data at all, known only by demographics:
     the hybrid (through its demographic features) against popularity."""
-    chosen = cold_user_split(ratings, user_share=user_share, seed=seed)
-    prepared = prepare(users, items, tags, chosen=chosen, threshold=threshold, item_groups=item_groups, user_groups=user_groups)
+    chosen = cold_user_split(tables.ratings, user_share=user_share, seed=setup.seed)
+    prepared = setup.prepare(tables, chosen)
     cold = evaluated_users(prepared)
+    users = tables.users
     profiles = users.set_index("user_idx").loc[cold, [c for c in DEMOGRAPHICS if c in users]]
     rows = []
     for name in ("popularity", "hybrid"):
-        model = build_model(name, prepared, lightfm_params)
+        model = build_model(name, prepared, setup.lightfm_params)
         lists = []
         for user, profile in profiles.iterrows():
             features = None
             if name == "hybrid":
                 demographics = {key: value for key, value in profile.items() if pd.notna(value)}
-                features = new_user_features(prepared.user_features, items, liked_items=np.array([], dtype=np.int64),
-                                             demographics=demographics, groups=user_groups)
+                features = new_user_features(prepared.user_features, tables.items, liked_items=np.array([], dtype=np.int64),
+                                             demographics=demographics, groups=setup.user_groups)
             lists.append(model.recommend_new_user(np.array([], dtype=np.int64), k, user_features=features)[0])
         metrics = ranking_metrics(np.vstack(lists), prepared.test, k=k, users=cold, n_items=prepared.n_items)
         rows.append({"model": name, **metrics})

@@ -71,40 +71,26 @@ def fit_and_evaluate(settings: Settings, prepared: compare.Prepared, models: tup
     return compare.compare(prepared, models, k=settings.training.k, lightfm_params=settings.training.lightfm_params())
 
 
-@task(name="evaluate on cold items", cache_policy=NO_CACHE)
-def evaluate_cold_items(settings: Settings, tables: CanonicalTables, models: tuple[str, ...]) -> pd.DataFrame:
+def cold_start_setup(settings: Settings) -> compare.ColdStartSetup:
     training = settings.training
-    return compare.cold_item_report(
-        tables.ratings,
-        tables.users,
-        tables.items,
-        tables.tags,
-        models,
-        item_share=training.cold_item_share,
-        seed=training.seed,
+    return compare.ColdStartSetup(
         threshold=training.positive_threshold,
         item_groups=training.item_feature_groups,
         user_groups=training.user_feature_groups,
-        lightfm_params=settings.training.lightfm_params(),
+        lightfm_params=training.lightfm_params(),
+        seed=training.seed,
     )
+
+
+@task(name="evaluate on cold items", cache_policy=NO_CACHE)
+def evaluate_cold_items(settings: Settings, tables: CanonicalTables, models: tuple[str, ...]) -> pd.DataFrame:
+    return compare.cold_item_report(tables, models, item_share=settings.training.cold_item_share, setup=cold_start_setup(settings))
 
 
 @task(name="evaluate on cold users", cache_policy=NO_CACHE)
 def evaluate_cold_users(settings: Settings, tables: CanonicalTables) -> pd.DataFrame:
     training = settings.training
-    return compare.cold_user_report(
-        tables.ratings,
-        tables.users,
-        tables.items,
-        tables.tags,
-        k=training.k,
-        user_share=training.cold_user_share,
-        seed=training.seed,
-        threshold=training.positive_threshold,
-        item_groups=training.item_feature_groups,
-        user_groups=training.user_feature_groups,
-        lightfm_params=training.lightfm_params(),
-    )
+    return compare.cold_user_report(tables, k=training.k, user_share=training.cold_user_share, setup=cold_start_setup(settings))
 
 
 @task(name="train final hybrid on train + validation", cache_policy=NO_CACHE)
