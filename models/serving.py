@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -124,7 +125,6 @@ class ServingBundle:
         top = self.popularity_counts.max() if n_items else 0
         # Normalised popularity, the fallback's score: positives over the most popular item's.
         self.popularity_score = (self.popularity_counts / top if top else np.zeros(n_items)).astype(np.float32)
-        self._unit_items: np.ndarray | None = None
 
     # ------------------------------------------------------------------ construction
 
@@ -317,17 +317,21 @@ class ServingBundle:
         items, values = top_k(scores[None, :], k, exclude)
         return self._movie_ids(items[0]), values[0], False
 
+    @cached_property
+    def unit_item_vectors(self) -> np.ndarray:
+        """Item vectors scaled to unit length (zero vectors stay zero): cosine is a dot product."""
+        norms = np.linalg.norm(self.item_vectors, axis=1, keepdims=True)
+        norms[norms == 0] = 1.0
+        return (self.item_vectors / norms).astype(np.float32)
+
     def similar_movies(self, movie_id: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k movies whose item vectors have the highest cosine similarity with `movie_id`'s,
         the movie itself excluded. Returns (movie_ids int64 (k,), cosines float32 (k,))."""
         index = int(self.item_index([movie_id])[0])
         if index < 0:
             raise KeyError(f"movie_id {movie_id} is not in the model's catalogue ({self.n_items} movies)")
-        if self._unit_items is None:
-            norms = np.linalg.norm(self.item_vectors, axis=1, keepdims=True)
-            norms[norms == 0] = 1.0
-            self._unit_items = (self.item_vectors / norms).astype(np.float32)
-        similarity = self._unit_items @ self._unit_items[index]
+        unit = self.unit_item_vectors
+        similarity = unit @ unit[index]
         itself = sp.csr_matrix(([1.0], ([0], [index])), shape=(1, self.n_items))
         items, values = top_k(similarity[None, :], k, itself)
         return self._movie_ids(items[0]), values[0]
@@ -385,11 +389,8 @@ class ServingBundle:
         valid = recommended >= 0
         if not len(liked) or not valid.any():
             return out
-        if self._unit_items is None:
-            norms = np.linalg.norm(self.item_vectors, axis=1, keepdims=True)
-            norms[norms == 0] = 1.0
-            self._unit_items = (self.item_vectors / norms).astype(np.float32)
-        similarity = self._unit_items[recommended[valid]] @ self._unit_items[liked].T
+        unit = self.unit_item_vectors
+        similarity = unit[recommended[valid]] @ unit[liked].T
         out[valid] = liked[np.argmax(similarity, axis=1)]
         return out
 

@@ -193,8 +193,7 @@ class LoadedModel:
         self.users_by_activity = [(user_ids[i], self.user_ratings[i]) for i in order.tolist()]
         self._unknown_user = int(bundle.user_ids.max(initial=0)) + 1
         self._fallback: dict[int, list[dict]] = {}
-        bundle.because(np.zeros(1, np.int64), np.zeros(1, np.int64))  # unit item vectors, now
-        self.unit_items = bundle._unit_items
+        self.unit_items = bundle.unit_item_vectors
         self.fallback_items(MAX_K)
 
     # ------------------------------------------------------------------ building responses
@@ -228,7 +227,7 @@ class LoadedModel:
         return cached
 
     def known_user(self, index: int, k: int) -> list[dict]:
-        """The model's top-k for user_idx `index`, training items excluded: the scores of
+        """The model's top-k for user_idx `index`, every movie they rated excluded: the scores of
         `ServingBundle.recommend_users` in one product, selected as `models.topk.top_k` would (`top_one`)."""
         bundle = self.bundle
         scores = (bundle.user_vectors[index : index + 1] @ bundle.item_vectors.T + bundle.user_bias[index]
