@@ -108,6 +108,9 @@ def test_two_runs_track_everything_and_the_gate_picks_the_champion(home, quick_p
     cli = CliRunner()
     listing = cli.invoke(app, ["models"])
     assert listing.exit_code == 0 and "champion" in listing.output and first["snapshot"]["snapshot_id"] in listing.output
+    missing = cli.invoke(app, ["promote", "--version", "99"])
+    assert missing.exit_code == 1 and "has no version 99" in missing.output
+    assert str(client.get_model_version_by_alias(name, "champion").version) == expected
     refused = cli.invoke(app, ["promote", "--version", other])  # it lost the gate once; it loses again
     assert refused.exit_code == 1 and "the gate says no" in refused.output
     forced = cli.invoke(app, ["promote", "--version", other, "--force"])
