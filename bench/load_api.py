@@ -112,19 +112,19 @@ def free_port() -> int:
 def known_user_ids(home: Path) -> tuple[str, list[int]]:
     """The champion's model URI and (a sample of) its known user ids."""
     os.environ["MOVIEREC_HOME"] = str(home)
-    from movierec import tracking
-    from movierec.export import load_model_bundle
-    from movierec.registry import Registry
     from movierec.settings import get_settings
+    from movierec.tracking import runs
+    from movierec.tracking.registry import Registry
+    from movierec.tracking.served_model import load_bundle
 
     settings = get_settings()
-    tracking.configure(settings)
+    runs.configure(settings)
     registry = Registry(settings.registered_model_name)
     champion = registry.champion()
     if champion is None:
         sys.exit(f"no champion of '{registry.name}' in {settings.tracking_uri}; run `make run` (or movierec pipeline) first")
     uri = f"models:/{registry.name}/{champion.version}"
-    ids = [int(user) for user in load_model_bundle(uri).user_ids]
+    ids = [int(user) for user in load_bundle(uri).user_ids]
     if len(ids) > MAX_IDS:
         ids = random.Random(0).sample(ids, MAX_IDS)
     return uri, ids

@@ -4,7 +4,8 @@ Protocol: per-user temporal split (last 20% of each user's ratings by time, user
 ratings), positives = ratings >= 4, rankings over the full catalogue with each user's training
 items excluded, k = 10. Then cold items (10% of rated items held out with all their ratings):
 AUC among cold items. Then the scoring rate: top-100 for every user of ml-latest-small from the
-hybrid's representations, beside a plain numpy matrix product of the same shape.
+hybrid's served bundle (`ServingBundle.recommend`, the path of the export, the gate and the
+evaluation), beside a plain numpy matrix product of the same shape.
 
 Usage: .venv/bin/python bench/recommenders.py [DATASET ...]   (needs MOVIEREC_DATA_DIR or ../shared/data)
 """
@@ -19,16 +20,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.compare import MODEL_NAMES, ColdStartSetup, cold_item_report, compare, prepare
-from models.factorization import LightFMRecommender
-from models.topk import batched_top_k
+from features.prepare import prepare
 from features.splits import user_temporal_split
-from movierec.datasets import TMDB, get_spec
-from movierec.fetch import locate, locate_optional
-from movierec.parse import read_dataset
-from movierec.preprocess import canonicalize
+from models.bundle import serving_bundle
+from models.cold_start import ColdStartSetup, cold_item_report
+from models.evaluation import compare
+from models.factorization import LightFMRecommender
+from models.families import MODEL_NAMES
+from movierec.data.datasets import TMDB, get_spec
+from movierec.data.fetch import locate, locate_optional
+from movierec.data.parse import read_dataset
+from movierec.data.preprocess import canonicalize
+from movierec.data.tmdb import read_tmdb
 from movierec.settings import TrainingSettings
-from movierec.tmdb import read_tmdb
 
 REPO = Path(__file__).resolve().parent.parent
 COLUMNS = ["ndcg@10", "recall@10", "precision@10", "map@10", "coverage@10", "train_seconds"]
@@ -80,12 +84,13 @@ def main(datasets: list[str]) -> None:
                        item_groups=settings.item_feature_groups, user_groups=settings.user_feature_groups)
     model = LightFMRecommender(**params).fit(prepared.train, item_features=prepared.item_features.matrix,
                                               user_features=prepared.user_features.matrix)
-    user_bias, user_vectors, item_bias, item_vectors = model.representations()
+    bundle = serving_bundle(model, prepared, tables.users, tables.items, settings.user_feature_groups)
+    user_vectors, item_vectors = bundle.user_vectors, bundle.item_vectors
     users = np.arange(prepared.n_users)
     timings, plain = [], []
     for _ in range(5):
         started = time.perf_counter()
-        batched_top_k(user_vectors, item_vectors, 100, prepared.seen, users, user_bias=user_bias, item_bias=item_bias)
+        bundle.recommend(users, 100, prepared.seen)
         timings.append(time.perf_counter() - started)
         started = time.perf_counter()
         user_vectors @ item_vectors.T

@@ -16,7 +16,8 @@ import time
 import optuna
 
 from features.splits import user_temporal_split, validation_split
-from models.compare import evaluate, prepare
+from models.evaluation import evaluate
+from features.prepare import prepare
 from models.factorization import LightFMRecommender
 from models.tune import create_study, make_objective, suggest
 from recommenders import tables_of

@@ -1,1 +1,1 @@
-"""Feature building (issue 3): pure functions from canonical tables to model inputs."""
+"""Feature building: pure functions from canonical tables to model inputs (no I/O, no Prefect)."""

@@ -11,7 +11,8 @@ Groups (each switchable and weightable, so the tuner can choose):
 Anything fitted (the tag and text vocabularies, IDF weights) is fitted on the items of the
 training interactions only, then applied to the whole catalogue, so a cold item still gets its
 metadata features but held-out interactions shape nothing. Rows are L1-normalised after the
-group weights are applied, as LightFM expects.
+group weights are applied, as LightFM expects. The encoders shared with the served model
+(`multi_hot`, `split_values`, `l1_normalise`) live in `inference.model`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
+
+from inference.model import l1_normalise, multi_hot, split_values
 
 ITEM_GROUPS = ("identity", "genre", "year", "tag", "keyword", "cast", "director", "language", "text")
 DEFAULT_ITEM_GROUPS = {"identity": 1.0, "genre": 1.0, "year": 0.5, "tag": 0.5, "keyword": 0.5, "director": 0.5, "text": 0.5}
@@ -58,28 +61,8 @@ def train_tags(tags: pd.DataFrame, train: pd.DataFrame, test: pd.DataFrame) -> p
     return kept[~pairs.isin(held_out)].reset_index(drop=True)
 
 
-def split_values(values: pd.Series, separator: str = "|") -> list[list[str]]:
-    return [[part.strip() for part in str(value).split(separator) if part.strip()] if isinstance(value, str) else [] for value in values]
-
-
 def _year_buckets(years: pd.Series) -> list[list[str]]:
     return [[f"{int(year) // 10 * 10}s"] if pd.notna(year) else [] for year in years]
-
-
-def multi_hot(lists: list[list[str]], prefix: str, vocabulary: list[str] | None = None) -> tuple[sp.csr_matrix, list[str]]:
-    """Multi-hot encoding; the vocabulary is sorted for determinism (or given, when fitted)."""
-    if vocabulary is None:
-        vocabulary = sorted({value for values in lists for value in values})
-    column = {value: index for index, value in enumerate(vocabulary)}
-    rows, cols = [], []
-    for row, values in enumerate(lists):
-        for value in dict.fromkeys(values):
-            if value in column:
-                rows.append(row)
-                cols.append(column[value])
-    data = np.ones(len(rows), dtype=np.float32)
-    matrix = sp.csr_matrix((data, (rows, cols)), shape=(len(lists), len(vocabulary)), dtype=np.float32)
-    return matrix, [f"{prefix}:{value}" for value in vocabulary]
 
 
 def _frequent(lists: list[list[str]], fit_rows: np.ndarray, min_count: int, max_size: int) -> list[str]:
@@ -186,13 +169,3 @@ def _text_block(items: pd.DataFrame, item_tags: list[list[str]], fit_rows: np.nd
     vectorizer.fit(fitted_documents)
     matrix = vectorizer.transform(documents).astype(np.float32).tocsr()
     return matrix, [f"text:{word}" for word in vectorizer.get_feature_names_out()]
-
-
-def l1_normalise(matrix: sp.csr_matrix) -> sp.csr_matrix:
-    sums = np.asarray(abs(matrix).sum(axis=1)).ravel()
-    sums[sums == 0] = 1.0
-    normalised = sp.diags((1.0 / sums).astype(np.float32)) @ matrix
-    normalised = normalised.tocsr()
-    normalised.sort_indices()
-    normalised.eliminate_zeros()
-    return normalised.astype(np.float32)

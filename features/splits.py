@@ -203,3 +203,15 @@ def validation_split(split: Split, **same_rule_kwargs) -> Split:
         params["cutoff"] = None
     params.update(same_rule_kwargs)
     return SPLITTERS[split.kind](split.train, **params)
+
+
+def protocol_split(ratings: pd.DataFrame, kind: str, *, test_share: float, min_ratings: int, seed: int) -> Split:
+    """The held-out split of the training protocol: rule `kind` (user_temporal, global_temporal
+    or random) given the protocol's parameters that rule takes (`min_ratings` only for
+    user_temporal, `seed` only for random)."""
+    params: dict = {"test_share": test_share}
+    if kind == "user_temporal":
+        params["min_ratings"] = min_ratings
+    if kind == "random":
+        params["seed"] = seed
+    return split(ratings, kind, **params)

@@ -4,6 +4,10 @@ Taste is the share of each genre among a user's positive training interactions. 
 from liked movies alone, so a brand-new user described by a few liked movies (and, optionally,
 demographics) gets a feature row in the same space as everyone else (`new_user_features`).
 The demographic vocabularies are fixed or fitted on training users only.
+
+The encoding a new user gets at serving time (age buckets, taste, the row itself) lives in
+`inference.model`, the served model's file, and is imported here: training and serving encode a
+user with the same code.
 """
 
 from __future__ import annotations
@@ -12,21 +16,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from features.items import FeatureMatrix, assemble, l1_normalise, multi_hot, split_values
-from movierec.schema import GENRES
+from features.items import FeatureMatrix, assemble
+from features.tables import GENRES
+from inference.model import AGE_LABELS, age_bucket, multi_hot, new_user_row, split_values, taste
 
 USER_GROUPS = ("identity", "age", "gender", "occupation", "taste")
 DEFAULT_USER_GROUPS = {"identity": 1.0, "age": 0.5, "gender": 0.5, "occupation": 0.5, "taste": 1.0}
-# MovieLens 1M's age groups; ml-100k's exact ages are bucketed the same way.
-AGE_EDGES = (18, 25, 35, 45, 50, 56)
-AGE_LABELS = ("under 18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
-DEMOGRAPHICS = ("age", "gender", "occupation")
-
-
-def age_bucket(age: float | None) -> list[str]:
-    if age is None or pd.isna(age):
-        return []
-    return [AGE_LABELS[int(np.searchsorted(AGE_EDGES, age, side="right"))]]
 
 
 def genre_matrix(items: pd.DataFrame) -> sp.csr_matrix:
@@ -34,14 +29,6 @@ def genre_matrix(items: pd.DataFrame) -> sp.csr_matrix:
     ordered = items.sort_values("item_idx")
     matrix, _ = multi_hot(split_values(ordered["genres"]), "genre", list(GENRES))
     return matrix
-
-
-def taste(interactions: sp.csr_matrix, genres: sp.csr_matrix) -> sp.csr_matrix:
-    """Rows: each user's genre shares among their positives (users x genres, rows sum to 1 or 0)."""
-    binary = interactions.copy()
-    binary.data[:] = 1.0
-    counts = (binary @ genres).astype(np.float32).tocsr()
-    return l1_normalise(counts)
 
 
 def user_features(
@@ -83,19 +70,8 @@ def new_user_features(
     groups: dict[str, float] | None = None,
 ) -> sp.csr_matrix:
     """A 1 x n_features row for a user the model has never seen: no identity column, taste from
-    the liked items, demographic columns where the value is in the fitted vocabulary."""
-    groups = DEFAULT_USER_GROUPS if groups is None else groups
-    row = np.zeros(len(features.names), dtype=np.float32)
-    column = {name: index for index, name in enumerate(features.names)}
-    if "taste" in features.groups and len(liked_items):
-        liked = sp.csr_matrix((np.ones(len(liked_items), dtype=np.float32), (np.zeros(len(liked_items)), liked_items)), shape=(1, len(items)))
-        shares = taste(liked, genre_matrix(items)).toarray().ravel()
-        start, stop = features.groups["taste"]
-        row[start:stop] = shares * groups.get("taste", 0.0)
-    for group, value in (demographics or {}).items():
-        labels = age_bucket(value) if group == "age" else [str(value)]
-        for label in labels:
-            index = column.get(f"{group}:{label}")
-            if index is not None:
-                row[index] = groups.get(group, 0.0)
-    return l1_normalise(sp.csr_matrix(row))
+    the liked items (item_idx into `items`), demographic columns where the value is in the
+    fitted vocabulary (`inference.model.new_user_row`)."""
+    liked = np.unique(np.asarray(liked_items, dtype=np.int64))
+    genres = items.sort_values("item_idx")["genres"].to_numpy()[liked]
+    return new_user_row(features.names, features.groups, DEFAULT_USER_GROUPS if groups is None else groups, genres, demographics)

@@ -23,13 +23,13 @@ import time
 
 from prefect import flow
 
-from movierec.datasets import get_spec
+from movierec.data.datasets import get_spec
+from movierec.data.feedback import explain_feedback_failure
+from movierec.data.snapshot import Snapshot, SnapshotStore, inputs_fingerprint
 from movierec.errors import ValidationFailed
 from movierec.settings import get_settings
-from movierec.snapshot import Snapshot, SnapshotStore, inputs_fingerprint
 from tasks.ingest import (
     build_canonical,
-    explain_feedback_failure,
     generate_synthetic,
     locate_dataset,
     locate_tmdb,
@@ -139,7 +139,7 @@ def summarize(snapshot: Snapshot, validation_seconds: float = 0.0) -> dict:
         "rows": {name: meta["rows"] for name, meta in lineage["tables"].items()},
         "rating_scale": lineage["preprocessing"]["rating_scale"],
         "tmdb": lineage["preprocessing"].get("tmdb"),
-        # Feedback merged into this snapshot's ratings (None: none), see tasks.ingest.merge_feedback.
+        # Feedback merged into this snapshot's ratings (None: none), see movierec.data.feedback.merge_feedback.
         "feedback": feedback_summary(lineage.get("feedback")),
         "data_docs": lineage["validation"]["data_docs"],
         "validation": {"raw": lineage["validation"]["raw"], "canonical": lineage["validation"]["canonical"]},

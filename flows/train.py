@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from models.compare import MODEL_NAMES
+from models.families import MODEL_NAMES
 from movierec.settings import get_settings
 from tasks.train import evaluate_cold_items, evaluate_cold_users, fit_and_evaluate, load_snapshot, prepare_features
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from prefect import flow
 
+from movierec.data.schema import RatingScale
+from movierec.data.snapshot import SnapshotStore
 from movierec.errors import DataError
-from movierec.schema import RatingScale
 from movierec.settings import get_settings
-from movierec.snapshot import SnapshotStore
 from tasks.validate import validate_canonical
 
 
@@ -19,10 +19,7 @@ from tasks.validate import validate_canonical
 def validate(dataset: str = "ml-latest-small", snapshot_id: str | None = None) -> dict:
     settings = get_settings()
     store = SnapshotStore(settings.snapshots_dir)
-    snapshot = store.get(dataset, snapshot_id) if snapshot_id else store.latest(dataset)
-    if snapshot is None:
-        wanted = f"snapshot {snapshot_id}" if snapshot_id else "any snapshot"
-        raise DataError(f"no {wanted} of {dataset} in {store.dataset_dir(dataset)}; run `movierec ingest --dataset {dataset}`")
+    snapshot = store.require(dataset, snapshot_id)
     if not store.verify(snapshot):
         raise DataError(f"snapshot {snapshot.path} no longer matches its content hash; re-ingest it")
     scale = RatingScale(**snapshot.lineage["preprocessing"]["rating_scale"])

@@ -1,1 +1,2 @@
-"""Recommender models (issue 3): pure fit/recommend functions on sparse matrices."""
+"""Recommender models: pure fit / recommend / evaluate functions on sparse matrices and frames
+(no I/O, no Prefect, no MLflow). Selection and factor scoring come from `inference.model`."""

@@ -2,7 +2,9 @@
 
 Users and items are the snapshot's contiguous indices (user_idx, item_idx). `fit` takes the
 training interactions as a users x items CSR matrix (and, for models that use them, feature
-matrices); everything else is derived from what `fit` saw, never from test data.
+matrices); everything else is derived from what `fit` saw, never from test data. Rankings go
+through `inference.model.top_k`, the selection every list in the project (the served model's
+included) is made with.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 import scipy.sparse as sp
 
-from models.topk import top_k
+from inference.model import cosine_top_k, top_k, unit_rows
 
 
 class Recommender(ABC):
@@ -44,7 +46,7 @@ class Recommender(ABC):
         items, values = [], []
         for start in range(0, len(users), batch_size):
             batch = users[start : start + batch_size]
-            batch_items, batch_scores = top_k(self.scores(batch), k, exclude, user_rows=batch)
+            batch_items, batch_scores = top_k(self.scores(batch), k, exclude, batch)
             items.append(batch_items)
             values.append(batch_scores)
         if not items:
@@ -68,10 +70,5 @@ class Recommender(ABC):
         """(n_items, d) vectors whose cosine similarity defines `similar_items`."""
 
     def similar_items(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        vectors = self.item_vectors()
-        norms = np.linalg.norm(vectors, axis=1)
-        norms[norms == 0] = 1.0
-        similarity = (vectors @ vectors[item]) / (norms * norms[item])
-        itself = sp.csr_matrix(([1.0], ([0], [item])), shape=(1, len(vectors)))
-        items, values = top_k(similarity[None, :].astype(np.float32), k, itself)
-        return items[0], values[0]
+        """The k items whose `item_vectors` are most cosine-similar to `item`'s, itself excluded."""
+        return cosine_top_k(unit_rows(self.item_vectors()), item, k)

@@ -19,7 +19,7 @@ import scipy.linalg
 import scipy.sparse as sp
 from sklearn.utils.extmath import randomized_svd
 
-from features.items import l1_normalise
+from inference.model import l1_normalise
 from models.base import Recommender
 
 # Dense item vectors up to 16M cells (64 MB float32); beyond, a truncated SVD.

@@ -19,6 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 from lightfm import LightFM
 
+from inference.model import factor_scores
 from models.base import Recommender
 
 
@@ -92,8 +93,7 @@ class LightFMRecommender(Recommender):
 
     def scores(self, users: np.ndarray) -> np.ndarray:
         user_bias, user_vectors, item_bias, item_vectors = self._representations()
-        users = np.asarray(users)
-        return (user_vectors[users] @ item_vectors.T + user_bias[users, None] + item_bias[None, :]).astype(np.float32)
+        return factor_scores(user_vectors, item_vectors, user_bias, item_bias, users)
 
     def new_user_scores(self, liked_items: np.ndarray, user_features: sp.csr_matrix | None = None) -> np.ndarray:
         """With a feature row (hybrid: taste and demographics), the row's representation; without

@@ -16,7 +16,8 @@ import optuna
 import pandas as pd
 
 from features.splits import Split
-from models.compare import Prepared, evaluate, prepare
+from features.prepare import Prepared, prepare
+from models.evaluation import evaluate
 from models.factorization import LightFMRecommender
 
 SAMPLERS = ("tpe", "random", "grid")

@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from movierec.console import console, interactive
-from movierec.datasets import DATASETS
+from movierec.data.datasets import DATASETS
 from movierec.errors import DataError
 from movierec.settings import get_settings
 
@@ -130,7 +130,7 @@ def validate(
 @app.command()
 def snapshots(dataset: DatasetOption = "ml-latest-small") -> None:
     """List the stored snapshots of a dataset, newest last."""
-    from movierec.snapshot import SnapshotStore
+    from movierec.data.snapshot import SnapshotStore
 
     store = SnapshotStore(get_settings().snapshots_dir)
     latest = store.latest(dataset)
@@ -196,7 +196,7 @@ def _print_metrics(result: dict, k: int) -> None:
 
 
 def _train(dataset: str, models: list[str] | None, snapshot: str | None, cold_start: bool) -> None:
-    from models.compare import MODEL_NAMES
+    from models.families import MODEL_NAMES
 
     unknown = [name for name in models or [] if name not in MODEL_NAMES]
     if unknown:
@@ -283,11 +283,11 @@ def _print_pipeline(result: dict, settings) -> None:
 
 
 def _registry():
-    from movierec import tracking
-    from movierec.registry import Registry
+    from movierec.tracking import runs
+    from movierec.tracking.registry import Registry
 
     settings = get_settings()
-    tracking.configure(settings)
+    runs.configure(settings)
     return settings, Registry(settings.registered_model_name)
 
 
@@ -324,7 +324,8 @@ def promote(
     force: Annotated[bool, typer.Option(help="Promote even when the gate says no.")] = False,
 ) -> None:
     """Promote a version to champion by hand if it beats the champion on the current holdout (or --force)."""
-    from movierec.promotion import current_holdout, gate
+    from movierec.tracking.promotion import gate
+    from movierec.training.protocol import current_holdout
 
     settings, registry = _registry()
     try:
@@ -395,16 +396,17 @@ def export_recs(
 
     from mlflow.exceptions import MlflowException
 
-    from movierec import tracking
-    from movierec.export import export_model
+    from movierec.serving.export import export_model
+    from movierec.tracking import runs
+    from movierec.tracking.served_model import IncompatibleModel
 
     settings = get_settings()
-    tracking.configure(settings)
+    runs.configure(settings)
     k = settings.serving.export_k if k is None else k
     model_uri = model_uri or f"models:/{settings.registered_model_name}@champion"
     try:
         path, frame = export_model(model_uri, k, Path(out))
-    except (MlflowException, OSError, ValueError) as error:
+    except (MlflowException, OSError, ValueError, IncompatibleModel) as error:
         message = error.message if isinstance(error, MlflowException) else str(error)
         console.print(f"[bold red]error:[/] cannot export {model_uri}: {message}", soft_wrap=True)
         raise typer.Exit(1) from None
@@ -421,7 +423,7 @@ def serve(
     _prepare()
     import uvicorn
 
-    from movierec.serve import UVICORN_OPTIONS, create_app
+    from movierec.serving.app import UVICORN_OPTIONS, create_app
 
     settings = get_settings()
     host = host or settings.serving.host

@@ -1,7 +1,7 @@
 """Prefect task of the retrain flow's last stage: the champion's batch export.
 
 After the registry stage the flow makes sure `exports_dir/<name>-v<champion>-top<k>.parquet`
-exists: every known user's top-k from the champion's bundle (`movierec.export`). The file name
+exists: every known user's top-k from the champion's bundle (`movierec.serving.export`). The file name
 holds the version and k and a version's bundle never changes, so an existing file is complete
 (written atomically) and current: it is computed only when the champion changed (or was
 promoted by hand, or k changed, or the file was removed); a run whose challenger was rejected
@@ -16,27 +16,22 @@ reports no path, and `movierec export-recs` writes the file by hand.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import mlflow
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from movierec.export import export_model
+from movierec.serving.export import export_model, export_path
 from movierec.settings import Settings
 
 log = logging.getLogger("movierec")
-
-
-def export_path(settings: Settings, name: str, version: str, k: int) -> Path:
-    return settings.exports_dir / f"{name}-v{version}-top{k}.parquet"
 
 
 @task(name="export recommendations", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
 def export_recommendations(settings: Settings, name: str, version: str) -> str:
     """Write the champion's top-k export unless the file for this version and k exists; its path."""
     k = settings.serving.export_k
-    out = export_path(settings, name, version, k)
+    out = export_path(settings.exports_dir, name, version, k)
     if not out.exists():
         export_model(f"models:/{name}/{version}", k, out)
     return str(out)

@@ -1,5 +1,5 @@
 """Prefect tasks of the features stage: the held-out split, the validation split carved from its
-training part, and the feature matrices of a split.
+training part, the feature matrices of a split, and the final model's features in the store.
 
 Featurisation is cached by Prefect across runs: the key is the data snapshot, the split's rule,
 the feature groups and a hash of the featurising code, and the result is persisted under
@@ -11,35 +11,24 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import timedelta
-from functools import cache
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
+from features.prepare import Prepared, prepare
 from features.splits import Split, validation_split
-from models import compare
-from movierec.schema import CanonicalTables
-from movierec.settings import REPO_ROOT, Settings
-
-# Code whose change must invalidate cached features.
-FEATURE_CODE = ("features/interactions.py", "features/items.py", "features/users.py", "features/splits.py", "models/compare.py")
-
-
-@cache
-def feature_code_hash() -> str:
-    digest = hashlib.sha256()
-    for name in FEATURE_CODE:
-        digest.update((REPO_ROOT / name).read_bytes())
-    return digest.hexdigest()[:16]
+from features.tables import CanonicalTables
+from movierec.data.feature_store import write_features
+from movierec.data.snapshot import Snapshot
+from movierec.settings import Settings
+from movierec.tracking import runs
+from movierec.training import protocol
 
 
 @task(name="split held-out test data", cache_policy=NO_CACHE)
 def split_holdout(settings: Settings, tables: CanonicalTables) -> Split:
-    training = settings.training
-    return compare.default_split(
-        tables.ratings, training.split, test_share=training.test_share, min_ratings=training.min_user_ratings, seed=training.seed
-    )
+    return protocol.held_out_split(settings, tables.ratings)
 
 
 @task(name="carve validation split from train", cache_policy=NO_CACHE)
@@ -56,7 +45,7 @@ def _features_key(context: TaskRunContext, parameters: dict) -> str:
         "threshold": parameters["settings"].training.positive_threshold,
         "item_groups": sorted(parameters["item_groups"].items()),
         "user_groups": sorted(parameters["user_groups"].items()),
-        "code": feature_code_hash(),
+        "code": protocol.feature_code_hash(),
     }
     return "features-" + hashlib.sha256(json.dumps(description, default=str).encode()).hexdigest()[:32]
 
@@ -76,9 +65,9 @@ def build_features(
     part: str,
     item_groups: dict[str, float],
     user_groups: dict[str, float],
-) -> compare.Prepared:
+) -> Prepared:
     """Interaction and feature matrices of `chosen` ("validation" or "holdout" in `part`)."""
-    return compare.prepare(
+    return prepare(
         tables.users,
         tables.items,
         tables.tags,
@@ -87,3 +76,12 @@ def build_features(
         item_groups=item_groups,
         user_groups=user_groups,
     )
+
+
+@task(name="store features", cache_policy=NO_CACHE)
+def store_features(settings: Settings, snapshot: Snapshot, prepared: Prepared, item_groups: dict, user_groups: dict) -> str:
+    """The final model's feature matrices beside the snapshot, their vocabularies on the run."""
+    chosen = {**protocol.feature_settings(settings), "item_feature_groups": item_groups, "user_feature_groups": user_groups}
+    folder = write_features(snapshot.path, chosen, {"item": prepared.item_features, "user": prepared.user_features})
+    runs.log_feature_vocabularies(folder)
+    return str(folder)

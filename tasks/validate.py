@@ -5,8 +5,9 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from movierec import validation
-from movierec.schema import CanonicalTables, RatingScale, RawDataset
+from features.tables import CanonicalTables
+from movierec.data import validation
+from movierec.data.schema import RatingScale, RawDataset
 from movierec.settings import Settings
 
 

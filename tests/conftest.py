@@ -69,7 +69,7 @@ def quick_pipeline(monkeypatch):
 @pytest.fixture(scope="session")
 def small_raw():
     """A generated MovieLens-shaped dataset of 6,000 ratings."""
-    from movierec.synthetic import generate
+    from movierec.data.synthetic import generate
 
     return generate(6_000, seed=7)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from movierec.parse import ML100K_GENRES
-from movierec.schema import RawDataset
+from movierec.data.parse import ML100K_GENRES
+from movierec.data.schema import RawDataset
 
 
 def write_csv_dataset(raw: RawDataset, folder: Path) -> Path:

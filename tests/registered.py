@@ -7,16 +7,17 @@ from dataclasses import dataclass
 
 import mlflow
 
+from features.prepare import prepare
 from features.splits import user_temporal_split
-from models.compare import prepare
+from features.tables import CanonicalTables
+from inference.model import ServingBundle
+from models.bundle import serving_bundle
 from models.factorization import LightFMRecommender
-from models.serving import ServingBundle
-from movierec import pyfunc, tracking
-from movierec.preprocess import canonicalize
-from movierec.registry import Registry
-from movierec.schema import CanonicalTables
+from movierec.data.preprocess import canonicalize
+from movierec.data.synthetic import generate
 from movierec.settings import get_settings
-from movierec.synthetic import generate
+from movierec.tracking import runs, served_model
+from movierec.tracking.registry import Registry
 
 USER_GROUPS = {"identity": 1.0, "age": 0.5, "gender": 0.5, "occupation": 0.5, "taste": 1.0}
 
@@ -33,17 +34,19 @@ class Registered:
 def register_champion(n_ratings: int = 6_000, seed: int = 7, *, epochs: int = 5, promote: bool = True) -> Registered:
     """Fit, log and register a hybrid in the settings' MLflow store (MOVIEREC_HOME must be set);
     each call adds a version, made champion when `promote`. Different `epochs` give a different model."""
-    tables = canonicalize(generate(n_ratings, seed=seed), None)[0]
+    raw = generate(n_ratings, seed=seed)
+    tables = canonicalize(raw, None)[0]
     prepared = prepare(tables.users, tables.items, tables.tags, chosen=user_temporal_split(tables.ratings), user_groups=USER_GROUPS)
     model = LightFMRecommender(name="hybrid", epochs=epochs, no_components=16).fit(
         prepared.train, item_features=prepared.item_features.matrix, user_features=prepared.user_features.matrix
     )
-    bundle = ServingBundle.from_model(model, prepared, tables.users, tables.items, USER_GROUPS)
+    scale = (raw.rating_scale.min, raw.rating_scale.max, raw.rating_scale.step)
+    bundle = serving_bundle(model, prepared, tables.users, tables.items, USER_GROUPS, rating_scale=scale)
     settings = get_settings()
-    tracking.configure(settings)
+    runs.configure(settings)
     registry = Registry(settings.registered_model_name)
     with mlflow.start_run(run_name="test model"):
-        info = pyfunc.log_model(bundle, model.model, name="model")
+        info = served_model.log_model(bundle, model, name="model")
     with registry.registration(info.model_uri, {"dataset": "synthetic"}) as version:
         if promote:
             registry.promote(str(version.version), reason="test")

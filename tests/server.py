@@ -1,4 +1,5 @@
-"""`movierec serve` as a real subprocess on a free loopback port, for end-to-end tests."""
+"""Servers as real subprocesses on free loopback ports, for end-to-end tests: `movierec serve`
+(`Server`) and `mlflow models serve` (`mlflow_models_serve`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -70,3 +73,41 @@ class Server:
         if getattr(self, "_log", None) is not None:
             self._log.close()
             self._log = None
+
+
+@contextmanager
+def mlflow_models_serve(bin_dir: Path, model_uri: str, env: dict[str, str], log: Path, timeout: float = 120.0) -> Iterator[str]:
+    """`mlflow models serve` of `model_uri` from the environment whose executables are in `bin_dir`
+    (its uvicorn is started through a shell, so `bin_dir` goes first on PATH), on a free loopback
+    port; yields its URL once /ping answers and stops its whole process group afterwards.
+    Raises RuntimeError (with the server's output) when it does not start within `timeout`."""
+    port = free_port()
+    env = {**env, "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"}
+    with open(log, "w+") as output:
+        process = subprocess.Popen(
+            [str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,  # its own group: uvicorn is a child
+            cwd=log.parent,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    output.seek(0)
+                    raise RuntimeError(f"mlflow models serve did not start (exit code {process.poll()}):\n{output.read()[-4000:]}")
+                time.sleep(0.5)
+            yield url
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from models.serving import ServingBundle
+from inference.model import ServingBundle
 
 
 def _bundle(item_vectors: np.ndarray) -> ServingBundle:

@@ -2,7 +2,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from features.items import FeatureMatrix
-from movierec.feature_store import features_key, read_matrix, write_features
+from movierec.data.feature_store import features_key, read_matrix, write_features
 
 
 def test_round_trip_and_no_op_rewrite(tmp_path):

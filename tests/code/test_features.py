@@ -4,9 +4,10 @@ import pytest
 import scipy.sparse as sp
 
 from features.items import item_features, train_tags
-from features.users import age_bucket, new_user_features, taste, user_features
-from movierec.preprocess import canonicalize
-from movierec.schema import GENRES
+from inference.model import age_bucket, taste
+from features.users import new_user_features, user_features
+from movierec.data.preprocess import canonicalize
+from features.tables import GENRES
 
 T = pd.Timestamp
 

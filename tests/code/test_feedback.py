@@ -10,8 +10,8 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import pytest
 
-from movierec.feedback import FeedbackEvent, FeedbackStore, feedback_ratings
-from movierec.schema import RatingScale
+from movierec.data.feedback import FeedbackEvent, FeedbackStore, feedback_ratings
+from movierec.data.schema import RatingScale
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 SCALE = RatingScale(0.5, 5.0, 0.5)

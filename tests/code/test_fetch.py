@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from movierec.datasets import DatasetSpec, get_spec
+from movierec.data.datasets import DatasetSpec, get_spec
 from movierec.errors import SourceError
-from movierec.fetch import locate
+from movierec.data.fetch import locate
 
 SPEC = get_spec("ml-100k")
 FILES = {"u.data": b"1\t2\t3\t881250949\n", "u.item": b"2|Toy Story (1995)|||x" + b"|0" * 19 + b"\n", "u.user": b"1|24|M|writer|85711\n"}

@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 from sklearn.metrics import ndcg_score, roc_auc_score
 
-from models.evaluate import activity_segments, auc, ranking_metrics, rating_errors, segment_metrics
+from models.metrics import activity_segments, auc, ranking_metrics, rating_errors, segment_metrics
 
 LOG2_3 = math.log2(3)
 

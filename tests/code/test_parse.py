@@ -2,10 +2,10 @@ from pathlib import Path
 
 import pytest
 
-from movierec.datasets import get_spec
+from movierec.data.datasets import get_spec
 from movierec.errors import FormatError
-from movierec.fetch import locate
-from movierec.parse import FLOAT, INT, STR, Column, read_delimited, read_dataset
+from movierec.data.fetch import locate
+from movierec.data.parse import Column, FLOAT, INT, STR, read_dataset, read_delimited
 from published import write_csv_dataset, write_ml100k
 
 RATINGS = [Column("userId", INT), Column("movieId", INT), Column("rating", FLOAT), Column("timestamp", INT)]

@@ -2,17 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from movierec.preprocess import (
-    build_items,
-    build_tags,
-    build_users,
-    canonicalize,
-    dedupe_ratings,
-    normalise_genres,
-    parse_title,
-    utc_seconds,
-)
-from movierec.schema import RatingScale, RawDataset
+from movierec.data.preprocess import build_items, build_tags, build_users, canonicalize, dedupe_ratings, normalise_genres, parse_title, utc_seconds
+from movierec.data.schema import RatingScale, RawDataset
 
 
 @pytest.mark.parametrize(

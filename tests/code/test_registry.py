@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from movierec.registry import CHALLENGER, CHAMPION, Decision, Registry, beats
+from movierec.tracking.registry import CHALLENGER, CHAMPION, Decision, Registry, beats
 
 
 @pytest.mark.parametrize(

@@ -13,16 +13,7 @@ import pytest
 import scipy.sparse as sp
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from movierec.report import (
-    item_popularity_deciles,
-    metric_curves,
-    model_card,
-    plot_metric_curves,
-    plot_optimisation_history,
-    plot_param_importances,
-    plot_popularity_coverage,
-    popularity_decile_shares,
-)
+from movierec.tracking.reports import item_popularity_deciles, metric_curves, model_card, plot_metric_curves, plot_optimisation_history, plot_param_importances, plot_popularity_coverage, popularity_decile_shares
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 LOG2_3 = math.log2(3)

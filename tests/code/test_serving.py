@@ -11,11 +11,14 @@ import scipy.sparse as sp
 from features.interactions import rating_matrix
 from features.splits import user_temporal_split
 from features.users import new_user_features
-from models.compare import evaluate, prepare
+from models.evaluation import evaluate
+from features.prepare import prepare
 from models.factorization import LightFMRecommender
-from models.serving import ServingBundle, holdout_metrics
-from movierec.preprocess import canonicalize
-from movierec.synthetic import generate
+from inference.model import ServingBundle
+from models.bundle import serving_bundle
+from models.evaluation import holdout_metrics
+from movierec.data.preprocess import canonicalize
+from movierec.data.synthetic import generate
 
 USER_GROUPS = {"identity": 1.0, "age": 0.5, "gender": 0.5, "occupation": 0.5, "taste": 1.0}
 
@@ -44,7 +47,7 @@ def hybrid(prepared):
 
 @pytest.fixture(scope="module")
 def bundle(hybrid, prepared, tables):
-    return ServingBundle.from_model(hybrid, prepared, tables.users, tables.items, USER_GROUPS)
+    return serving_bundle(hybrid, prepared, tables.users, tables.items, USER_GROUPS)
 
 
 def _liked(bundle, n=4):
@@ -133,7 +136,7 @@ def test_a_new_user_with_nothing_usable_falls_back_to_popularity(bundle):
 
 def test_without_user_features_a_new_user_is_the_mean_of_liked_item_vectors(prepared, tables):
     mf = LightFMRecommender(epochs=5, no_components=16).fit(prepared.train)
-    bundle = ServingBundle.from_model(mf, prepared, tables.users, tables.items, None)
+    bundle = serving_bundle(mf, prepared, tables.users, tables.items, None)
     assert not bundle.has_user_features and bundle.user_feature_embeddings is None
     liked = _liked(bundle)
     movie_ids, scores, fallback = bundle.recommend_new_user(liked, {"age": 30}, 10)

@@ -3,9 +3,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from movierec.preprocess import canonicalize
-from movierec.schema import SCHEMAS
-from movierec.snapshot import SnapshotStore, canonical_arrow, content_hash, inputs_fingerprint
+from movierec.data.preprocess import canonicalize
+from movierec.data.schema import SCHEMAS
+from movierec.data.snapshot import SnapshotStore, canonical_arrow, content_hash, inputs_fingerprint
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def test_same_content_same_id_regardless_of_row_order(tmp_path, tables):
     shuffled["ratings"] = shuffled["ratings"].sample(frac=1, random_state=3)
     # Canonical tables are sorted by key before storing, so only content decides the id.
     shuffled["ratings"] = shuffled["ratings"].sort_values(["user_id", "movie_id"]).reset_index(drop=True)
-    from movierec.schema import CanonicalTables
+    from features.tables import CanonicalTables
 
     second = SnapshotStore(tmp_path / "b").write("x", CanonicalTables(**shuffled), {"note": 2})
     assert first.id == second.id

@@ -13,8 +13,8 @@ from features.splits import (
     user_temporal_split,
     validation_split,
 )
-from movierec.preprocess import canonicalize
-from movierec.synthetic import generate
+from movierec.data.preprocess import canonicalize
+from movierec.data.synthetic import generate
 
 KEY = ["user_id", "movie_id"]
 T0 = 1_500_000_000  # a Unix second; hand-built timestamps are offsets from it

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from movierec.schema import GENRES
-from movierec.synthetic import FIRST_SECOND, LAST_SECOND, default_sizes, generate
+from features.tables import GENRES
+from movierec.data.synthetic import FIRST_SECOND, LAST_SECOND, default_sizes, generate
 
 
 @pytest.fixture(scope="module")

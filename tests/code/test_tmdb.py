@@ -1,6 +1,6 @@
 import pandas as pd
 
-from movierec.tmdb import join_tmdb, title_key
+from movierec.data.tmdb import join_tmdb, title_key
 
 
 def test_title_key_ignores_case_accents_punctuation_and_articles():

@@ -1,12 +1,15 @@
-"""models.topk: exclusion, ordering, tie-breaking, padding, and batching against a full sort."""
+"""inference.model.top_k, the one selection kernel: exclusion, ordering, tie-breaking, padding,
+the single-row path, and batched factor scoring against a full sort."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.topk import batched_top_k, top_k
+from inference.model import ServingBundle, top_k
+from ranking import assert_same_ranking
 
 
 def reference_top_k(scores, k, exclude=None, user_rows=None):
@@ -99,8 +102,19 @@ def test_matches_full_sort_and_never_returns_excluded(seed, n_rows, n_items, k, 
         assert len(set(returned.tolist())) == len(returned)
 
 
+def _factor_bundle(user_factors, item_factors, user_bias, item_bias, seen=None) -> ServingBundle:
+    n_users, n_items = len(user_factors), len(item_factors)
+    counts = np.zeros(n_items, dtype=np.int64)
+    return ServingBundle(
+        user_ids=np.arange(1, n_users + 1), item_ids=np.arange(1, n_items + 1), user_bias=user_bias, user_vectors=user_factors,
+        item_bias=item_bias, item_vectors=item_factors, seen=sp.csr_matrix((n_users, n_items)) if seen is None else seen,
+        popularity=np.arange(n_items), popularity_counts=counts,
+        items=pd.DataFrame({"movie_id": np.arange(1, n_items + 1), "title": "t", "year": 2000, "genres": "Drama"}),
+    )
+
+
 @pytest.mark.parametrize("batch_size", [1, 7, 2048])
-def test_batched_equals_brute_force_with_biases(batch_size):
+def test_batched_factor_scoring_equals_brute_force_with_biases(batch_size, monkeypatch):
     rng = np.random.default_rng(3)
     n_users, n_items, n_factors, k = 40, 60, 8, 10
     user_factors = rng.standard_normal((n_users, n_factors)).astype(np.float32)
@@ -109,20 +123,36 @@ def test_batched_equals_brute_force_with_biases(batch_size):
     item_bias = rng.standard_normal(n_items).astype(np.float32)
     exclude = sp.csr_matrix(rng.random((n_users, n_items)) < 0.3)
     users = rng.permutation(n_users)[:25]
+    monkeypatch.setattr("inference.model.BATCH_SIZE", batch_size)
 
-    items, values = batched_top_k(
-        user_factors, item_factors, k, exclude, users,
-        user_bias=user_bias, item_bias=item_bias, batch_size=batch_size,
-    )
+    items, values = _factor_bundle(user_factors, item_factors, user_bias, item_bias).recommend(users, k, exclude)
 
     full = user_factors[users] @ item_factors.T + user_bias[users][:, None] + item_bias[None, :]
     expected_items, expected_values = reference_top_k(full, k, exclude, users)
-    np.testing.assert_array_equal(items, expected_items)
-    np.testing.assert_allclose(values, expected_values, rtol=1e-5)
+    assert_same_ranking(items, values, expected_items, expected_values, full)
 
 
-def test_batched_defaults_to_all_users_without_exclusion():
+def test_batched_scoring_without_exclusion():
     user_factors = np.array([[1.0, 0.0], [0.0, 1.0]])
     item_factors = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
-    items, _ = batched_top_k(user_factors, item_factors, 2, None, None)
+    bundle = _factor_bundle(user_factors, item_factors, np.zeros(2), np.zeros(3))
+    items, _ = bundle.recommend(np.arange(2), 2)
     np.testing.assert_array_equal(items, [[0, 2], [1, 2]])
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_the_single_row_path_selects_what_the_batch_path_selects(seed):
+    """`top_k` takes a cheaper path for one row (the API's per-request case): with many ties,
+    excluded items and any k, every row alone gives what the same row gives in a batch."""
+    rng = np.random.default_rng(seed)
+    n, rows = int(rng.integers(1, 60)), 3
+    scores = rng.integers(0, 6, (rows, n)).astype(np.float32)  # many ties
+    scores[rng.random((rows, n)) < 0.2] = -np.inf
+    scores[rng.random((rows, n)) < 0.05] = np.nan
+    exclude = sp.csr_matrix(rng.random((rows, n)) < 0.2)
+    k = int(rng.integers(1, 80))
+    items, values = top_k(scores, k, exclude)
+    for row in range(rows):
+        alone, alone_values = top_k(scores[row : row + 1], k, exclude, np.array([row]))
+        np.testing.assert_array_equal(alone[0], items[row])
+        np.testing.assert_array_equal(alone_values[0], values[row])

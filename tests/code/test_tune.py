@@ -4,8 +4,8 @@ import pytest
 
 from features.splits import user_temporal_split, validation_split
 from models.tune import best_setup, create_study, make_objective, present_groups, trial_counts
-from movierec.preprocess import canonicalize
-from movierec.synthetic import generate
+from movierec.data.preprocess import canonicalize
+from movierec.data.synthetic import generate
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

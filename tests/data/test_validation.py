@@ -16,9 +16,10 @@ import pandas as pd
 import pytest
 
 from movierec.errors import ValidationFailed
-from movierec.schema import SCHEMAS, CanonicalTables, RatingScale, RawDataset, to_arrow
+from movierec.data.schema import RatingScale, RawDataset, SCHEMAS, to_arrow
+from features.tables import CanonicalTables
 from movierec.settings import EXPECTATIONS_DIR, Settings, ValidationSettings
-from movierec.validation import ValidationReport, validate_canonical, validate_raw
+from movierec.data.validation import ValidationReport, validate_canonical, validate_raw
 
 SCALE = RatingScale(0.5, 5.0, 0.5)
 N_USERS, N_MOVIES, PER_USER = 30, 40, 10

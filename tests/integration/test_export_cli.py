@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
 from movierec.cli import app
-from movierec.export import export_recommendations
+from movierec.serving.export import export_recommendations
 from registered import register_champion
 
 

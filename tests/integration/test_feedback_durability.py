@@ -8,7 +8,7 @@ import uuid
 import httpx
 import pytest
 
-from movierec.feedback import FeedbackStore
+from movierec.data.feedback import FeedbackStore
 from movierec.settings import get_settings
 from registered import register_champion
 from server import Server

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from movierec.errors import ValidationFailed
-from movierec.feedback import FeedbackEvent, FeedbackStore
+from movierec.data.feedback import FeedbackEvent, FeedbackStore
 from movierec.settings import get_settings
-from movierec.snapshot import SnapshotStore
+from movierec.data.snapshot import SnapshotStore
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

@@ -9,7 +9,7 @@ import pytest
 
 from movierec.errors import DataError
 from movierec.settings import get_settings
-from movierec.snapshot import SnapshotStore
+from movierec.data.snapshot import SnapshotStore
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

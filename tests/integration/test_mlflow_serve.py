@@ -2,18 +2,14 @@
 
 The server is MLflow's own (uvicorn, started by `mlflow models serve` through `bash -c "exec
 uvicorn ..."`), so uvicorn must be on PATH: the venv's bin folder is put first, as activating the
-venv would. Skipped (with the server's output) when it does not start within 90 s.
+venv would (`server.mlflow_models_serve`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -22,17 +18,11 @@ import pandas as pd
 import pytest
 
 from registered import register_champion
+from server import mlflow_models_serve
 
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-STARTUP_SECONDS = 90
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _post(url: str, body: dict) -> dict:
@@ -44,40 +34,9 @@ def _post(url: str, body: dict) -> dict:
 @pytest.fixture
 def server(home, tmp_path):
     registered = register_champion()
-    port = _free_port()
-    log = open(tmp_path / "mlflow-serve.log", "w+")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": registered.tracking_uri, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    process = subprocess.Popen(
-        [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{registered.name}@champion", "--env-manager", "local",
-         "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # its own group: uvicorn is a child
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                output = log.read()[-4000:]
-                print(output, file=sys.stderr)
-                pytest.skip(f"mlflow models serve did not start within {STARTUP_SECONDS} s (exit code {process.poll()}):\n{output}")
-            time.sleep(0.5)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registered.tracking_uri}
+    with mlflow_models_serve(BIN, f"models:/{registered.name}@champion", env, tmp_path / "mlflow-serve.log") as url:
         yield url, registered
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        log.close()
 
 
 def test_mlflow_models_serve_answers_like_the_model_in_process(server):

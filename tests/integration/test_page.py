@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from movierec.feedback import FeedbackStore
+from movierec.data.feedback import FeedbackStore
 from movierec.settings import get_settings
 from registered import register_champion
 from server import Server

@@ -1,4 +1,5 @@
-"""The serving bundle on disk and as a logged MLflow pyfunc model, loaded in a fresh process."""
+"""The serving bundle on disk and as a logged MLflow pyfunc model (self-contained: its only code is
+`inference/model.py`), loaded in a fresh process."""
 
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ import pandas as pd
 import pytest
 
 from features.splits import user_temporal_split
-from models.compare import prepare
+from features.prepare import prepare
 from models.factorization import LightFMRecommender
-from models.serving import ServingBundle
-from movierec.preprocess import canonicalize
-from movierec.synthetic import generate
+from inference.model import ServingBundle
+from models.bundle import serving_bundle
+from movierec.data.preprocess import canonicalize
+from movierec.data.synthetic import generate
 
 REPO = Path(__file__).resolve().parents[2]
 USER_GROUPS = {"identity": 1.0, "age": 0.5, "gender": 0.5, "occupation": 0.5, "taste": 1.0}
@@ -32,9 +34,10 @@ def fitted():
         prepared.train, item_features=prepared.item_features.matrix, user_features=prepared.user_features.matrix
     )
     mf = LightFMRecommender(epochs=5, no_components=16).fit(prepared.train)
+    bundled = {"rating_scale": (0.5, 5.0, 0.5), "positive_threshold": 3.5}
     return {
-        "hybrid": (hybrid, ServingBundle.from_model(hybrid, prepared, tables.users, tables.items, USER_GROUPS)),
-        "mf": (mf, ServingBundle.from_model(mf, prepared, tables.users, tables.items, None)),
+        "hybrid": (hybrid, serving_bundle(hybrid, prepared, tables.users, tables.items, USER_GROUPS, **bundled)),
+        "mf": (mf, serving_bundle(mf, prepared, tables.users, tables.items, None, **bundled)),
     }
 
 
@@ -54,7 +57,7 @@ def _requests(bundle: ServingBundle) -> pd.DataFrame:
 
 @pytest.mark.parametrize("kind", ["hybrid", "mf"])
 def test_a_saved_bundle_loads_identical(fitted, kind, tmp_path):
-    from movierec.pyfunc import load_bundle, save_bundle
+    from inference.model import load_bundle, save_bundle
 
     _, bundle = fitted[kind]
     loaded = load_bundle(save_bundle(bundle, tmp_path / "bundle"))
@@ -64,6 +67,7 @@ def test_a_saved_bundle_loads_identical(fitted, kind, tmp_path):
         assert getattr(loaded, name).dtype == getattr(bundle, name).dtype, name
     assert (loaded.seen != bundle.seen).nnz == 0 and (loaded.trained != bundle.trained).nnz == 0
     pd.testing.assert_frame_equal(loaded.items, bundle.items)
+    assert loaded.rating_scale == (0.5, 5.0, 0.5) and loaded.positive_threshold == 3.5
     if kind == "hybrid":
         np.testing.assert_array_equal(loaded.user_feature_embeddings, bundle.user_feature_embeddings)
         np.testing.assert_array_equal(loaded.user_feature_biases, bundle.user_feature_biases)
@@ -86,10 +90,10 @@ CHILD = textwrap.dedent(
     loaded = mlflow.pyfunc.load_model(model_uri)
     loaded.predict(pd.read_parquet(requests_path)).to_parquet(out_path, index=False)
     records = loaded.predict([{"user_id": 1, "k": 2}, {"liked_movie_ids": [1, 4], "k": 2}, {"k": 1}])
-    import movierec
+    project = ("inference", "models", "features", "movierec", "lightfm", "sklearn")
     Path(info_path).write_text(json.dumps({
         "bundle": type(loaded.unwrap_python_model().bundle).__name__,
-        "movierec": movierec.__file__,
+        "imported": sorted(name for name in sys.modules if name.split(".")[0] in project),
         "records": records.to_dict(orient="list"),
     }, default=int))
     """
@@ -101,7 +105,7 @@ def test_the_logged_model_serves_the_same_answers_in_a_fresh_process(fitted, tmp
     from mlflow.models import Model
     from mlflow.models.utils import _validate_serving_input
 
-    from movierec.pyfunc import input_example, log_model, pip_requirements
+    from movierec.tracking.served_model import SCRIPT_NAME, input_example, log_model, model_script, pip_requirements
 
     model, bundle = fitted["hybrid"]
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -131,10 +135,17 @@ def test_the_logged_model_serves_the_same_answers_in_a_fresh_process(fitted, tmp
         assert set(served["source"]) == {"model", "popularity"}
         requirements = Path(mlflow.pyfunc.get_model_dependencies(info.model_uri)).read_text().split()
         assert set(pip_requirements()) <= set(requirements)
-        for name in ("numpy", "pandas", "scipy", "pyarrow", "mlflow", "lightfm-next", "scikit-learn"):
-            assert any(line.startswith(f"{name}==") for line in requirements), name
-        assert sorted(p.name for p in (local / "code").iterdir()) == ["features", "models", "movierec"]
-        with open(local / "artifacts" / "lightfm.pkl", "rb") as file:
+        assert sorted(line.split("==")[0] for line in requirements if "==" in line) == ["mlflow", "numpy", "pandas", "pyarrow", "scipy"]
+
+        # Self-contained: the model's one script is inference/model.py plus the entry point; no
+        # code paths of ours, nothing pickled in the model; the raw LightFM object beside it.
+        assert not (local / "code").exists() and not stored.flavors["python_function"].get("code")
+        assert not (local / "uv.lock").exists() and not (local / "pyproject.toml").exists()
+        assert (local / SCRIPT_NAME).read_text() == model_script()
+        assert model_script().startswith((REPO / "inference" / "model.py").read_text())
+        assert not [path.name for path in local.rglob("*") if path.suffix in (".pkl", ".pickle", ".cloudpickle")]
+        raw = mlflow.artifacts.download_artifacts(f"runs:/{info.run_id}/raw_model/lightfm.pkl", dst_path=str(tmp_path / "raw"))
+        with open(raw, "rb") as file:
             np.testing.assert_array_equal(pickle.load(file).user_embeddings, model.model.user_embeddings)
 
         # A fresh interpreter loads the model from the tracking store and predicts.
@@ -152,8 +163,8 @@ def test_the_logged_model_serves_the_same_answers_in_a_fresh_process(fitted, tmp
     assert set(expected["source"]) == {"model", "popularity"}
     child = json.loads((tmp_path / "info.json").read_text())
     assert child["bundle"] == "ServingBundle"
-    # The package came from the model's own code folder, not from the working tree.
-    assert not Path(child["movierec"]).resolve().is_relative_to(REPO)
+    # The model ran its own script: no package of this project (nor LightFM) was imported.
+    assert child["imported"] == []
     records = bundle.predict([{"user_id": 1, "k": 2}, {"liked_movie_ids": [1, 4], "k": 2}, {"k": 1}])
     assert child["records"]["movie_id"] == records["movie_id"].tolist()
     assert child["records"]["source"] == records["source"].tolist()

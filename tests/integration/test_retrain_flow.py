@@ -124,7 +124,7 @@ def test_two_runs_track_everything_and_the_gate_picks_the_champion(home, quick_p
 def test_a_failed_run_leaves_the_registry_untouched(home, quick_pipeline, monkeypatch):
     from flows.retrain import retrain
     from models.factorization import LightFMRecommender
-    from movierec.registry import Registry
+    from movierec.tracking.registry import Registry
 
     first = retrain(**DATA, trials=2)
     client = _client(home)
@@ -135,7 +135,7 @@ def test_a_failed_run_leaves_the_registry_untouched(home, quick_pipeline, monkey
             raise RuntimeError("injected failure in final training")
 
     with monkeypatch.context() as patch:
-        patch.setattr("tasks.train.LightFMRecommender", BrokenTraining)
+        patch.setattr("movierec.training.tuning.LightFMRecommender", BrokenTraining)
         with pytest.raises(RuntimeError, match="injected failure in final training"):
             retrain(**DATA, trials=1)
 

@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from movierec.feedback import FeedbackStore
-from movierec.serve import create_app
+from movierec.data.feedback import FeedbackStore
+from movierec.serving.app import create_app
 from movierec.settings import get_settings
 from registered import register_champion
 
@@ -314,7 +314,7 @@ def test_without_a_champion_readyz_and_recommendations_are_503_and_polling_finds
         registered = register_champion(promote=False)
         assert app.state.holder.check_now() is False  # a challenger is not served
         assert client.get("/readyz").status_code == 503
-        from movierec.registry import Registry
+        from movierec.tracking.registry import Registry
 
         Registry(registered.name).promote(registered.version, reason="test")
         assert app.state.holder.check_now() is True

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from models.compare import MODEL_NAMES
+from models.families import MODEL_NAMES
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

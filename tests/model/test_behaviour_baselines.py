@@ -12,8 +12,8 @@ K = 10
 
 @pytest.fixture(scope="module")
 def data():
-    from movierec.preprocess import canonicalize
-    from movierec.synthetic import generate
+    from movierec.data.preprocess import canonicalize
+    from movierec.data.synthetic import generate
 
     tables = canonicalize(generate(30_000, seed=3), None)[0]
     positives = tables.ratings[tables.ratings["rating"] >= 4]

@@ -7,9 +7,11 @@ import pytest
 
 from features.splits import cold_item_split, user_temporal_split
 from features.users import new_user_features
-from models.compare import build_model, evaluate, prepare
-from movierec.preprocess import canonicalize
-from movierec.synthetic import generate
+from models.families import build_model
+from models.evaluation import evaluate
+from features.prepare import prepare
+from movierec.data.preprocess import canonicalize
+from movierec.data.synthetic import generate
 
 PARAMS = {"no_components": 32, "epochs": 15, "learning_rate": 0.05, "random_state": 3}
 

@@ -1,5 +1,6 @@
 """Report artifacts for the MLflow parent run: metric@k curves, tuning plots, long-tail
-exposure, and a Markdown model card.
+exposure, the Markdown model card and the texts around it (validation report, known limits,
+promotion gate).
 
 Everything here is a pure function. Figures are returned, never shown or saved: the caller logs
 them (`mlflow.log_figure(fig, "plots/metric_curves.png")`). Figures are built with
@@ -20,7 +21,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from models.evaluate import PAD_ITEM, ranking_metrics
+from inference.model import PAD_ITEM
+from models.metrics import ranking_metrics
 
 CURVE_METRICS = ("ndcg", "recall", "precision", "map")
 # Panels of `plot_metric_curves`: column of `metric_curves` -> axis label.
@@ -273,6 +275,59 @@ def model_card(
     lines += ["", "## Known limitations", ""]
     lines += [f"- {limit}" for limit in limits] or ["None recorded."]
     return "\n".join(lines) + "\n"
+
+
+def gate_section(decision) -> str:
+    """The model card's promotion gate section for a `movierec.tracking.registry.Decision`."""
+    lines = [
+        "",
+        "",
+        "## Promotion gate",
+        "",
+        f"- Metric: {decision.metric} on the current held-out split, both models as served.",
+        f"- Challenger v{decision.challenger_version}: {decision.challenger_score:.4f}",
+    ]
+    if decision.champion_version and decision.champion_score is not None:
+        lines.append(f"- Champion v{decision.champion_version}: {decision.champion_score:.4f}")
+    verdict = "promoted to champion" if decision.promote else "not promoted"
+    lines += [f"- Margin: {decision.margin:g}", f"- Decision: {verdict} ({decision.reason})", ""]
+    return "\n".join(lines)
+
+
+def validation_report(snapshot_summary: dict) -> str:
+    """The expectation suites the snapshot passed, readable in the MLflow UI (the full Great
+    Expectations Data Docs stay in the reports folder)."""
+    lines = [
+        f"# Validation of snapshot {snapshot_summary['snapshot_id']} ({snapshot_summary['dataset']})",
+        "",
+        "| stage | suite | expectations | failed | passed |",
+        "|---|---|---:|---:|---|",
+    ]
+    for stage, suites in snapshot_summary["validation"].items():
+        for suite, result in suites.items():
+            passed = "yes" if result["success"] else "no"
+            lines.append(f"| {stage} | {suite} | {result['evaluated']} | {result['failed']} | {passed} |")
+    lines += ["", f"Data Docs: {snapshot_summary['data_docs']}", ""]
+    return "\n".join(lines)
+
+
+def known_limits(snapshot_summary: dict) -> list[str]:
+    """The model card's known limitations for a model trained on this snapshot."""
+    limits = [
+        "Trained on each user's earlier ratings; the held-out later part is for measurement only, so the served "
+        "model has not learned from the most recent ratings.",
+        "Users the model has never seen get the most popular movies (marked as fallback) unless they describe "
+        "themselves by liked movies or demographics.",
+        "Movies with no training interactions are ranked by their metadata features alone.",
+    ]
+    tmdb = snapshot_summary.get("tmdb")
+    if tmdb:
+        limits.append(
+            f"TMDB metadata covers {tmdb['match_rate']:.0%} of movies; the rest have MovieLens genres, year and tags only."
+        )
+    else:
+        limits.append("No TMDB metadata was joined: item features are MovieLens genres, year and tags only.")
+    return limits
 
 
 def _metrics_table(metrics: pd.DataFrame, champion_model: str) -> str:

@@ -33,7 +33,8 @@ import numpy as np
 import pandas as pd
 
 from movierec.errors import ValidationFailed
-from movierec.schema import GENRES, CanonicalTables, RatingScale, RawDataset
+from features.tables import CanonicalTables, GENRES
+from movierec.data.schema import RatingScale, RawDataset
 from movierec.settings import EXPECTATIONS_DIR, Settings
 
 if TYPE_CHECKING:

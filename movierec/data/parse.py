@@ -16,10 +16,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from movierec.datasets import DatasetSpec
+from movierec.data.datasets import DatasetSpec
 from movierec.errors import FormatError
-from movierec.fetch import SourceFiles
-from movierec.schema import RawDataset
+from movierec.data.fetch import SourceFiles
+from movierec.data.schema import RawDataset
 
 SEPARATOR_NAMES = {",": "comma", "\t": "tab", "|": "pipe", ";": "semicolon", "::": "'::'"}
 

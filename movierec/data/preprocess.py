@@ -13,8 +13,9 @@ import re
 import numpy as np
 import pandas as pd
 
-from movierec.schema import GENRES, CanonicalTables, RawDataset, empty_frame
-from movierec.tmdb import TMDB_FIELDS, join_tmdb
+from features.tables import CanonicalTables, GENRES
+from movierec.data.schema import RawDataset, empty_frame
+from movierec.data.tmdb import TMDB_FIELDS, join_tmdb
 
 # "Title (1995)", "Title (2006-2007)" or "Title (2006– )" for series; spaces may trail.
 _TITLE_YEAR = re.compile(r"^(?P<title>.*?)\s*\((?P<year>\d{4})(?:\s*[-–]\s*(?:\d{4})?\s*)?\)\s*$")

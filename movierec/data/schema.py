@@ -1,9 +1,10 @@
 """The shapes of data between stages.
 
 `RawDataset` is what a source yields (a parsed MovieLens archive, or the synthetic generator):
-one row per line of the original files, original ids, no cleaning yet. The canonical tables are
-what a snapshot stores; their Arrow schemas below are the single definition of column names and
-dtypes (compact ints, dictionary-encoded strings, UTC timestamps).
+one row per line of the original files, original ids, no cleaning yet. The canonical tables
+(`features.tables.CanonicalTables`) are what a snapshot stores; their Arrow schemas below are the
+single definition of column names and dtypes (compact ints, dictionary-encoded strings, UTC
+timestamps).
 """
 
 from __future__ import annotations
@@ -16,12 +17,6 @@ import pyarrow as pa
 # Bumped whenever parsing or preprocessing changes what a snapshot holds for the same input,
 # so that an old snapshot is not mistaken for the result of new code.
 CANONICAL_VERSION = 1
-
-GENRES = (
-    "Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama",
-    "Fantasy", "Film-Noir", "Horror", "IMAX", "Musical", "Mystery", "Romance", "Sci-Fi",
-    "Thriller", "War", "Western",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -128,17 +123,6 @@ KEYS: dict[str, list[str]] = {
     "items": ["movie_id"],
     "tags": ["user_id", "movie_id", "timestamp", "tag"],
 }
-
-
-@dataclass
-class CanonicalTables:
-    ratings: pd.DataFrame
-    users: pd.DataFrame
-    items: pd.DataFrame
-    tags: pd.DataFrame
-
-    def as_dict(self) -> dict[str, pd.DataFrame]:
-        return {"ratings": self.ratings, "users": self.users, "items": self.items, "tags": self.tags}
 
 
 def to_arrow(name: str, frame: pd.DataFrame) -> pa.Table:

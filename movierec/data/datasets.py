@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from movierec.schema import RatingScale
+from movierec.data.schema import RatingScale
 
 GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/{name}.zip"
 

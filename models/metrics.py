@@ -1,7 +1,7 @@
 """Offline evaluation: ranking metrics over the full catalogue, AUC, rating errors, segments.
 
 Recommendations arrive already computed over the full catalogue with each user's training items
-excluded (see `models.topk`); they are (n_users, >=k) item indices padded with -1, row i belonging
+excluded (see `inference.model.top_k`); they are (n_users, >=k) item indices padded with -1, row i belonging
 to user `users[i]`. Held-out positives are the stored non-zero entries of a users x items `test`
 matrix. Users without held-out positives carry no signal and are left out of every mean (and
 counted); a user whose list is all -1 stays in and scores 0 on every per-user metric, so a model
@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-PAD_ITEM = -1
+from inference.model import PAD_ITEM
 
 
 def ranking_metrics(

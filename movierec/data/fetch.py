@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from movierec.console import byte_progress, logger
-from movierec.datasets import DatasetSpec
+from movierec.data.datasets import DatasetSpec
 from movierec.errors import SourceError
 
 CHUNK = 1 << 20

@@ -23,7 +23,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from movierec import __version__
-from movierec.schema import CANONICAL_VERSION, SCHEMAS, CanonicalTables, to_arrow
+from movierec.errors import DataError
+from movierec.data.schema import CANONICAL_VERSION, SCHEMAS, to_arrow
+from features.tables import CanonicalTables
 
 ROW_GROUP_ROWS = 1_000_000
 ID_LENGTH = 16
@@ -100,6 +102,16 @@ class SnapshotStore:
     def latest(self, dataset: str) -> Snapshot | None:
         pointer = self.dataset_dir(dataset) / "LATEST"
         return self.get(dataset, pointer.read_text().strip()) if pointer.is_file() else None
+
+    def require(self, dataset: str, snapshot_id: str | None = None) -> Snapshot:
+        """Snapshot `snapshot_id` of `dataset` (default: the latest), or a DataError saying what to run."""
+        snapshot = self.get(dataset, snapshot_id) if snapshot_id else self.latest(dataset)
+        if snapshot is None:
+            wanted = f"snapshot {snapshot_id}" if snapshot_id else "snapshot"
+            raise DataError(
+                f"no {wanted} of {dataset} in {self.dataset_dir(dataset)}; run `movierec ingest --dataset {dataset}`"
+            )
+        return snapshot
 
     def find_by_fingerprint(self, dataset: str, fingerprint: str) -> Snapshot | None:
         return next((s for s in self.list(dataset) if s.lineage.get("inputs_fingerprint") == fingerprint), None)

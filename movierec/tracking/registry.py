@@ -38,11 +38,17 @@ class Decision:
     champion_score: float | None
     margin: float
     metric: str
+    # Why the champion could not be measured (a version this code cannot load), if so.
+    champion_unloadable: str | None = None
 
     @property
     def reason(self) -> str:
         if self.champion_version is None:
             return "no champion yet: the first model is promoted"
+        if self.champion_unloadable is not None:
+            return (f"champion v{self.champion_version} cannot be loaded by this code, so it cannot be served either "
+                    f"({self.champion_unloadable}); challenger v{self.challenger_version} {self.metric} "
+                    f"{self.challenger_score:.4f} is promoted in its place")
         difference = self.challenger_score - self.champion_score
         verdict = "beats" if self.promote else "does not beat"
         return (

@@ -39,7 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from movierec.schema import GENRES, RatingScale, RawDataset
+from features.tables import GENRES
+from movierec.data.schema import RatingScale, RawDataset
 
 GENERATOR_VERSION = 1
 HALF_STARS = RatingScale(0.5, 5.0, 0.5)

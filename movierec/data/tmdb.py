@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from movierec.errors import FormatError
-from movierec.fetch import SourceFiles
+from movierec.data.fetch import SourceFiles
 
 TOP_CAST = 5
 MOVIE_COLUMNS = ["id", "title", "original_title", "overview", "keywords", "release_date", "runtime", "original_language"]

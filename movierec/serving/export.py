@@ -1,6 +1,7 @@
 """Batch export: every known user's top-k recommendations as one Parquet file.
 
-`export_recommendations` is pure (a bundle in, a DataFrame out); `write_export` writes the frame
+`export_recommendations` is pure (a bundle in, a DataFrame out, through the bundle's
+`recommend_users`, the scoring the API and the gate use); `write_export` writes the frame
 atomically: into a temporary file in the target's folder, then `os.replace`, so `out` is either
 absent, the previous file, or the complete new one, and a failure leaves no temporary file.
 
@@ -21,7 +22,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from models.serving import PAD_MOVIE, ServingBundle
+from inference.model import PAD_MOVIE, ServingBundle
+from movierec.tracking.served_model import load_bundle
 
 COLUMNS = ("user_id", "movie_id", "rank", "score")
 SCHEMA = pa.schema([("user_id", pa.int64()), ("movie_id", pa.int64()), ("rank", pa.int32()), ("score", pa.float32())])
@@ -83,18 +85,13 @@ def write_export(frame: pd.DataFrame, out: Path, *, metadata: dict[str, str] | N
     return out
 
 
-def load_model_bundle(model_uri: str) -> ServingBundle:
-    """The `ServingBundle` of a logged/registered movierec pyfunc model (the tracking and
-    registry URIs must be set, e.g. by `movierec.tracking.configure`)."""
-    import mlflow
-
-    bundle = getattr(mlflow.pyfunc.load_model(model_uri).unwrap_python_model(), "bundle", None)
-    if not isinstance(bundle, ServingBundle):
-        raise ValueError(f"{model_uri} is not a movierec model (no serving bundle)")
-    return bundle
+def export_path(exports_dir: Path, name: str, version: str, k: int) -> Path:
+    """Where the retrain flow keeps the export of a registered version: one file per version and k."""
+    return exports_dir / f"{name}-v{version}-top{k}.parquet"
 
 
 def export_model(model_uri: str, k: int, out: Path) -> tuple[Path, pd.DataFrame]:
-    """Load `model_uri`, export its top-k for every known user to `out`; (path, frame)."""
-    frame = export_recommendations(load_model_bundle(model_uri), k)
+    """Load `model_uri` (with `movierec.tracking.served_model.load_bundle`), export its top-k for
+    every known user to `out`; (path, frame)."""
+    frame = export_recommendations(load_bundle(model_uri), k)
     return write_export(frame, out, metadata={"movierec.model_uri": model_uri, "movierec.k": str(k)}), frame

@@ -1,0 +1,836 @@
+"""The served model: everything the registered MLflow model runs, in one self-contained file.
+
+This file imports numpy, pandas and scipy only (pyarrow through pandas' Parquet reader, mlflow
+only inside `pyfunc_model`) and nothing of the project. `movierec.tracking.served_model` logs it
+verbatim, plus the one line `mlflow.models.set_model(pyfunc_model())`, as the model's code
+(MLflow models-from-code): loading the registered model needs mlflow and its dependencies and
+nothing else, executes nothing but this file, and unpickles nothing.
+
+It is also the one home of scoring in the project. Every ranking goes through `top_k`: offline
+evaluation of every model family, the promotion gate, the batch export, the API, `mlflow models
+serve`. Every factor model scores with `factor_scores`, and a new user's feature row is
+`new_user_row`, the encoding `features.users` trains the hybrid with.
+
+A `ServingBundle` is a fitted factor model reduced to arrays: user and item representations
+(biases included), id maps, each known user's rated movies, the popularity fallback, the movies'
+display data and, for the hybrid, the user-feature embeddings that place a new user. Its scoring
+API, index level (the training snapshot's user_idx / item_idx, like any `models.base.Recommender`):
+`scores`, `recommend`, `recommend_user` (one known user, the API's hot path), `popular`,
+`recommend_new_user_items`, `similar_items`, `because`; id level (ORIGINAL user / movie ids):
+`recommend_users`, `recommend_new_user`, `similar_movies`, `predict` (the pyfunc's requests).
+
+Selection is deterministic: equal scores are ordered by lower item index, including at the k-th
+boundary; -inf (excluded items) and NaN are never returned; lists with fewer than k eligible
+items are padded with item -1 (movie id -1) and score -inf, and `predict` leaves padding out.
+
+Scores. Model scores are LightFM's `user . item + user_bias + item_bias` (float32, unbounded).
+Popularity scores are the normalised popularity: an item's number of training positives over
+that of the most popular item, in [0, 1]. The two scales are not comparable; `source` says which
+one a row uses.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+PAD_ITEM = -1
+PAD_MOVIE = -1
+ITEM_COLUMNS = ("movie_id", "title", "year", "genres")
+OUTPUT_COLUMNS = ("request", "user_id", "movie_id", "rank", "score", "source")
+MODEL, POPULARITY = "model", "popularity"
+# Users scored per matrix product: memory stays at BATCH_SIZE x n_items floats.
+BATCH_SIZE = 2048
+
+# ---------------------------------------------------------------------- top-k selection
+
+
+def top_k(
+    scores: np.ndarray,
+    k: int,
+    exclude: sp.spmatrix | None = None,
+    user_rows: np.ndarray | None = None,
+    *,
+    in_place: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k best items per row of `scores` (n_rows x n_items), best first.
+
+    `exclude` is a users x items sparse matrix whose stored entries are items to leave out (a
+    user's training or rated movies); row i of `scores` is checked against row `user_rows[i]`
+    of `exclude` (default: row i). NaN scores count as ineligible. `in_place=True` lets the
+    masking write into `scores` (a fresh product the caller owns); otherwise a private copy is
+    masked. Returns (items int32 (n, k), scores float32 (n, k)).
+    """
+    scores = np.asarray(scores)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be 2-D (users x items), got shape {scores.shape}")
+    if k < 1:
+        raise ValueError(f"k must be positive, got {k}")
+    if in_place and scores.dtype.kind == "f":
+        work = scores
+    else:
+        work = np.array(scores, dtype=np.result_type(scores.dtype, np.float32), copy=True)
+    _mask_excluded(work, exclude, user_rows)
+    nan = np.isnan(work)
+    if nan.any():
+        work[nan] = -np.inf
+    if work.shape[0] == 1:
+        return _select_one(work[0], k)
+    return _select_rows(work, k)
+
+
+def _select_rows(work: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    n_rows, n_items = work.shape
+    kk = min(k, n_items)
+    items = np.full((n_rows, k), PAD_ITEM, dtype=np.int32)
+    values = np.full((n_rows, k), -np.inf, dtype=np.float32)
+    if n_rows == 0 or kk == 0:
+        return items, values
+    if kk < n_items:
+        # Partitioning for the largest kk directly avoids negating the whole score matrix.
+        candidates = np.argpartition(work, n_items - kk, axis=1)[:, n_items - kk :]
+        candidates = _lowest_index_at_boundary(work, candidates, kk)
+    else:
+        candidates = np.broadcast_to(np.arange(n_items), (n_rows, n_items))
+    candidate_scores = np.take_along_axis(work, candidates, axis=1)
+    # lexsort sorts by the last key first: score descending, then item index ascending.
+    order = np.lexsort((candidates, -candidate_scores), axis=1)
+    chosen = np.take_along_axis(candidates, order, axis=1)
+    chosen_scores = np.take_along_axis(candidate_scores, order, axis=1)
+    items[:, :kk] = np.where(chosen_scores > -np.inf, chosen, PAD_ITEM)
+    values[:, :kk] = chosen_scores
+    return items, values
+
+
+def _select_one(row: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`_select_rows` for a single row, cheaper: the threshold of the k-th score, every item at
+    or above it (boundary ties included), then the same order (score desc, index asc)."""
+    n_items = row.shape[0]
+    kk = min(k, n_items)
+    items = np.full((1, k), PAD_ITEM, dtype=np.int32)
+    values = np.full((1, k), -np.inf, dtype=np.float32)
+    if kk == 0:
+        return items, values
+    if kk < n_items:
+        threshold = np.partition(row, n_items - kk)[n_items - kk]
+        candidates = np.flatnonzero(row >= threshold)
+    else:
+        candidates = np.arange(n_items)
+    chosen = candidates[np.lexsort((candidates, -row[candidates]))[:kk]]
+    chosen_scores = row[chosen]
+    items[0, :kk] = np.where(chosen_scores > -np.inf, chosen, PAD_ITEM)
+    values[0, :kk] = chosen_scores
+    return items, values
+
+
+def _mask_excluded(work: np.ndarray, exclude: sp.spmatrix | None, rows: np.ndarray | None) -> None:
+    """Set the excluded (row, item) cells of `work` to -inf."""
+    if exclude is None:
+        return
+    n_rows, n_items = work.shape
+    if not (sp.issparse(exclude) and exclude.format == "csr"):
+        exclude = sp.csr_matrix(exclude)
+    if exclude.shape[1] != n_items:
+        raise ValueError(f"exclude has {exclude.shape[1]} items, scores have {n_items}")
+    rows = np.arange(n_rows) if rows is None else np.asarray(rows, dtype=np.int64)
+    if rows.shape != (n_rows,):
+        raise ValueError(f"rows must have one entry per score row ({n_rows}), got shape {rows.shape}")
+    positions, items = stored_entries(exclude, rows)
+    work[positions, items] = -np.inf
+
+
+def stored_entries(matrix: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(position in `rows`, column) of every stored entry of the given CSR rows, gathered from
+    `indptr` directly: the same as `matrix[rows]` without building a new sparse matrix."""
+    rows = np.asarray(rows, dtype=np.int64)
+    starts = matrix.indptr[rows]
+    counts = matrix.indptr[rows + 1] - starts
+    total = int(counts.sum())
+    if total == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    positions = np.repeat(np.arange(len(rows)), counts)
+    offsets = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    return positions, matrix.indices[np.repeat(starts, counts) + offsets]
+
+
+def _lowest_index_at_boundary(work: np.ndarray, candidates: np.ndarray, kk: int) -> np.ndarray:
+    """Re-pick the candidates of rows where argpartition chose arbitrarily among boundary ties.
+
+    argpartition keeps every item strictly above the k-th score but picks an unspecified subset
+    of those equal to it; the tie-break rule needs the lowest item indices among them.
+    """
+    threshold = np.take_along_axis(work, candidates, axis=1).min(axis=1)
+    at_least = (work >= threshold[:, None]).sum(axis=1)
+    tied_rows = np.flatnonzero(at_least > kk)
+    if tied_rows.size == 0:
+        return candidates
+    candidates = candidates.copy()
+    for row in tied_rows:
+        # Factor-model scores rarely tie at the boundary; heavily tied scores (popularity
+        # counts) cost one extra pass over the row each, still linear in the catalogue.
+        scores = work[row]
+        above = np.flatnonzero(scores > threshold[row])
+        equal = np.flatnonzero(scores == threshold[row])[: kk - above.size]
+        candidates[row] = np.concatenate([above, equal])
+    return candidates
+
+
+# ---------------------------------------------------------------------- factor scores and cosine
+
+
+def factor_scores(
+    user_vectors: np.ndarray, item_vectors: np.ndarray, user_bias: np.ndarray, item_bias: np.ndarray, users: np.ndarray
+) -> np.ndarray:
+    """(len(users), n_items) float32: `user . item + user_bias + item_bias`, one product."""
+    users = np.asarray(users)
+    scores = user_vectors[users] @ item_vectors.T + user_bias[users, None] + item_bias[None, :]
+    return scores.astype(np.float32, copy=False)
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero): cosine becomes a dot product."""
+    vectors = np.asarray(vectors)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return (vectors / norms).astype(np.result_type(vectors.dtype, np.float32), copy=False)
+
+
+def cosine_top_k(unit: np.ndarray, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k rows of `unit` (unit vectors) most cosine-similar to row `item`, itself excluded."""
+    similarity = (unit @ unit[item])[None, :]
+    similarity[0, item] = -np.inf
+    items, values = top_k(similarity, k, in_place=True)
+    return items[0], values[0]
+
+
+# ---------------------------------------------------------------------- feature encoding
+
+# MovieLens 1M's age groups; ml-100k's exact ages are bucketed the same way.
+AGE_EDGES = (18, 25, 35, 45, 50, 56)
+AGE_LABELS = ("under 18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
+DEMOGRAPHICS = ("age", "gender", "occupation")
+
+
+def age_bucket(age: float | None) -> list[str]:
+    if age is None or pd.isna(age):
+        return []
+    return [AGE_LABELS[int(np.searchsorted(AGE_EDGES, age, side="right"))]]
+
+
+def split_values(values: Iterable[object], separator: str = "|") -> list[list[str]]:
+    """Each "|"-joined string as its stripped, non-empty parts; anything else as no values."""
+    return [
+        [part.strip() for part in value.split(separator) if part.strip()] if isinstance(value, str) else []
+        for value in values
+    ]
+
+
+def multi_hot(lists: list[list[str]], prefix: str, vocabulary: list[str] | None = None) -> tuple[sp.csr_matrix, list[str]]:
+    """Multi-hot encoding; the vocabulary is sorted for determinism (or given, when fitted)."""
+    if vocabulary is None:
+        vocabulary = sorted({value for values in lists for value in values})
+    column = {value: index for index, value in enumerate(vocabulary)}
+    rows, cols = [], []
+    for row, values in enumerate(lists):
+        for value in dict.fromkeys(values):
+            if value in column:
+                rows.append(row)
+                cols.append(column[value])
+    data = np.ones(len(rows), dtype=np.float32)
+    matrix = sp.csr_matrix((data, (rows, cols)), shape=(len(lists), len(vocabulary)), dtype=np.float32)
+    return matrix, [f"{prefix}:{value}" for value in vocabulary]
+
+
+def l1_normalise(matrix: sp.spmatrix) -> sp.csr_matrix:
+    """Rows scaled to sum of absolute values 1 (zero rows stay zero), float32, sorted indices."""
+    sums = np.asarray(abs(matrix).sum(axis=1)).ravel()
+    sums[sums == 0] = 1.0
+    normalised = sp.diags((1.0 / sums).astype(np.float32)) @ matrix
+    normalised = normalised.tocsr()
+    normalised.sort_indices()
+    normalised.eliminate_zeros()
+    return normalised.astype(np.float32)
+
+
+def taste(interactions: sp.spmatrix, genres: sp.spmatrix) -> sp.csr_matrix:
+    """Rows: each user's genre shares among their positives (users x genres, rows sum to 1 or 0)."""
+    binary = sp.csr_matrix(interactions, copy=True)
+    binary.data[:] = 1.0
+    counts = (binary @ genres).astype(np.float32).tocsr()
+    return l1_normalise(counts)
+
+
+def new_user_row(
+    names: list[str],
+    spans: Mapping[str, tuple[int, int]],
+    weights: Mapping[str, float],
+    liked_genres: Iterable[object],
+    demographics: Mapping[str, object] | None = None,
+) -> sp.csr_matrix:
+    """The 1 x len(names) user-feature row of a user the model never saw: no identity column;
+    the taste block from the genres of the liked movies (one "|"-joined string per distinct
+    liked movie), in the vocabulary the fitted block names (`taste:<genre>`), times the taste
+    weight; each demographic value in the fitted vocabulary (`<group>:<label>`, ages bucketed)
+    at its group's weight; then L1-normalised like every training row."""
+    row = np.zeros(len(names), dtype=np.float32)
+    liked_genres = list(liked_genres)
+    if "taste" in spans and liked_genres:
+        start, stop = spans["taste"]
+        vocabulary = [name.split(":", 1)[1] for name in names[start:stop]]
+        genres, _ = multi_hot(split_values(liked_genres), "taste", vocabulary)
+        liked = sp.csr_matrix(np.ones((1, len(liked_genres)), dtype=np.float32))
+        row[start:stop] = taste(liked, genres).toarray().ravel() * weights.get("taste", 0.0)
+    column = {name: index for index, name in enumerate(names)}
+    for group, value in (demographics or {}).items():
+        labels = age_bucket(value) if group == "age" else [str(value)]
+        for label in labels:
+            index = column.get(f"{group}:{label}")
+            if index is not None:
+                row[index] = weights.get(group, 0.0)
+    return l1_normalise(sp.csr_matrix(row))
+
+
+# ---------------------------------------------------------------------- the bundle
+
+
+@dataclass(eq=False)
+class ServingBundle:
+    """A fitted factor model reduced to what serving needs (see the module docstring).
+
+    Arrays are indexed by the training snapshot's user_idx / item_idx.
+    """
+
+    FORMAT = 3  # the bundle format this code writes and reads (see `save_bundle`)
+
+    user_ids: np.ndarray  # int64 (n_users,): user_id of each user_idx
+    item_ids: np.ndarray  # int64 (n_items,): movie_id of each item_idx
+    user_bias: np.ndarray  # float32 (n_users,)
+    user_vectors: np.ndarray  # float32 (n_users, d)
+    item_bias: np.ndarray  # float32 (n_items,)
+    item_vectors: np.ndarray  # float32 (n_items, d)
+    # users x items, every rating the snapshot holds (training and held-out parts), valued by
+    # the rating: what a user has rated is never recommended to them.
+    seen: sp.csr_matrix
+    popularity: np.ndarray  # int64 (n_items,): item_idx, most training positives first
+    popularity_counts: np.ndarray  # int64 (n_items,): training positives per item_idx
+    items: pd.DataFrame  # movie_id, title, year, genres in item_idx order
+    # New users (hybrid only; None / empty for pure matrix factorisation):
+    user_feature_embeddings: np.ndarray | None = None  # float32 (n_user_features, d)
+    user_feature_biases: np.ndarray | None = None  # float32 (n_user_features,)
+    user_feature_names: list[str] = field(default_factory=list)
+    user_feature_groups: dict[str, tuple[int, int]] = field(default_factory=dict)
+    user_groups: dict[str, float] | None = None  # group weights the user features were built with
+    # users x items, the ratings the model was trained on (None: `seen`). A holdout evaluation
+    # excludes these, not `seen`, which holds the held-out part too.
+    trained: sp.csr_matrix | None = None
+    # (min, max, step) of the dataset's rating scale, and the rating from which one counts as a
+    # positive: what the API accepts as feedback and reads as "liked".
+    rating_scale: tuple[float, float, float] | None = None
+    positive_threshold: float = 4.0
+
+    def __post_init__(self) -> None:
+        self.user_ids = np.asarray(self.user_ids, dtype=np.int64)
+        self.item_ids = np.asarray(self.item_ids, dtype=np.int64)
+        self.user_bias = np.asarray(self.user_bias, dtype=np.float32)
+        self.user_vectors = np.asarray(self.user_vectors, dtype=np.float32)
+        self.item_bias = np.asarray(self.item_bias, dtype=np.float32)
+        self.item_vectors = np.asarray(self.item_vectors, dtype=np.float32)
+        self.popularity = np.asarray(self.popularity, dtype=np.int64)
+        self.popularity_counts = np.asarray(self.popularity_counts, dtype=np.int64)
+        self.seen = sp.csr_matrix(self.seen)
+        self.trained = self.seen if self.trained is None else sp.csr_matrix(self.trained)
+        self.user_feature_groups = {g: (int(a), int(b)) for g, (a, b) in self.user_feature_groups.items()}
+        if self.rating_scale is not None:
+            low, high, step = (float(value) for value in self.rating_scale)
+            if not (low < high and step > 0):
+                raise ValueError(f"rating_scale must be (min, max, step) with min < max and step > 0, got {self.rating_scale}")
+            self.rating_scale = (low, high, step)
+        n_users, n_items = len(self.user_ids), len(self.item_ids)
+        checks = {
+            "user_bias": (self.user_bias.shape, (n_users,)),
+            "user_vectors": (self.user_vectors.shape[:1], (n_users,)),
+            "item_bias": (self.item_bias.shape, (n_items,)),
+            "item_vectors": (self.item_vectors.shape[:1], (n_items,)),
+            "seen": (self.seen.shape, (n_users, n_items)),
+            "trained": (self.trained.shape, (n_users, n_items)),
+            "popularity": (self.popularity.shape, (n_items,)),
+            "popularity_counts": (self.popularity_counts.shape, (n_items,)),
+            "items": ((len(self.items),), (n_items,)),
+        }
+        for name, (actual, expected) in checks.items():
+            if tuple(actual) != expected:
+                raise ValueError(f"ServingBundle.{name} has shape {tuple(actual)}, expected {expected}")
+        if self.user_vectors.shape[1] != self.item_vectors.shape[1]:
+            raise ValueError(
+                f"user vectors ({self.user_vectors.shape[1]}) and item vectors "
+                f"({self.item_vectors.shape[1]}) differ in dimension"
+            )
+        if self.user_feature_embeddings is not None:
+            self.user_feature_embeddings = np.asarray(self.user_feature_embeddings, dtype=np.float32)
+            self.user_feature_biases = np.asarray(self.user_feature_biases, dtype=np.float32)
+            n_features = len(self.user_feature_names)
+            if self.user_feature_embeddings.shape != (n_features, self.item_vectors.shape[1]) or (
+                self.user_feature_biases.shape != (n_features,)
+            ):
+                raise ValueError(
+                    f"user feature embeddings {self.user_feature_embeddings.shape} / biases "
+                    f"{self.user_feature_biases.shape} do not match {n_features} feature names"
+                )
+            if self.user_groups is None:
+                raise ValueError("user feature embeddings need the group weights they were built with (user_groups)")
+        self._users = pd.Index(self.user_ids)
+        self._movies = pd.Index(self.item_ids)
+        if not self._users.is_unique or not self._movies.is_unique:
+            raise ValueError("user_ids and item_ids must be unique")
+        if not np.array_equal(self.popularity, np.argsort(-self.popularity_counts, kind="stable")):
+            raise ValueError("popularity must order item_idx by popularity_counts, ties by lower item_idx")
+        top = self.popularity_counts.max() if n_items else 0
+        # Normalised popularity, the fallback's score: positives over the most popular item's.
+        self.popularity_score = (self.popularity_counts / top if top else np.zeros(n_items)).astype(np.float32)
+
+    # ------------------------------------------------------------------ basic facts
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def has_user_features(self) -> bool:
+        return self.user_feature_embeddings is not None and len(self.user_feature_names) > 0
+
+    def user_index(self, user_ids: Iterable[int]) -> np.ndarray:
+        """user_idx of each original user id, -1 for unknown users."""
+        return self._users.get_indexer(_ids(user_ids))
+
+    def item_index(self, movie_ids: Iterable[int]) -> np.ndarray:
+        """item_idx of each original movie id, -1 for unknown movies."""
+        return self._movies.get_indexer(_ids(movie_ids))
+
+    def movie_ids(self, items: np.ndarray) -> np.ndarray:
+        """Original movie id of each item_idx; padding (-1) stays -1."""
+        items = np.asarray(items, dtype=np.int64)
+        return np.where(items == PAD_ITEM, PAD_MOVIE, self.item_ids[np.where(items == PAD_ITEM, 0, items)])
+
+    @cached_property
+    def unit_item_vectors(self) -> np.ndarray:
+        """Item vectors scaled to unit length (zero vectors stay zero): cosine is a dot product."""
+        return unit_rows(self.item_vectors).astype(np.float32, copy=False)
+
+    # ------------------------------------------------------------------ scoring, by index
+
+    def scores(self, users: np.ndarray) -> np.ndarray:
+        """(len(users), n_items) float32 model scores of user_idx `users`."""
+        return factor_scores(self.user_vectors, self.item_vectors, self.user_bias, self.item_bias, users)
+
+    def recommend(
+        self,
+        users: np.ndarray,
+        k: int,
+        exclude: sp.spmatrix | None = None,
+        exclude_rows: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The model's top-k item_idx of user_idx `users`, one product per `BATCH_SIZE` users.
+
+        Row `exclude_rows[i]` (default: `users[i]`) of `exclude` is left out of user i's list;
+        no exclusion without `exclude`, as `models.base.Recommender.recommend`.
+        Returns (items int32 (n, k), scores float32 (n, k)).
+        """
+        users = np.asarray(users, dtype=np.int64)
+        rows = users if exclude_rows is None else np.asarray(exclude_rows, dtype=np.int64)
+        items = np.full((len(users), k), PAD_ITEM, dtype=np.int32)
+        values = np.full((len(users), k), -np.inf, dtype=np.float32)
+        for start in range(0, len(users), BATCH_SIZE):
+            chunk = slice(start, start + BATCH_SIZE)
+            items[chunk], values[chunk] = top_k(self.scores(users[chunk]), k, exclude, rows[chunk], in_place=True)
+        return items, values
+
+    def recommend_user(self, user: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """One known user's top-k item_idx, every movie they rated excluded: the API's per-request
+        path (a single product row). Returns (items int32 (k,), scores float32 (k,))."""
+        users = np.array([user], dtype=np.int64)
+        items, values = top_k(self.scores(users), k, self.seen, users, in_place=True)
+        return items[0], values[0]
+
+    def popular(
+        self, n: int, k: int, exclude: sp.spmatrix | None = None, exclude_rows: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The popularity top-k for n lists, list i without row `exclude_rows[i]` of `exclude`;
+        without exclusions every list is the same."""
+        if exclude is None:
+            items, values = top_k(self.popularity_score[None, :], k)
+            return np.repeat(items, n, axis=0), np.repeat(values, n, axis=0)
+        rows = np.asarray(exclude_rows, dtype=np.int64)
+        items = np.full((n, k), PAD_ITEM, dtype=np.int32)
+        values = np.full((n, k), -np.inf, dtype=np.float32)
+        for start in range(0, n, BATCH_SIZE):
+            chunk = slice(start, min(start + BATCH_SIZE, n))
+            batch = np.broadcast_to(self.popularity_score, (chunk.stop - chunk.start, self.n_items))
+            items[chunk], values[chunk] = top_k(batch, k, exclude, rows[chunk])
+        return items, values
+
+    def new_user_row(self, liked_items: np.ndarray, demographics: Mapping[str, object] | None = None) -> sp.csr_matrix:
+        """The 1 x n_user_features row `new_user_row` builds for a new user who liked item_idx
+        `liked_items` and gave `demographics` (other keys and missing values are ignored)."""
+        if not self.has_user_features:
+            raise ValueError("this model was trained without user features")
+        liked = np.unique(np.asarray(liked_items, dtype=np.int64))
+        return new_user_row(
+            self.user_feature_names,
+            self.user_feature_groups,
+            self.user_groups,
+            self.items["genres"].to_numpy()[liked],
+            _clean_demographics(demographics),
+        )
+
+    def new_user_representation(
+        self, liked_items: np.ndarray, demographics: Mapping[str, object] | None = None
+    ) -> tuple[np.ndarray, float] | None:
+        """(vector, bias) of a new user from known liked item_idx and demographics, or None when
+        nothing usable is given. The rule of `recommend_new_user`."""
+        liked_items = np.asarray(liked_items, dtype=np.int64)
+        if self.has_user_features:
+            row = self.new_user_row(liked_items, demographics)
+            if row.nnz:
+                vector = np.asarray(row @ self.user_feature_embeddings).ravel()
+                return vector, float(np.asarray(row @ self.user_feature_biases).ravel()[0])
+        if len(liked_items):
+            return self.item_vectors[liked_items].mean(axis=0), 0.0
+        return None
+
+    def recommend_new_user_items(
+        self, liked_items: np.ndarray, demographics: Mapping[str, object] | None, k: int
+    ) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Top-k item_idx for a user the model never saw, who liked item_idx `liked_items`
+        (never recommended back); the rule of `recommend_new_user`.
+        Returns (items int32 (k,), scores float32 (k,), fallback)."""
+        liked = np.unique(np.asarray(liked_items, dtype=np.int64))
+        exclude = sp.csr_matrix(
+            (np.ones(len(liked), np.float32), (np.zeros(len(liked), np.int64), liked)), shape=(1, self.n_items)
+        )
+        representation = self.new_user_representation(liked, demographics)
+        if representation is None:
+            items, values = self.popular(1, k, exclude, np.zeros(1, np.int64))
+            return items[0], values[0], True
+        vector, bias = representation
+        scores = (self.item_vectors @ vector + self.item_bias + np.float32(bias)).astype(np.float32)
+        items, values = top_k(scores[None, :], k, exclude, in_place=True)
+        return items[0], values[0], False
+
+    def similar_items(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k item_idx whose item vectors are most cosine-similar to `item`'s, itself excluded."""
+        return cosine_top_k(self.unit_item_vectors, item, k)
+
+    def because(self, liked_items: np.ndarray, recommended: np.ndarray) -> np.ndarray:
+        """For each recommended item_idx, the liked item_idx whose item vector is most similar
+        (cosine; ties: the first in `liked_items`). -1 where `recommended` is padding (-1) or
+        nothing is liked. The "because you liked ..." of a recommendation."""
+        liked = np.asarray(liked_items, dtype=np.int64).ravel()
+        recommended = np.asarray(recommended, dtype=np.int64)
+        out = np.full(recommended.shape, -1, dtype=np.int64)
+        valid = recommended >= 0
+        if not len(liked) or not valid.any():
+            return out
+        unit = self.unit_item_vectors
+        similarity = unit[recommended[valid]] @ unit[liked].T
+        out[valid] = liked[np.argmax(similarity, axis=1)]
+        return out
+
+    def because_user(self, user: int, recommended: np.ndarray) -> np.ndarray:
+        """`because` for a known user_idx: among the movies they rated highest."""
+        start, end = self.seen.indptr[user], self.seen.indptr[user + 1]
+        if end == start:
+            return np.full(np.shape(recommended), -1, dtype=np.int64)
+        ratings = self.seen.data[start:end]
+        return self.because(self.seen.indices[start:end][ratings == ratings.max()], recommended)
+
+    # ------------------------------------------------------------------ scoring, by original id
+
+    def recommend_users(self, user_ids: Iterable[int], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-k movies for each original user id, in one batched product per `BATCH_SIZE` users.
+
+        Known users: the model's scores, every movie they rated (`seen`) excluded. Unknown users:
+        the popularity list (normalised popularity as score) and `fallback` True.
+        Returns (movie_ids int64 (n, k), scores float32 (n, k), fallback bool (n,)).
+        """
+        index = self.user_index(user_ids)
+        known = index >= 0
+        movie_ids = np.full((len(index), k), PAD_MOVIE, dtype=np.int64)
+        scores = np.full((len(index), k), -np.inf, dtype=np.float32)
+        if known.any():
+            users = index[known]
+            items, values = self.recommend(users, k, self.seen)
+            movie_ids[known], scores[known] = self.movie_ids(items), values
+        if (~known).any():
+            items, values = self.popular(int((~known).sum()), k)
+            movie_ids[~known], scores[~known] = self.movie_ids(items), values
+        return movie_ids, scores, ~known
+
+    def recommend_new_user(
+        self, liked_movie_ids: Iterable[int] | None, demographics: Mapping[str, object] | None, k: int
+    ) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Top-k movies for a user the model never saw. Liked movies are never recommended back;
+        movie ids the bundle does not know are ignored.
+
+        Rule, in order:
+        1. hybrid model (user features): build the user's feature row with `new_user_row`
+           (taste from the liked movies' genres, demographic columns for values in the fitted
+           vocabulary; no identity column) and use its representation,
+           `row @ user_feature_embeddings` and `row @ user_feature_biases` (exactly LightFM's
+           `get_user_representations(row)`);
+        2. if there is no usable feature (pure MF, or an empty row) but some liked movies are
+           known: fold the user in as the mean of those movies' item vectors, user bias 0;
+        3. otherwise (nothing usable): the popularity list, `fallback` True.
+        Returns (movie_ids int64 (k,), scores float32 (k,), fallback).
+        """
+        liked = self.item_index(_int_array(liked_movie_ids))
+        items, values, fallback = self.recommend_new_user_items(liked[liked >= 0], demographics, k)
+        return self.movie_ids(items), values, fallback
+
+    def similar_movies(self, movie_id: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k movies whose item vectors have the highest cosine similarity with `movie_id`'s,
+        the movie itself excluded. Returns (movie_ids int64 (k,), cosines float32 (k,))."""
+        index = int(self.item_index([movie_id])[0])
+        if index < 0:
+            raise KeyError(f"movie_id {movie_id} is not in the model's catalogue ({self.n_items} movies)")
+        items, values = self.similar_items(index, k)
+        return self.movie_ids(items), values
+
+    # ------------------------------------------------------------------ requests
+
+    def predict(self, requests: pd.DataFrame | Mapping | list, default_k: int = 10) -> pd.DataFrame:
+        """Recommendations for a frame of requests, one output row per recommended movie.
+
+        Request columns (all optional): `user_id` (nullable int), `k` (nullable int, default
+        `default_k`), `liked_movie_ids` (list of ints or None), `age`, `gender`, `occupation`.
+        A row whose user_id is known gets the model's list (liked movies and demographics are
+        not used: the model knows the user); all such rows are scored in one batched call. Any
+        other row is a new user: `recommend_new_user` with its liked movies and demographics,
+        which is the popularity list when there is nothing usable.
+
+        Output columns: request (int64, the row position in `requests`), user_id (Int64, NA
+        when missing), movie_id (int64), rank (int64, 1-based), score (float64), source ("model"
+        or "popularity"); ordered by request then rank; padding is left out.
+        """
+        frame = as_request_frame(requests)
+        n = len(frame)
+        missing = pd.array([pd.NA] * n, dtype="Int64")
+        user_ids = _nullable_ints(frame["user_id"], "user_id") if "user_id" in frame else missing
+        ks = _nullable_ints(frame["k"], "k") if "k" in frame else missing
+        ks = ks.fillna(default_k).to_numpy(np.int64) if n else np.empty(0, np.int64)
+        if (ks < 1).any():
+            raise ValueError(f"k must be positive; got {sorted(set(ks[ks < 1].tolist()))}")
+        present = ~pd.isna(user_ids)
+        index = np.full(n, -1, dtype=np.int64)
+        if present.any():
+            index[present] = self.user_index(np.asarray(user_ids[present], dtype=np.int64))
+        known = np.flatnonzero(index >= 0)
+
+        lists: list[tuple[np.ndarray, np.ndarray, str] | None] = [None] * n
+        if len(known):
+            kmax = int(ks[known].max())
+            items, scores = self.recommend(index[known], kmax, self.seen)
+            movie_ids = self.movie_ids(items)
+            for row, request in enumerate(known):
+                lists[request] = (movie_ids[row, : ks[request]], scores[row, : ks[request]], MODEL)
+        for request in np.flatnonzero(index < 0):
+            liked = frame["liked_movie_ids"].iloc[request] if "liked_movie_ids" in frame else None
+            demographics = {c: frame[c].iloc[request] for c in DEMOGRAPHICS if c in frame}
+            movie_ids, scores, fallback = self.recommend_new_user(liked, demographics, int(ks[request]))
+            lists[request] = (movie_ids, scores, POPULARITY if fallback else MODEL)
+        return _output_frame(lists, user_ids)
+
+
+# ---------------------------------------------------------------------- requests and responses
+
+
+def as_request_frame(requests: pd.DataFrame | Mapping | list) -> pd.DataFrame:
+    """A DataFrame of requests from a frame, one request dict, or a list of request dicts."""
+    if isinstance(requests, pd.DataFrame):
+        return requests.reset_index(drop=True)
+    if isinstance(requests, Mapping):
+        return pd.DataFrame([dict(requests)])
+    if isinstance(requests, list):
+        if not requests:
+            return pd.DataFrame(columns=["user_id", "k", "liked_movie_ids", *DEMOGRAPHICS])
+        return pd.DataFrame([dict(request) for request in requests])
+    raise TypeError(f"requests must be a DataFrame, a dict or a list of dicts, got {type(requests).__name__}")
+
+
+def _ids(values: Iterable[int]) -> np.ndarray:
+    if not isinstance(values, (np.ndarray, pd.Series, pd.Index, pd.api.extensions.ExtensionArray)):
+        values = list(values)
+    return np.asarray(values, dtype=np.int64)
+
+
+def _missing(value: object) -> bool:
+    if value is None or value is pd.NA:
+        return True
+    try:
+        return bool(np.isscalar(value) and pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _nullable_ints(values: pd.Series, name: str) -> pd.arrays.IntegerArray:
+    """A column of integers with gaps (ints, integral floats, None/NaN/NA) as Int64."""
+    out = []
+    for value in values.tolist():
+        if _missing(value):
+            out.append(pd.NA)
+            continue
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise ValueError(f"{name} must be an integer or missing, got {value!r}")
+        if float(value) != int(value):
+            raise ValueError(f"{name} must be an integer or missing, got {value!r}")
+        out.append(int(value))
+    return pd.array(out, dtype="Int64")
+
+
+def _int_array(values: Iterable[int] | None) -> np.ndarray:
+    """Liked movie ids as int64: None / NaN -> empty; a list, tuple or array of integers."""
+    if values is None or (np.isscalar(values) and _missing(values)):
+        return np.empty(0, dtype=np.int64)
+    if isinstance(values, (str, bytes)) or np.isscalar(values):
+        raise ValueError(f"liked_movie_ids must be a list of integers, got {values!r}")
+    array = np.asarray(list(values))
+    if array.size == 0:
+        return np.empty(0, dtype=np.int64)
+    if array.dtype.kind not in "iuf" or (array.dtype.kind == "f" and not np.all(array == np.round(array))):
+        raise ValueError(f"liked_movie_ids must be integers, got {list(values)!r}")
+    return array.astype(np.int64)
+
+
+def _clean_demographics(demographics: Mapping[str, object] | None) -> dict[str, object]:
+    return {key: value for key, value in (demographics or {}).items() if key in DEMOGRAPHICS and not _missing(value)}
+
+
+def _output_frame(lists: list[tuple[np.ndarray, np.ndarray, str]], user_ids: pd.arrays.IntegerArray) -> pd.DataFrame:
+    requests, movies, ranks, scores, sources = [], [], [], [], []
+    for request, (movie_ids, values, source) in enumerate(lists):
+        valid = movie_ids != PAD_MOVIE
+        count = int(valid.sum())
+        requests.append(np.full(count, request, dtype=np.int64))
+        movies.append(movie_ids[valid].astype(np.int64))
+        ranks.append(np.arange(1, count + 1, dtype=np.int64))
+        scores.append(values[valid].astype(np.float64))
+        sources.append(np.full(count, source, dtype=object))
+    request = np.concatenate(requests) if requests else np.empty(0, np.int64)
+    return pd.DataFrame(
+        {
+            "request": request,
+            "user_id": pd.array(user_ids, dtype="Int64")[request] if len(request) else pd.array([], dtype="Int64"),
+            "movie_id": np.concatenate(movies) if movies else np.empty(0, np.int64),
+            "rank": np.concatenate(ranks) if ranks else np.empty(0, np.int64),
+            "score": np.concatenate(scores) if scores else np.empty(0, np.float64),
+            "source": pd.Series(np.concatenate(sources) if sources else np.empty(0, object), dtype="str"),
+        }
+    )
+
+
+# ---------------------------------------------------------------------- on disk
+
+ARRAYS = ("user_ids", "item_ids", "user_bias", "user_vectors", "item_bias", "item_vectors", "popularity", "popularity_counts")
+FEATURE_ARRAYS = ("user_feature_embeddings", "user_feature_biases")
+
+
+def save_bundle(bundle: ServingBundle, folder: Path | str) -> Path:
+    """Write `bundle` into `folder` (created if needed) as plain files, nothing pickled:
+
+      arrays.npz    ids, representations, popularity, user feature embeddings/biases (hybrid)
+      seen.npz      users x items, every rating of the snapshot (never recommended)
+      trained.npz   users x items, the ratings the model was trained on (holdout evaluation)
+      items.parquet display metadata in item_idx order
+      bundle.json   format, rating scale, positive threshold, user feature names, group column
+                    ranges and weights
+    """
+    if bundle.rating_scale is None:
+        raise ValueError("a bundle needs its rating_scale to be saved (the API validates feedback with it)")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {name: getattr(bundle, name) for name in ARRAYS}
+    if bundle.user_feature_embeddings is not None:
+        arrays.update({name: getattr(bundle, name) for name in FEATURE_ARRAYS})
+    np.savez(folder / "arrays.npz", **arrays)
+    sp.save_npz(folder / "seen.npz", bundle.seen.tocsr(), compressed=True)
+    sp.save_npz(folder / "trained.npz", bundle.trained.tocsr(), compressed=True)
+    bundle.items.to_parquet(folder / "items.parquet", index=False)
+    low, high, step = bundle.rating_scale
+    meta = {
+        "format": ServingBundle.FORMAT,
+        "rating_scale": {"min": low, "max": high, "step": step},
+        "positive_threshold": float(bundle.positive_threshold),
+        "user_feature_names": list(bundle.user_feature_names),
+        "user_feature_groups": {group: list(span) for group, span in bundle.user_feature_groups.items()},
+        "user_groups": bundle.user_groups,
+    }
+    (folder / "bundle.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return folder
+
+
+def bundle_format(folder: Path | str) -> int | None:
+    """The format number a bundle folder declares (None: not a bundle)."""
+    path = Path(folder) / "bundle.json"
+    return json.loads(path.read_text()).get("format") if path.is_file() else None
+
+
+def load_bundle(folder: Path | str) -> ServingBundle:
+    folder = Path(folder)
+    found = bundle_format(folder)
+    if found != ServingBundle.FORMAT:
+        raise ValueError(f"{folder} holds bundle format {found}; this code reads format {ServingBundle.FORMAT}")
+    meta = json.loads((folder / "bundle.json").read_text())
+    with np.load(folder / "arrays.npz", allow_pickle=False) as stored:
+        arrays = {name: stored[name] for name in stored.files}
+    scale = meta["rating_scale"]
+    return ServingBundle(
+        **{name: arrays[name] for name in ARRAYS},
+        seen=sp.load_npz(folder / "seen.npz").tocsr(),
+        trained=sp.load_npz(folder / "trained.npz").tocsr(),
+        items=pd.read_parquet(folder / "items.parquet"),
+        **{name: arrays.get(name) for name in FEATURE_ARRAYS},
+        user_feature_names=list(meta["user_feature_names"]),
+        user_feature_groups={group: tuple(span) for group, span in meta["user_feature_groups"].items()},
+        user_groups=meta["user_groups"],
+        rating_scale=(scale["min"], scale["max"], scale["step"]),
+        positive_threshold=meta["positive_threshold"],
+    )
+
+
+# ---------------------------------------------------------------------- the MLflow entry point
+
+
+def pyfunc_model():
+    """The MLflow `PythonModel` over a saved bundle (artifact "bundle"): what the logged model's
+    script hands to `mlflow.models.set_model`. mlflow is imported here only, so the rest of this
+    file needs nothing but numpy, pandas and scipy."""
+    import mlflow.pyfunc
+
+    class MovieRecModel(mlflow.pyfunc.PythonModel):
+        """`bundle` is the loaded `ServingBundle`, for a server that calls its scoring API
+        directly (`loaded.unwrap_python_model().bundle`)."""
+
+        def __init__(self) -> None:
+            self.bundle: ServingBundle | None = None
+
+        def load_context(self, context) -> None:
+            self.bundle = load_bundle(context.artifacts["bundle"])
+
+        # A DataFrame hint is one MLflow infers no schema from: the logged signature applies.
+        def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+            """`ServingBundle.predict` on a DataFrame of requests (also a dict or a list of dicts)."""
+            if self.bundle is None:
+                raise RuntimeError("the model's context is not loaded")
+            return self.bundle.predict(as_request_frame(model_input))
+
+    return MovieRecModel()

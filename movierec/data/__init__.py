@@ -1,0 +1,2 @@
+"""Data stage: dataset sources and parsers, preprocessing, TMDB, synthetic data, validation,
+Parquet snapshots, the feature store and the feedback store."""

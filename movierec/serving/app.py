@@ -1,0 +1,277 @@
+"""The recommendation API and web page: FastAPI over the registry's `champion` model.
+
+`create_app(settings)` builds the app over a `ChampionHolder` (`movierec.serving.champion`),
+which loads the model behind alias `champion` of `settings.registered_model_name` at start and
+polls the alias every `settings.serving.poll_seconds`. Every response names the model version
+(JSON field `model_version` and header `X-Model-Version`). Without a champion, /readyz and the
+recommendation endpoints answer 503 and polling goes on.
+
+Endpoints:
+  GET  /users/{user_id}/recommendations?k=10  known user: model top-k, every rated movie excluded;
+                                              unknown user: popularity, "fallback": true
+  POST /recommendations                        new user: liked movies, ratings, demographics
+  GET  /movies/{movie_id}/similar?k=10         nearest movies by cosine of item vectors
+  GET  /movies?query=&limit=20                 title search (exact, prefix, word, substring)
+  GET  /users?query=&limit=20                  known user ids (for the page's user picker)
+  POST /feedback                               durable event store (movierec.data.feedback)
+  GET  /healthz, /readyz, /metrics             liveness, readiness, Prometheus text
+  GET  /                                       the web page (movierec/serving/static)
+
+Performance: the hot endpoints are `async def` (no thread hop; their work is ~0.1 ms of numpy),
+return pre-serialised JSON (orjson) without response-model validation, and use per-model
+precomputed id maps and item cards. /feedback and POST /recommendations are plain `def`
+(threadpool): SQLite's synced commit and the feature-row construction must not block the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from movierec.data.feedback import FeedbackEvent, FeedbackStore
+from movierec.serving.champion import ChampionHolder, NoModel
+from movierec.serving.metrics import Metrics, MetricsMiddleware
+from movierec.serving.schemas import MAX_K, K, FeedbackIn, MovieId, NewUserRequest, UserId
+from movierec.settings import Settings, get_settings
+from movierec.tracking import runs
+
+log = logging.getLogger("movierec.serve")
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+# Ratings accepted as feedback while no model is loaded (so none tells the dataset's scale): the
+# widest MovieLens scale. Ingestion validates every merged rating against the snapshot's scale.
+WIDEST_SCALE = (0.5, 5.0)
+
+
+def _dumps(payload: Any) -> bytes:
+    return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+# ---------------------------------------------------------------------- the app
+
+
+def _json(payload: Any, status: int = 200, version: str | None = None) -> Response:
+    headers = {"x-model-version": version} if version is not None else None
+    return Response(_dumps(payload), status_code=status, media_type="application/json", headers=headers)
+
+
+def _where(location: tuple) -> str:
+    parts = [str(part) for part in location if part not in ("body",)]
+    return ".".join(parts) if parts else "body"
+
+
+def _describe(errors: list[dict]) -> tuple[str, list[dict]]:
+    problems, details = [], []
+    for error in errors:
+        location = tuple(error.get("loc", ()))
+        message = error.get("msg", "invalid")
+        if error.get("type") == "json_invalid":
+            reason = (error.get("ctx") or {}).get("error")
+            message = f"malformed JSON body{': ' + str(reason) if reason else ''}"
+            where = "body"
+        else:
+            where = _where(location)
+        problems.append(f"{where}: {message}")
+        details.append({"loc": [str(part) for part in location], "msg": message, "type": error.get("type")})
+    return "; ".join(problems) or "invalid request", details
+
+
+def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastAPI:
+    """The API and page over `settings`' registry. Loads the champion now (if any); the
+    watcher thread (`watch`) runs while the app's lifespan does."""
+    settings = settings or get_settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    try:
+        runs.configure(settings)
+    except Exception as error:  # a tracking server that is down must not stop the API
+        log.warning("MLflow tracking not configured: %s", error)
+    metrics = Metrics()
+    holder = ChampionHolder(settings, metrics)
+    holder.check_now()
+    store = FeedbackStore(settings.feedback_db)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        if watch:
+            holder.start()
+        try:
+            yield
+        finally:
+            holder.stop()
+
+    app = FastAPI(
+        title="movierec",
+        description="Movie recommendations from the registry's champion model.",
+        lifespan=lifespan,
+    )
+    app.state.holder = holder
+    app.state.metrics = metrics
+    app.state.feedback = store
+    app.state.settings = settings
+    app.add_middleware(MetricsMiddleware, metrics=metrics, holder=holder)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, error: RequestValidationError) -> Response:
+        detail, errors = _describe(list(error.errors()))
+        return _json({"detail": detail, "errors": errors}, 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, error: StarletteHTTPException) -> Response:
+        return _json({"detail": error.detail}, error.status_code)
+
+    @app.exception_handler(NoModel)
+    async def no_model(_request: Request, error: NoModel) -> Response:
+        return _json({"detail": str(error), "model_version": None}, 503)
+
+    @app.exception_handler(sqlite3.Error)
+    async def store_error(_request: Request, error: sqlite3.Error) -> Response:
+        log.error("feedback store: %s", error)
+        return _json({"detail": f"feedback store unavailable ({type(error).__name__}); retry the same event_id"}, 503)
+
+    # ------------------------------------------------------------------ recommendations
+
+    @app.get("/users/{user_id}/recommendations", tags=["recommendations"])
+    async def user_recommendations(user_id: UserId, k: K = 10) -> Response:
+        """Top-k for a user: the model's list without their training movies, or (unknown user)
+        the popularity list with `fallback: true`."""
+        loaded = holder.require()
+        index = loaded.user_index.get(user_id)
+        if index is None:
+            metrics.fallbacks.labels("user").inc()
+            metrics.recommendations.labels("user", "popularity").inc()
+            items, source = loaded.fallback_items(k), "popularity"
+        else:
+            metrics.recommendations.labels("user", "model").inc()
+            items, source = loaded.known_user(index, k), "model"
+        return _json({"user_id": user_id, "model_version": loaded.version, "source": source,
+                      "fallback": index is None, "k": k, "items": items}, version=loaded.version)
+
+    @app.post("/recommendations", tags=["recommendations"])
+    def new_user_recommendations(request: NewUserRequest) -> Response:
+        """Top-k for a new user from liked movies, ratings (>= the positive threshold count as
+        liked) and/or age, gender, occupation; popularity when nothing is usable."""
+        loaded = holder.require()
+        low, high = loaded.scale
+        bad = [r.rating for r in request.ratings if not low <= r.rating <= high]
+        if bad:
+            raise HTTPException(422, f"ratings: {bad} outside the rating scale {low:g}..{high:g}")
+        items, fallback, unknown = loaded.new_user(request)
+        source = "popularity" if fallback else "model"
+        if fallback:
+            metrics.fallbacks.labels("new_user").inc()
+        metrics.recommendations.labels("new_user", source).inc()
+        return _json({"user_id": None, "model_version": loaded.version, "source": source, "fallback": fallback,
+                      "k": request.k, "unknown_movie_ids": unknown, "items": items}, version=loaded.version)
+
+    @app.get("/movies/{movie_id}/similar", tags=["movies"])
+    async def similar_movies(movie_id: MovieId, k: K = 10) -> Response:
+        """The k movies closest to `movie_id` (cosine of the model's item vectors)."""
+        loaded = holder.require()
+        index = loaded.movie_index.get(movie_id)
+        if index is None:
+            return _json({"detail": f"movie_id {movie_id} is not in model version {loaded.version}'s catalogue "
+                                    f"({len(loaded.movie_ids)} movies)", "model_version": loaded.version}, 404,
+                         version=loaded.version)
+        return _json({"movie": loaded.cards[index], "model_version": loaded.version, "k": k,
+                      "items": loaded.similar(index, k)}, version=loaded.version)
+
+    @app.get("/movies", tags=["movies"])
+    async def search_movies(
+        query: Annotated[str, Query(max_length=200, description="Part of a title, any case; empty: most popular.")] = "",
+        limit: Annotated[int, Query(ge=1, le=MAX_K)] = 20,
+    ) -> Response:
+        """Movies whose title contains `query` (case-insensitive), exact and prefix matches first."""
+        loaded = holder.require()
+        total, items = loaded.search(query, limit)
+        return _json({"query": query, "model_version": loaded.version, "total": total, "items": items},
+                     version=loaded.version)
+
+    @app.get("/users", tags=["users"])
+    async def search_users(
+        query: Annotated[str, Query(max_length=12, pattern=r"^\d*$", description="Leading digits of a user id.")] = "",
+        limit: Annotated[int, Query(ge=1, le=MAX_K)] = 20,
+    ) -> Response:
+        """Known users whose id starts with `query`, most training ratings first."""
+        loaded = holder.require()
+        found = []
+        for user, ratings in loaded.users_by_activity:
+            if not query or str(user).startswith(query):
+                found.append({"user_id": user, "ratings": ratings})
+                if len(found) >= limit:
+                    break
+        return _json({"query": query, "model_version": loaded.version, "items": found}, version=loaded.version)
+
+    # ------------------------------------------------------------------ feedback
+
+    @app.post("/feedback", status_code=201, tags=["feedback"])
+    def feedback(event: FeedbackIn) -> Response:
+        """Store a feedback event durably; 201 when new, 200 with `duplicate: true` when its
+        event_id was stored before. Answered only after the store committed."""
+        loaded = holder.current
+        version = loaded.version if loaded else None
+        low, high = loaded.scale if loaded else WIDEST_SCALE
+        if event.type == "rating" and not low <= event.value <= high:
+            raise HTTPException(422, f"value: rating {event.value:g} is outside the rating scale {low:g}..{high:g}")
+        if event.type == "thumb" and event.value not in (1.0, -1.0):
+            raise HTTPException(422, f"value: a thumb is +1 or -1, got {event.value:g}")
+        if event.type == "click" and event.value != 1.0:
+            raise HTTPException(422, f"value: a click has value 1, got {event.value:g}")
+        try:
+            record = FeedbackEvent(event.event_id, event.user_id, event.movie_id, event.type, event.value, event.timestamp)
+        except ValueError as error:  # the store's own checks: still the client's input
+            raise HTTPException(422, str(error)) from None
+        new = store.append(record)
+        metrics.feedback.labels(event.type, "stored" if new else "duplicate").inc()
+        if new:
+            return _json({"stored": True, "event_id": event.event_id, "model_version": version}, 201,
+                         version=version or "none")
+        return _json({"stored": False, "duplicate": True, "event_id": event.event_id, "model_version": version}, 200,
+                     version=version or "none")
+
+    # ------------------------------------------------------------------ operations
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> Response:
+        loaded = holder.current
+        return _json({"status": "ok", "model_version": loaded.version if loaded else None})
+
+    @app.get("/readyz", tags=["operations"])
+    async def readyz() -> Response:
+        loaded = holder.current
+        if loaded is None:
+            return _json({"status": "not ready", "model_version": None, "detail": holder.not_ready_message()}, 503)
+        return _json({"status": "ready", "model": loaded.name, "model_version": loaded.version,
+                      "loaded_at": datetime.fromtimestamp(loaded.loaded_at).astimezone().isoformat(),
+                      "catalogue": len(loaded.movie_ids), "users": len(loaded.user_index),
+                      "rating_scale": list(loaded.scale), "positive_threshold": loaded.positive_threshold},
+                     version=loaded.version)
+
+    @app.get("/metrics", tags=["operations"])
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # ------------------------------------------------------------------ the page
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+# uvloop and httptools are dependencies: the README's load-test figures (bench/load_api.py) were
+# measured with this event loop and HTTP parser.
+UVICORN_OPTIONS = {"loop": "uvloop", "http": "httptools"}

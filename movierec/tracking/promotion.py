@@ -1,0 +1,93 @@
+"""The promotion gate: the challenger and the current champion, both loaded from the registry with
+the one loader (`served_model.load_bundle`), measured by the same code on the same holdout; and
+the registry stage of a pipeline run around it (`register_and_promote`).
+
+`models.evaluation.holdout_metrics` measures each model as it is served: its own training items
+and the holdout's training part are excluded from its rankings, and users it does not know get
+its popularity fallback. The holdout is the held-out split of the dataset's current snapshot.
+
+A champion this code cannot load (`IncompatibleModel`: a version logged before the model became
+self-contained) cannot be served by this code's API either; the gate then measures the
+challenger alone and says so in its reason, as for the first model.
+"""
+
+from __future__ import annotations
+
+import mlflow
+
+from features.splits import Split
+from models.evaluation import holdout_metrics
+from movierec.settings import Settings
+from movierec.tracking import reports
+from movierec.tracking.registry import CHAMPION, Decision, Registry, beats
+from movierec.tracking.served_model import IncompatibleModel, load_bundle
+
+
+def holdout_score(settings: Settings, model_uri: str, held_out: Split) -> float:
+    k = settings.training.k
+    metrics = holdout_metrics(
+        load_bundle(model_uri), held_out.train, held_out.test, k=k, threshold=settings.training.positive_threshold
+    )
+    return metrics[f"ndcg@{k}"]
+
+
+def gate(settings: Settings, registry: Registry, version: str, held_out: Split) -> Decision:
+    """Measure `version` and the current champion on `held_out`; decide whether to promote."""
+    metric = f"ndcg@{settings.training.k}"
+    challenger_score = holdout_score(settings, f"models:/{registry.name}/{version}", held_out)
+    champion = registry.champion()
+    champion_score, unloadable = None, None
+    if champion is not None:
+        if str(champion.version) == str(version):
+            raise ValueError(f"version {version} of '{registry.name}' already is the champion")
+        try:
+            champion_score = holdout_score(settings, f"models:/{registry.name}@{CHAMPION}", held_out)
+        except IncompatibleModel as error:
+            unloadable = str(error)
+    margin = settings.promotion.margin
+    return Decision(
+        promote=beats(challenger_score, champion_score, margin),
+        challenger_version=str(version),
+        challenger_score=challenger_score,
+        champion_version=None if champion is None else str(champion.version),
+        champion_score=champion_score,
+        margin=margin,
+        metric=metric,
+        champion_unloadable=unloadable,
+    )
+
+
+def register_and_promote(settings: Settings, model_uri: str, held_out: Split, tags: dict[str, str], card: dict) -> dict:
+    """Register the logged model as a new version (alias `challenger`), run the gate, record the
+    decision on the version and the active run (with the model card: `card` holds the keyword
+    arguments of `reports.model_card` but the version), and move `champion` last. A failure
+    anywhere here deletes the new version, so the registry is left as it was."""
+    registry = Registry(settings.registered_model_name)
+    with registry.registration(model_uri, tags) as version:
+        decision = gate(settings, registry, version.version, held_out)
+        registry.record(decision)
+        run_metrics = {"gate_challenger_score": decision.challenger_score}
+        if decision.champion_score is not None:
+            run_metrics["gate_champion_score"] = decision.champion_score
+        mlflow.log_metrics(run_metrics)
+        mlflow.set_tags(
+            {
+                "registered_version": version.version,
+                "gate.decision": decision.tags()["gate.decision"],
+                "gate.reason": decision.reason,
+            }
+        )
+        mlflow.log_text(reports.model_card(**card, version=version.version) + reports.gate_section(decision), "model_card.md")
+        if decision.promote:
+            registry.promote(version.version, reason=decision.reason)
+    champion = registry.champion()
+    return {
+        "name": registry.name,
+        "version": version.version,
+        "promoted": decision.promote,
+        "reason": decision.reason,
+        "challenger_score": decision.challenger_score,
+        "champion_score": decision.champion_score,
+        "champion_version": str(champion.version) if champion else None,
+        "metric": decision.metric,
+    }

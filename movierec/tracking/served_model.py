@@ -1,0 +1,215 @@
+"""The registered model in MLflow: logging a `ServingBundle` as a self-contained pyfunc, and the
+one loader every consumer uses (the promotion gate, the batch export, the API, the tests).
+
+What is logged (MLflow models-from-code, nothing pickled, no code paths):
+  movierec_model.py  `inference/model.py` verbatim plus `mlflow.models.set_model(pyfunc_model())`:
+                     the model's only code; it imports numpy, pandas, scipy and mlflow
+  artifacts/bundle/  the bundle's plain files (`inference.model.save_bundle`)
+  requirements       exact pins of numpy, pandas, scipy, pyarrow and mlflow (no lightfm, no
+                     scikit-learn, not this project; MLflow's copy of the project's uv.lock is
+                     switched off)
+and, beside the model in the run (never loaded by serving), the raw LightFM object as
+`raw_model/lightfm.pkl`, for inspection and retraining.
+
+Loading (`load_bundle`) downloads the model, refuses one this code cannot serve (a bundle
+format other than `ServingBundle.FORMAT`, e.g. a version logged before the model became
+self-contained, with code paths) with `IncompatibleModel`, and loads it with `isolated_imports`:
+the caller's `sys.path` and `sys.modules` are as they were afterwards (MLflow registers the
+model's script as a module `code_model_<hex>`; it is removed again). The bundle returned is an
+instance of the class defined by the model's own copy of `inference/model.py`: the model scores
+with the code it was logged with.
+
+Signature, and the MLflow (3.17) quirks behind it. `required=False` only lets a column be
+absent; it does not make values nullable:
+* a scalar `long` column is enforced as numpy int64, so a missing value (NaN in a float column,
+  NA in an Int64 column) fails, in-process and in `mlflow models serve` alike; a `double`
+  column, the documented workaround, refuses int64 input in-process (ints upcast to double
+  only up to 6 bytes);
+* an optional `Array(long)` accepts None or [] per row but not NaN, and NaN is what pandas puts
+  where a record omits the key (a list of dicts, or `dataframe_records` JSON sent to a server).
+So the inputs that may be missing per row (`user_id`, `k`, `liked_movie_ids`, `age`) are
+declared optional `AnyType` and validated by `ServingBundle.predict` (clear ValueErrors);
+`gender` and `occupation` are optional strings (None / NaN pass). Every input is optional.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import yaml
+from mlflow.models import ModelSignature
+from mlflow.models.model import ModelInfo
+from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
+
+import inference.model
+from inference.model import ServingBundle, bundle_format, save_bundle
+
+# Distribution names whose installed versions are pinned in the model's requirements: what the
+# model's script imports (pyarrow: pandas' Parquet reader).
+REQUIREMENTS = ("numpy", "pandas", "scipy", "pyarrow", "mlflow")
+SCRIPT_NAME = "movierec_model.py"
+ENTRY_POINT = "\n\n# The MLflow entry point, appended when the model is logged.\nimport mlflow  # noqa: E402\n\nmlflow.models.set_model(pyfunc_model())\n"
+# MLflow imports a models-from-code script as a module of this prefix (mlflow.models.utils).
+CODE_MODULE_PREFIX = "code_model_"
+
+
+class IncompatibleModel(Exception):
+    """A registered version this code cannot load (another bundle format)."""
+
+
+def model_script() -> str:
+    """The logged model's code: the served model's file verbatim and the entry point."""
+    return Path(inference.model.__file__).read_text(encoding="utf-8") + ENTRY_POINT
+
+
+@contextmanager
+def isolated_imports() -> Iterator[None]:
+    """Leave `sys.path` as it was and drop the modules MLflow made of a model's script."""
+    path_before = list(sys.path)
+    modules_before = set(sys.modules)
+    try:
+        yield
+    finally:
+        sys.path[:] = path_before
+        for name in set(sys.modules) - modules_before:
+            if name.startswith(CODE_MODULE_PREFIX):
+                del sys.modules[name]
+
+
+def load_bundle(model_uri: str, *, tracking_uri: str | None = None, registry_uri: str | None = None) -> ServingBundle:
+    """The bundle of a logged or registered movierec model (`models:/name/3`, `models:/name@champion`,
+    `runs:/...`), served by the model's own code. Without explicit URIs, MLflow's current ones
+    (e.g. set by `movierec.tracking.runs.configure`). Raises `IncompatibleModel` for a model this
+    code cannot serve."""
+    with tempfile.TemporaryDirectory(prefix="movierec-load-") as temporary:
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=model_uri, dst_path=temporary, tracking_uri=tracking_uri, registry_uri=registry_uri
+            )
+        )
+        _check_compatible(model_uri, local)
+        with isolated_imports():
+            loaded = mlflow.pyfunc.load_model(str(local))
+        return loaded.unwrap_python_model().bundle
+
+
+def _check_compatible(model_uri: str, local: Path) -> None:
+    meta = yaml.safe_load((local / "MLmodel").read_text()) if (local / "MLmodel").is_file() else {}
+    pyfunc = (meta.get("flavors") or {}).get("python_function") or {}
+    artifacts = pyfunc.get("artifacts") or {}
+    found = None
+    if "bundle" in artifacts:
+        found = bundle_format(local / artifacts["bundle"]["path"])
+    code_paths = bool(pyfunc.get("code"))
+    if found != ServingBundle.FORMAT or code_paths:
+        what = "not a movierec model" if found is None else f"bundle format {found}"
+        raise IncompatibleModel(
+            f"{model_uri} cannot be served by this code ({what}{', with code paths' if code_paths else ''}; "
+            f"this code serves bundle format {ServingBundle.FORMAT}, self-contained): register a new version with "
+            f"`movierec pipeline`"
+        )
+
+
+@contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """Environment variables set for the duration of the block, then restored."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def signature() -> ModelSignature:
+    inputs = Schema(
+        [
+            ColSpec(AnyType(), "user_id", required=False),  # integer or null, see the module docstring
+            ColSpec(AnyType(), "k", required=False),  # positive integer or null (default 10)
+            ColSpec(AnyType(), "liked_movie_ids", required=False),  # list of integers or null
+            ColSpec(AnyType(), "age", required=False),  # number or null
+            ColSpec(DataType.string, "gender", required=False),
+            ColSpec(DataType.string, "occupation", required=False),
+        ]
+    )
+    outputs = Schema(
+        [
+            ColSpec(DataType.long, "request"),
+            ColSpec(DataType.long, "user_id", required=False),
+            ColSpec(DataType.long, "movie_id"),
+            ColSpec(DataType.long, "rank"),
+            ColSpec(DataType.double, "score"),
+            ColSpec(DataType.string, "source"),
+        ]
+    )
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def input_example(bundle: ServingBundle) -> pd.DataFrame:
+    """Three requests: a known user, a new user with liked movies and demographics, and an
+    anonymous user with nothing (popularity). Nullable columns are object columns with None,
+    which serialise to JSON null."""
+    liked = [int(movie) for movie in bundle.item_ids[bundle.popularity[:2]]]
+    return pd.DataFrame(
+        {
+            "user_id": pd.Series([int(bundle.user_ids[0]), None, None], dtype=object),
+            "k": pd.Series([5, 5, None], dtype=object),
+            "liked_movie_ids": [None, liked, None],
+            "age": pd.Series([None, 30, None], dtype=object),
+            "gender": pd.Series([None, "F", None], dtype=object),
+            "occupation": pd.Series([None, "programmer", None], dtype=object),
+        }
+    )
+
+
+def pip_requirements() -> list[str]:
+    """Exact pins of the installed versions of what loading and serving the model imports."""
+    return [f"{name}=={metadata.version(name)}" for name in REQUIREMENTS]
+
+
+def log_model(bundle: ServingBundle, lightfm_model=None, *, name: str = "model") -> ModelInfo:
+    """Log `bundle` as a pyfunc model of the active run (not registered).
+
+    `lightfm_model`, the fitted `LightFMRecommender` (or its `LightFM` object), is pickled beside
+    the model as the run artifact `raw_model/lightfm.pkl`; the model never loads it.
+    """
+    if mlflow.active_run() is None:
+        raise RuntimeError("log_model needs an active MLflow run (mlflow.start_run())")
+    example = input_example(bundle)
+    bundle.predict(example)  # fail here, loudly, rather than in MLflow's warning-only check
+    with tempfile.TemporaryDirectory(prefix="movierec-model-") as temporary:
+        folder = Path(temporary)
+        save_bundle(bundle, folder / "bundle")
+        script = folder / SCRIPT_NAME
+        script.write_text(model_script(), encoding="utf-8")
+        # MLflow validates the input example by loading the model in this process. It would also
+        # copy this project's uv.lock into the model: an environment of everything the project
+        # needs, where the model needs only its requirements.
+        with isolated_imports(), _environment(MLFLOW_LOG_UV_FILES="false"):
+            info = mlflow.pyfunc.log_model(
+                name=name,
+                python_model=str(script),
+                artifacts={"bundle": str(folder / "bundle")},
+                signature=signature(),
+                input_example=example,
+                pip_requirements=pip_requirements(),
+            )
+        if lightfm_model is not None:
+            raw = folder / "lightfm.pkl"
+            with open(raw, "wb") as file:
+                pickle.dump(getattr(lightfm_model, "model", lightfm_model), file, protocol=pickle.HIGHEST_PROTOCOL)
+            mlflow.log_artifact(str(raw), "raw_model")
+    return info

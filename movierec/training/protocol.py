@@ -1,0 +1,103 @@
+"""The training protocol the settings describe: which ratings are held out, how features are
+built and cached, the cold-start setup, and the bundle a fitted hybrid is served as.
+
+The one place where settings become a split (`held_out_split`): training, evaluation, the
+promotion gate and `movierec promote` all hold out the same ratings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cache
+from pathlib import Path
+
+import pandas as pd
+
+import features.interactions
+import features.items
+import features.prepare
+import features.splits
+import features.tables
+import features.users
+import inference.model
+from features.prepare import Prepared
+from features.splits import Split, protocol_split
+from features.tables import CanonicalTables
+from inference.model import ServingBundle
+from models.bundle import serving_bundle
+from models.cold_start import ColdStartSetup
+from models.factorization import LightFMRecommender
+from movierec.data.snapshot import Snapshot, SnapshotStore
+from movierec.settings import Settings
+
+# Code whose change must invalidate cached features (and the tuning studies built on them).
+FEATURE_CODE = (features.interactions, features.items, features.prepare, features.splits, features.tables, features.users, inference.model)
+
+
+@cache
+def feature_code_hash() -> str:
+    digest = hashlib.sha256()
+    for module in FEATURE_CODE:
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def held_out_split(settings: Settings, ratings: pd.DataFrame) -> Split:
+    """The held-out split of `ratings` by the settings' rule (`training.split`, `test_share`, ...)."""
+    training = settings.training
+    return protocol_split(
+        ratings, training.split, test_share=training.test_share, min_ratings=training.min_user_ratings, seed=training.seed
+    )
+
+
+def current_holdout(settings: Settings, dataset: str) -> Split:
+    """The held-out split of the dataset's latest snapshot (a DataError when there is none)."""
+    store = SnapshotStore(settings.snapshots_dir)
+    return held_out_split(settings, store.load(store.require(dataset)).ratings)
+
+
+def feature_settings(settings: Settings) -> dict:
+    """Every setting that shapes the held-out feature matrices (the feature store's key)."""
+    training = settings.training
+    return {
+        "split": training.split,
+        "test_share": training.test_share,
+        "min_user_ratings": training.min_user_ratings,
+        "seed": training.seed,
+        "positive_threshold": training.positive_threshold,
+        "item_feature_groups": training.item_feature_groups,
+        "user_feature_groups": training.user_feature_groups,
+    }
+
+
+def cold_start_setup(settings: Settings) -> ColdStartSetup:
+    training = settings.training
+    return ColdStartSetup(
+        threshold=training.positive_threshold,
+        item_groups=training.item_feature_groups,
+        user_groups=training.user_feature_groups,
+        lightfm_params=training.lightfm_params(),
+        seed=training.seed,
+    )
+
+
+def bundle_model(
+    settings: Settings,
+    model: LightFMRecommender,
+    prepared: Prepared,
+    tables: CanonicalTables,
+    snapshot: Snapshot,
+    user_groups: dict[str, float] | None,
+) -> ServingBundle:
+    """The bundle the registered model serves: `model` with its split, the snapshot's rating
+    scale and the settings' positive threshold."""
+    scale = snapshot.lineage["preprocessing"]["rating_scale"]
+    return serving_bundle(
+        model,
+        prepared,
+        tables.users,
+        tables.items,
+        user_groups,
+        rating_scale=(scale["min"], scale["max"], scale["step"]),
+        positive_threshold=settings.training.positive_threshold,
+    )
