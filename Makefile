@@ -9,7 +9,7 @@ STAMP := $(VENV)/.synced
 DATASET ?= ml-latest-small
 PYTEST_ARGS ?=
 
-.PHONY: run test setup bench clean browser
+.PHONY: run test lint setup bench clean browser
 
 $(UV):
 	$(PYTHON) -m pip install --user --quiet uv
@@ -23,8 +23,13 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/movierec pipeline --dataset $(DATASET)
 
-test: $(STAMP) browser
+test: lint browser
 	$(VENV)/bin/pytest -n 2 $(PYTEST_ARGS)
+
+# Ruff (rules in pyproject.toml): formatting and lint must be clean before any test runs.
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
 
 # The page test drives /usr/bin/chromium; install it when missing and we can (root with apt-get).
 # Never fails: without a browser that test skips with the reason.

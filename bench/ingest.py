@@ -89,11 +89,15 @@ def run_case(name: str, parameters: dict) -> dict:
 def main(names: list[str]) -> None:
     if not names:
         names = [n for n in CASES if data_dir() or CASES[n]["dataset"] == "synthetic"]
-    print(f"{'case':<16} {'ratings':>11} {'process s':>10} {'flow s':>8} {'steps s':>8} {'peak RSS':>10}  slowest steps")
+    print(
+        f"{'case':<16} {'ratings':>11} {'process s':>10} {'flow s':>8} {'steps s':>8} {'peak RSS':>10}  slowest steps"
+    )
     for name in names:
         result = run_case(name, CASES[name])
         steps = result["steps"]
-        slowest = ", ".join(f"{step} {seconds:.1f}s" for step, seconds in sorted(steps.items(), key=lambda s: -s[1])[:4])
+        slowest = ", ".join(
+            f"{step} {seconds:.1f}s" for step, seconds in sorted(steps.items(), key=lambda s: -s[1])[:4]
+        )
         print(
             f"{name:<16} {result['rows']['ratings']:>11,} {result['process_seconds']:>10.1f} "
             f"{result['flow_seconds']:>8.1f} {sum(steps.values()):>8.1f} {result['peak_rss_mib']:>7.0f} MiB  {slowest}",

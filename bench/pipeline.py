@@ -39,9 +39,23 @@ def run_case(dataset: str, trials: int, data_dir: Path) -> dict:
         started = time.perf_counter()
         # A wrapper process per case, so the peak RSS of its children is this case's alone.
         completed = subprocess.run(
-            [sys.executable, "-c", PEAK_RSS_WRAPPER, str(rss_file),
-             str(MOVIEREC), "pipeline", "--dataset", dataset, "--trials", str(trials), "--json"],
-            env=env, cwd=home, capture_output=True, text=True,
+            [
+                sys.executable,
+                "-c",
+                PEAK_RSS_WRAPPER,
+                str(rss_file),
+                str(MOVIEREC),
+                "pipeline",
+                "--dataset",
+                dataset,
+                "--trials",
+                str(trials),
+                "--json",
+            ],
+            env=env,
+            cwd=home,
+            capture_output=True,
+            text=True,
         )
         wall = time.perf_counter() - started
         if completed.returncode != 0:
@@ -56,9 +70,11 @@ def report(dataset: str, case: dict) -> None:
     overhead = wall - sum(seconds.values())
     hybrid = next(row for row in result["metrics"] if row["model"] == "hybrid")
     tuning = result["tuning"]
-    print(f"{dataset}: wall {wall:.1f} s, peak RSS {case['peak_mib']:,.0f} MiB (largest process), "
-          f"{tuning['trials_this_run']} trials ({tuning['counts']}), test NDCG@10 {hybrid['ndcg@10']:.4f}, "
-          f"registered v{result['registration']['version']}, champion v{result['registration']['champion_version']}")
+    print(
+        f"{dataset}: wall {wall:.1f} s, peak RSS {case['peak_mib']:,.0f} MiB (largest process), "
+        f"{tuning['trials_this_run']} trials ({tuning['counts']}), test NDCG@10 {hybrid['ndcg@10']:.4f}, "
+        f"registered v{result['registration']['version']}, champion v{result['registration']['champion_version']}"
+    )
     for stage in STAGES:
         print(f"  {stage:<32} {seconds.get(stage, 0.0):7.1f} s  {seconds.get(stage, 0.0) / wall:6.1%}")
     print(f"  {'Prefect and process overhead':<32} {overhead:7.1f} s  {overhead / wall:6.1%}")

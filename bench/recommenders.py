@@ -63,8 +63,12 @@ def main(datasets: list[str]) -> None:
         tables = tables_of(dataset)
         chosen = user_temporal_split(tables.ratings, test_share=0.2, min_ratings=5)
         prepared = prepare(
-            tables.users, tables.items, tables.tags, chosen=chosen,
-            item_groups=settings.item_feature_groups, user_groups=settings.user_feature_groups,
+            tables.users,
+            tables.items,
+            tables.tags,
+            chosen=chosen,
+            item_groups=settings.item_feature_groups,
+            user_groups=settings.user_feature_groups,
         )
         table = compare(prepared, MODEL_NAMES, k=10, lightfm_params=params)
         users = table["n_users_evaluated"].iloc[0]
@@ -73,17 +77,30 @@ def main(datasets: list[str]) -> None:
         if "rmse" in table:
             row = table.loc["biased_mf"]
             print(f"biased_mf rating errors: MAE {row['mae']:.4f}  RMSE {row['rmse']:.4f}")
-        cold = cold_item_report(tables, ("mf", "content", "hybrid"), setup=ColdStartSetup(
-            item_groups=settings.item_feature_groups, user_groups=settings.user_feature_groups, lightfm_params=params,
-        ))
+        cold = cold_item_report(
+            tables,
+            ("mf", "content", "hybrid"),
+            setup=ColdStartSetup(
+                item_groups=settings.item_feature_groups,
+                user_groups=settings.user_feature_groups,
+                lightfm_params=params,
+            ),
+        )
         print(f"{dataset} cold items:\n{cold.round(4).to_string()}")
 
     tables = tables_of("ml-latest-small")
     chosen = user_temporal_split(tables.ratings)
-    prepared = prepare(tables.users, tables.items, tables.tags, chosen=chosen,
-                       item_groups=settings.item_feature_groups, user_groups=settings.user_feature_groups)
-    model = LightFMRecommender(**params).fit(prepared.train, item_features=prepared.item_features.matrix,
-                                              user_features=prepared.user_features.matrix)
+    prepared = prepare(
+        tables.users,
+        tables.items,
+        tables.tags,
+        chosen=chosen,
+        item_groups=settings.item_feature_groups,
+        user_groups=settings.user_feature_groups,
+    )
+    model = LightFMRecommender(**params).fit(
+        prepared.train, item_features=prepared.item_features.matrix, user_features=prepared.user_features.matrix
+    )
     bundle = serving_bundle(model, prepared, tables.users, tables.items, settings.user_feature_groups)
     user_vectors, item_vectors = bundle.user_vectors, bundle.item_vectors
     users = np.arange(prepared.n_users)

@@ -14,13 +14,13 @@ import tempfile
 import time
 
 import optuna
+from recommenders import tables_of
 
+from features.prepare import prepare
 from features.splits import user_temporal_split, validation_split
 from models.evaluation import evaluate
-from features.prepare import prepare
 from models.factorization import LightFMRecommender
 from models.tune import create_study, make_objective, suggest
-from recommenders import tables_of
 
 
 def main(dataset: str, trials: int) -> None:
@@ -39,8 +39,14 @@ def main(dataset: str, trials: int) -> None:
     print(f"{dataset}: {len(states)} trials, {states.count(optuna.trial.TrialState.PRUNED)} pruned, {seconds:.0f} s")
     print(f"best validation NDCG@10 {best.value:.4f} at epoch {best.user_attrs['best_epoch']}: {best.params}")
     setup = suggest(optuna.trial.FixedTrial(best.params), max_epochs=best.user_attrs["best_epoch"])
-    prepared = prepare(tables.users, tables.items, tables.tags, chosen=held_out,
-                       item_groups=setup.item_groups, user_groups=setup.user_groups)
+    prepared = prepare(
+        tables.users,
+        tables.items,
+        tables.tags,
+        chosen=held_out,
+        item_groups=setup.item_groups,
+        user_groups=setup.user_groups,
+    )
     model = LightFMRecommender(random_state=42, **setup.lightfm).fit(
         prepared.train, item_features=prepared.item_features.matrix, user_features=prepared.user_features.matrix
     )

@@ -28,7 +28,15 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from inference.model import l1_normalise, multi_hot, split_values
 
 ITEM_GROUPS = ("identity", "genre", "year", "tag", "keyword", "cast", "director", "language", "text")
-DEFAULT_ITEM_GROUPS = {"identity": 1.0, "genre": 1.0, "year": 0.5, "tag": 0.5, "keyword": 0.5, "director": 0.5, "text": 0.5}
+DEFAULT_ITEM_GROUPS = {
+    "identity": 1.0,
+    "genre": 1.0,
+    "year": 0.5,
+    "tag": 0.5,
+    "keyword": 0.5,
+    "director": 0.5,
+    "text": 0.5,
+}
 
 
 @dataclass
@@ -159,13 +167,17 @@ def _group_values(group: str, items: pd.DataFrame, item_tags: list[list[str]]) -
     return split_values(items[column])
 
 
-def _text_block(items: pd.DataFrame, item_tags: list[list[str]], fit_rows: np.ndarray, max_features: int) -> tuple[sp.csr_matrix, list[str]]:
+def _text_block(
+    items: pd.DataFrame, item_tags: list[list[str]], fit_rows: np.ndarray, max_features: int
+) -> tuple[sp.csr_matrix, list[str]]:
     overview = items["overview"].fillna("").astype(str).tolist()
-    documents = [f"{text} {' '.join(tags)}".strip() for text, tags in zip(overview, item_tags)]
+    documents = [f"{text} {' '.join(tags)}".strip() for text, tags in zip(overview, item_tags, strict=True)]
     fitted_documents = [documents[row] for row in fit_rows]
     if not any(fitted_documents):
         return sp.csr_matrix((len(items), 0), dtype=np.float32), []
-    vectorizer = TfidfVectorizer(max_features=max_features, stop_words="english", min_df=2 if len(fit_rows) > 50 else 1, dtype=np.float32)
+    vectorizer = TfidfVectorizer(
+        max_features=max_features, stop_words="english", min_df=2 if len(fit_rows) > 50 else 1, dtype=np.float32
+    )
     vectorizer.fit(fitted_documents)
     matrix = vectorizer.transform(documents).astype(np.float32).tocsr()
     return matrix, [f"text:{word}" for word in vectorizer.get_feature_names_out()]

@@ -74,4 +74,6 @@ def new_user_features(
     fitted vocabulary (`inference.model.new_user_row`)."""
     liked = np.unique(np.asarray(liked_items, dtype=np.int64))
     genres = items.sort_values("item_idx")["genres"].to_numpy()[liked]
-    return new_user_row(features.names, features.groups, DEFAULT_USER_GROUPS if groups is None else groups, genres, demographics)
+    return new_user_row(
+        features.names, features.groups, DEFAULT_USER_GROUPS if groups is None else groups, genres, demographics
+    )

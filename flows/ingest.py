@@ -93,7 +93,11 @@ def ingest(
     feedback_counts = None
     if feedback is not None:
         raw, feedback_rows, feedback_counts = merge_feedback(raw, feedback)
-        log.info("merged %s feedback rating(s) from %s feedback event(s)", feedback_counts["ratings"], feedback_counts["events"])
+        log.info(
+            "merged %s feedback rating(s) from %s feedback event(s)",
+            feedback_counts["ratings"],
+            feedback_counts["events"],
+        )
 
     started = time.perf_counter()
     try:

@@ -81,8 +81,16 @@ def retrain(
         "prefect.flow_run_id": str(runtime.flow_run.id),
     }
     with runs.pipeline_run(f"retrain {dataset} {snapshot_id[:8]}", tags) as run:
-        mlflow.log_params({"dataset": dataset, "trials_budget": trials, "timeout_seconds": timeout,
-                           "split": settings.training.split, "positive_threshold": settings.training.positive_threshold, "k": k})
+        mlflow.log_params(
+            {
+                "dataset": dataset,
+                "trials_budget": trials,
+                "timeout_seconds": timeout,
+                "split": settings.training.split,
+                "positive_threshold": settings.training.positive_threshold,
+                "k": k,
+            }
+        )
         mlflow.log_dict(snapshot_summary, "data/snapshot.json")
         mlflow.log_text(reports.validation_report(snapshot_summary), "data/validation_report.md")
 
@@ -132,8 +140,14 @@ def retrain(
 
         # The ingest subflow validates too; report validation as a stage of its own, after ingest.
         validation_seconds = snapshot_summary["validation_seconds"]
-        stages.seconds = {"ingest": stages.seconds.pop("ingest") - validation_seconds, "validation": validation_seconds, **stages.seconds}
-        mlflow.log_metrics({f"stage_seconds.{stage.replace(' ', '_')}": seconds for stage, seconds in stages.seconds.items()})
+        stages.seconds = {
+            "ingest": stages.seconds.pop("ingest") - validation_seconds,
+            "validation": validation_seconds,
+            **stages.seconds,
+        }
+        mlflow.log_metrics(
+            {f"stage_seconds.{stage.replace(' ', '_')}": seconds for stage, seconds in stages.seconds.items()}
+        )
 
     return {
         "dataset": dataset,
@@ -144,8 +158,14 @@ def retrain(
         "split": held_out.kind,
         "users_evaluated": len(evaluation.users),
         "metrics": evaluation.table.reset_index().to_dict(orient="records"),
-        "tuning": {"study": tuned.study_name, "best_value": tuned.best_value, "best_trial": tuned.best_trial,
-                   "counts": tuned.counts, "trials_this_run": tuned.trials_this_run, "params": setup_params(tuned.setup)},
+        "tuning": {
+            "study": tuned.study_name,
+            "best_value": tuned.best_value,
+            "best_trial": tuned.best_trial,
+            "counts": tuned.counts,
+            "trials_this_run": tuned.trials_this_run,
+            "params": setup_params(tuned.setup),
+        },
         "registration": registration,
         "export": export,
         "stage_seconds": stages.seconds,

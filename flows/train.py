@@ -39,7 +39,9 @@ def train(
     }
     cold_models = tuple(name for name in chosen if name in COLD_START_MODELS)
     if cold_start and cold_models:
-        result["cold_items"] = evaluate_cold_items(settings, tables, cold_models).reset_index().to_dict(orient="records")
+        result["cold_items"] = (
+            evaluate_cold_items(settings, tables, cold_models).reset_index().to_dict(orient="records")
+        )
     if cold_start and "hybrid" in chosen:
         result["cold_users"] = evaluate_cold_users(settings, tables).reset_index().to_dict(orient="records")
     return result

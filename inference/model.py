@@ -110,24 +110,39 @@ def _select_rows(work: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _select_one(row: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """`_select_rows` for a single row, cheaper: the threshold of the k-th score, every item at
-    or above it (boundary ties included), then the same order (score desc, index asc)."""
+    """`_select_rows` for a single row, cheaper: every item at or above the k-th score (boundary
+    ties included, `_at_or_above_kth`), then the same order (score desc, index asc)."""
     n_items = row.shape[0]
     kk = min(k, n_items)
     items = np.full((1, k), PAD_ITEM, dtype=np.int32)
     values = np.full((1, k), -np.inf, dtype=np.float32)
     if kk == 0:
         return items, values
-    if kk < n_items:
-        threshold = np.partition(row, n_items - kk)[n_items - kk]
-        candidates = np.flatnonzero(row >= threshold)
-    else:
-        candidates = np.arange(n_items)
+    candidates = _at_or_above_kth(row, kk) if kk < n_items else np.arange(n_items)
     chosen = candidates[np.lexsort((candidates, -row[candidates]))[:kk]]
     chosen_scores = row[chosen]
     items[0, :kk] = np.where(chosen_scores > -np.inf, chosen, PAD_ITEM)
     values[0, :kk] = chosen_scores
     return items, values
+
+
+def _at_or_above_kth(row: np.ndarray, kk: int) -> np.ndarray:
+    """Indices of every item whose score is at least the kk-th best of `row`.
+
+    A strided sample's kk-th best score is no higher than the row's, so every item at or above
+    it is a candidate; the exact threshold is then found among those few candidates rather than
+    by partitioning the whole catalogue (about 3x faster for k = 10 over 10k items). Exact in
+    every case: many ties or excluded items only make the candidate set larger."""
+    n_items = row.shape[0]
+    stride = n_items // max(32 * kk, 1024)
+    candidates = np.arange(n_items)
+    if stride > 1:
+        sample = row[::stride]
+        bound = np.partition(sample, len(sample) - kk)[len(sample) - kk]
+        candidates = np.flatnonzero(row >= bound)
+    scores = row[candidates]
+    threshold = np.partition(scores, len(scores) - kk)[len(scores) - kk]
+    return candidates[scores >= threshold]
 
 
 def _mask_excluded(work: np.ndarray, exclude: sp.spmatrix | None, rows: np.ndarray | None) -> None:
@@ -141,7 +156,11 @@ def _mask_excluded(work: np.ndarray, exclude: sp.spmatrix | None, rows: np.ndarr
         raise ValueError(f"exclude has {exclude.shape[1]} items, scores have {n_items}")
     rows = np.arange(n_rows) if rows is None else np.asarray(rows, dtype=np.int64)
     if rows.shape != (n_rows,):
-        raise ValueError(f"rows must have one entry per score row ({n_rows}), got shape {rows.shape}")
+        raise ValueError(f"user_rows must have one entry per score row ({n_rows}), got shape {rows.shape}")
+    if n_rows == 1:  # the API's per-request case: one slice, no gathering
+        row = int(rows[0])
+        work[0, exclude.indices[exclude.indptr[row] : exclude.indptr[row + 1]]] = -np.inf
+        return
     positions, items = stored_entries(exclude, rows)
     work[positions, items] = -np.inf
 
@@ -232,7 +251,9 @@ def split_values(values: Iterable[object], separator: str = "|") -> list[list[st
     ]
 
 
-def multi_hot(lists: list[list[str]], prefix: str, vocabulary: list[str] | None = None) -> tuple[sp.csr_matrix, list[str]]:
+def multi_hot(
+    lists: list[list[str]], prefix: str, vocabulary: list[str] | None = None
+) -> tuple[sp.csr_matrix, list[str]]:
     """Multi-hot encoding; the vocabulary is sorted for determinism (or given, when fitted)."""
     if vocabulary is None:
         vocabulary = sorted({value for values in lists for value in values})
@@ -350,7 +371,9 @@ class ServingBundle:
         if self.rating_scale is not None:
             low, high, step = (float(value) for value in self.rating_scale)
             if not (low < high and step > 0):
-                raise ValueError(f"rating_scale must be (min, max, step) with min < max and step > 0, got {self.rating_scale}")
+                raise ValueError(
+                    f"rating_scale must be (min, max, step) with min < max and step > 0, got {self.rating_scale}"
+                )
             self.rating_scale = (low, high, step)
         n_users, n_items = len(self.user_ids), len(self.item_ids)
         checks = {
@@ -740,19 +763,28 @@ def _output_frame(lists: list[tuple[np.ndarray, np.ndarray, str]], user_ids: pd.
 
 # ---------------------------------------------------------------------- on disk
 
-ARRAYS = ("user_ids", "item_ids", "user_bias", "user_vectors", "item_bias", "item_vectors", "popularity", "popularity_counts")
+ARRAYS = (
+    "user_ids",
+    "item_ids",
+    "user_bias",
+    "user_vectors",
+    "item_bias",
+    "item_vectors",
+    "popularity",
+    "popularity_counts",
+)
 FEATURE_ARRAYS = ("user_feature_embeddings", "user_feature_biases")
 
 
 def save_bundle(bundle: ServingBundle, folder: Path | str) -> Path:
     """Write `bundle` into `folder` (created if needed) as plain files, nothing pickled:
 
-      arrays.npz    ids, representations, popularity, user feature embeddings/biases (hybrid)
-      seen.npz      users x items, every rating of the snapshot (never recommended)
-      trained.npz   users x items, the ratings the model was trained on (holdout evaluation)
-      items.parquet display metadata in item_idx order
-      bundle.json   format, rating scale, positive threshold, user feature names, group column
-                    ranges and weights
+    arrays.npz    ids, representations, popularity, user feature embeddings/biases (hybrid)
+    seen.npz      users x items, every rating of the snapshot (never recommended)
+    trained.npz   users x items, the ratings the model was trained on (holdout evaluation)
+    items.parquet display metadata in item_idx order
+    bundle.json   format, rating scale, positive threshold, user feature names, group column
+                  ranges and weights
     """
     if bundle.rating_scale is None:
         raise ValueError("a bundle needs its rating_scale to be saved (the API validates feedback with it)")

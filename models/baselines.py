@@ -173,8 +173,12 @@ class ItemKNN(_Neighbourhood):
             stop = min(start + _BLOCK, n_items)
             overlap = by_item[start:stop] @ matrix
             # An item is not its own neighbour.
-            blocks.append(_cosine_top_k(overlap, norms[start:stop], norms, self.shrink, self.k_neighbors, np.arange(start, stop)))
-        self.similarity = sp.vstack(blocks, format="csr", dtype=np.float32) if blocks else sp.csr_matrix((0, 0), dtype=np.float32)
+            blocks.append(
+                _cosine_top_k(overlap, norms[start:stop], norms, self.shrink, self.k_neighbors, np.arange(start, stop))
+            )
+        self.similarity = (
+            sp.vstack(blocks, format="csr", dtype=np.float32) if blocks else sp.csr_matrix((0, 0), dtype=np.float32)
+        )
         return self
 
     def scores(self, users: np.ndarray) -> np.ndarray:

@@ -30,8 +30,15 @@ class ColdStartSetup:
     seed: int = 0
 
     def prepare(self, tables: CanonicalTables, chosen: Split) -> Prepared:
-        return prepare(tables.users, tables.items, tables.tags, chosen=chosen, threshold=self.threshold,
-                       item_groups=self.item_groups, user_groups=self.user_groups)
+        return prepare(
+            tables.users,
+            tables.items,
+            tables.tags,
+            chosen=chosen,
+            threshold=self.threshold,
+            item_groups=self.item_groups,
+            user_groups=self.user_groups,
+        )
 
 
 def cold_item_report(
@@ -77,8 +84,13 @@ def cold_user_report(
             features = None
             if name == "hybrid":
                 demographics = {key: value for key, value in profile.items() if pd.notna(value)}
-                features = new_user_features(prepared.user_features, tables.items, liked_items=np.array([], dtype=np.int64),
-                                             demographics=demographics, groups=setup.user_groups)
+                features = new_user_features(
+                    prepared.user_features,
+                    tables.items,
+                    liked_items=np.array([], dtype=np.int64),
+                    demographics=demographics,
+                    groups=setup.user_groups,
+                )
             lists.append(model.recommend_new_user(np.array([], dtype=np.int64), k, user_features=features)[0])
         metrics = ranking_metrics(np.vstack(lists), prepared.test, k=k, users=cold, n_items=prepared.n_items)
         rows.append({"model": name, **metrics})

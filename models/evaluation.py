@@ -30,7 +30,12 @@ def evaluate(model, prepared: Prepared, *, k: int = 10) -> dict:
     users = evaluated_users(prepared)
     recommended, _ = model.recommend(users, k, exclude=prepared.seen)
     popularity = np.asarray(prepared.train.sum(axis=0)).ravel()
-    common = {"train": prepared.seen, "item_popularity": popularity, "item_genres": prepared.genres, "n_items": prepared.n_items}
+    common = {
+        "train": prepared.seen,
+        "item_popularity": popularity,
+        "item_genres": prepared.genres,
+        "n_items": prepared.n_items,
+    }
     metrics = ranking_metrics(recommended, prepared.test, k=k, users=users, **common)
     metrics["auc"] = batched_auc(model, prepared, users)
     segments = segment_metrics(
@@ -50,7 +55,9 @@ def evaluated_users(prepared: Prepared) -> np.ndarray:
     return np.flatnonzero(np.diff(prepared.test.indptr) > 0)
 
 
-def batched_auc(model, prepared: Prepared, users: np.ndarray, items: np.ndarray | None = None, batch: int = 1024) -> float:
+def batched_auc(
+    model, prepared: Prepared, users: np.ndarray, items: np.ndarray | None = None, batch: int = 1024
+) -> float:
     """Mean per-user AUC (among `items` if given), scoring users in batches so memory stays at
     batch x n_items. Every user passed has positives, so batch means weight by batch size."""
     total = 0.0
@@ -60,7 +67,9 @@ def batched_auc(model, prepared: Prepared, users: np.ndarray, items: np.ndarray 
     return total / len(users) if len(users) else float("nan")
 
 
-def compare(prepared: Prepared, names: tuple[str, ...] = MODEL_NAMES, *, k: int = 10, lightfm_params: dict | None = None) -> pd.DataFrame:
+def compare(
+    prepared: Prepared, names: tuple[str, ...] = MODEL_NAMES, *, k: int = 10, lightfm_params: dict | None = None
+) -> pd.DataFrame:
     """One row per model: its metrics and training seconds."""
     rows = []
     for name in names:
@@ -71,7 +80,9 @@ def compare(prepared: Prepared, names: tuple[str, ...] = MODEL_NAMES, *, k: int 
     return pd.DataFrame(rows).set_index("model")
 
 
-def holdout_metrics(bundle: ServingBundle, train: pd.DataFrame, test: pd.DataFrame, *, k: int, threshold: float) -> dict:
+def holdout_metrics(
+    bundle: ServingBundle, train: pd.DataFrame, test: pd.DataFrame, *, k: int, threshold: float
+) -> dict:
     """Ranking metrics of `bundle` as served, on a holdout given in ORIGINAL ids.
 
     `train` / `test` have user_id, movie_id, rating. Evaluated users: the test users with at least
@@ -130,8 +141,14 @@ def holdout_metrics(bundle: ServingBundle, train: pd.DataFrame, test: pd.DataFra
 
     genres = genre_matrix(bundle.items.assign(item_idx=np.arange(bundle.n_items)))
     metrics = ranking_metrics(
-        recommended, test_matrix, k=k, users=rows, train=exclude, n_items=bundle.n_items,
-        item_popularity=bundle.popularity_counts.astype(np.float64), item_genres=genres,
+        recommended,
+        test_matrix,
+        k=k,
+        users=rows,
+        train=exclude,
+        n_items=bundle.n_items,
+        item_popularity=bundle.popularity_counts.astype(np.float64),
+        item_genres=genres,
     )
     metrics["fallback_users"] = int((~known).sum())
     return metrics

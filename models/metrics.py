@@ -25,6 +25,8 @@ held-out positive, P = number of held-out positives):
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -179,12 +181,12 @@ def activity_segments(
     segment tables have the same rows across models and runs.
     """
     edges = tuple(edges)
-    if len(edges) < 2 or any(lo >= hi for lo, hi in zip(edges, edges[1:])):
+    if len(edges) < 2 or any(lo >= hi for lo, hi in itertools.pairwise(edges)):
         raise ValueError(f"edges must be at least two increasing values, got {edges}")
     users = np.asarray(users, dtype=np.int64)
     counts = _row_positives(sp.csr_matrix(train), users)
     segments = {}
-    for lo, hi in zip(edges, edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         name = f"{int(lo)}+" if np.isinf(hi) else f"{int(lo)}-{int(np.ceil(hi)) - 1}"
         segments[name] = users[(counts >= lo) & (counts < hi)]
     return segments

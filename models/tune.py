@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import optuna
 import pandas as pd
 
-from features.splits import Split
 from features.prepare import Prepared, prepare
+from features.splits import Split
 from models.evaluation import evaluate
 from models.factorization import LightFMRecommender
 
@@ -40,17 +40,28 @@ class TrialSetup:
     user_groups: dict[str, float]
 
 
-def present_groups(users: pd.DataFrame, items: pd.DataFrame, tags: pd.DataFrame) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def present_groups(
+    users: pd.DataFrame, items: pd.DataFrame, tags: pd.DataFrame
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The tunable item and user groups the data has any value for: a group with no values
     (demographics of ml-latest-small, TMDB fields without a TMDB join) is left out of the search."""
+
     def filled(frame: pd.DataFrame, column: str) -> bool:
         return column in frame and frame[column].astype("string").fillna("").str.len().gt(0).any()
 
-    item_columns = {"genre": "genres", "year": "year", "keyword": "keywords", "cast": "cast",
-                    "director": "director", "language": "original_language", "text": "overview"}
+    item_columns = {
+        "genre": "genres",
+        "year": "year",
+        "keyword": "keywords",
+        "cast": "cast",
+        "director": "director",
+        "language": "original_language",
+        "text": "overview",
+    }
     has_tags = not tags.empty
     item_groups = tuple(
-        group for group in TUNABLE_ITEM_GROUPS
+        group
+        for group in TUNABLE_ITEM_GROUPS
         if (group in ("tag", "text") and has_tags) or (group in item_columns and filled(items, item_columns[group]))
     )
     user_groups = tuple(group for group in TUNABLE_USER_GROUPS if group == "taste" or filled(users, group))
@@ -68,7 +79,9 @@ def suggest(
     """The trial's hyperparameters and which of `item_groups` / `user_groups` it uses, how much."""
     if grid:
         params = {name: trial.suggest_categorical(name, values) for name, values in GRID.items()}
-        return TrialSetup({**params, "max_sampled": 10}, {"identity": 1.0, "genre": 1.0, "text": 0.5}, {"identity": 1.0, "taste": 1.0})
+        return TrialSetup(
+            {**params, "max_sampled": 10}, {"identity": 1.0, "genre": 1.0, "text": 0.5}, {"identity": 1.0, "taste": 1.0}
+        )
     lightfm = {
         "loss": trial.suggest_categorical("loss", ["warp", "bpr", "warp-kos"]),
         "no_components": trial.suggest_int("no_components", 16, 128, log=True),
@@ -116,8 +129,13 @@ def make_objective(
 
     def default_prepare(item_groups: dict[str, float], user_groups: dict[str, float]) -> Prepared:
         return prepare(
-            tables["users"], tables["items"], tables["tags"], chosen=validation,
-            threshold=threshold, item_groups=item_groups, user_groups=user_groups,
+            tables["users"],
+            tables["items"],
+            tables["tags"],
+            chosen=validation,
+            threshold=threshold,
+            item_groups=item_groups,
+            user_groups=user_groups,
         )
 
     def prepared_for(setup: TrialSetup) -> Prepared:
@@ -143,8 +161,12 @@ def make_objective(
         model = LightFMRecommender(random_state=seed, **setup.lightfm)
         state = "failed"
         try:
-            model.fit(prepared.train, item_features=prepared.item_features.matrix,
-                      user_features=prepared.user_features.matrix, on_epoch=after_epoch)
+            model.fit(
+                prepared.train,
+                item_features=prepared.item_features.matrix,
+                user_features=prepared.user_features.matrix,
+                on_epoch=after_epoch,
+            )
             state = "complete"
         except optuna.TrialPruned:
             state = "pruned"
@@ -166,8 +188,13 @@ def best_setup(study: optuna.Study, *, grid: bool = False) -> TrialSetup:
     # The trial's parameters name the groups its search space had.
     item_groups = tuple(group for group in TUNABLE_ITEM_GROUPS if f"item_{group}" in best.params)
     user_groups = tuple(group for group in TUNABLE_USER_GROUPS if f"user_{group}" in best.params)
-    setup = suggest(optuna.trial.FixedTrial(best.params), max_epochs=best.user_attrs["best_epoch"], grid=grid,
-                    item_groups=item_groups, user_groups=user_groups)
+    setup = suggest(
+        optuna.trial.FixedTrial(best.params),
+        max_epochs=best.user_attrs["best_epoch"],
+        grid=grid,
+        item_groups=item_groups,
+        user_groups=user_groups,
+    )
     setup.lightfm["epochs"] = best.user_attrs["best_epoch"]
     return setup
 

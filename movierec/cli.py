@@ -1,4 +1,6 @@
-"""`movierec`: one subcommand per flow. Run `movierec --help`."""
+"""`movierec`: the commands users run, grouped as they work: data (`ingest`, `validate`,
+`snapshots`), models (`train`, `evaluate`, `pipeline`), the registry (`models`, `promote`,
+`rollback`), serving (`serve`, `export-recs`) and orchestration (`deploy`). Run `movierec --help`."""
 
 from __future__ import annotations
 
@@ -6,15 +8,16 @@ import json
 import math
 import sys
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from movierec.console import console, interactive
 from movierec.data.datasets import DATASETS
-from movierec.errors import DataError
+from movierec.errors import ConfigError, DataError
 from movierec.settings import get_settings
 
 app = typer.Typer(
@@ -30,9 +33,21 @@ DatasetOption = Annotated[
 ]
 
 
+@app.callback()
+def _check_settings() -> None:
+    """Every command reads the settings: an invalid file or variable stops it here, readably."""
+    try:
+        get_settings()
+    except ConfigError as error:
+        console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
 def _check_dataset(name: str) -> str:
     if name not in DATASETS:
-        raise typer.BadParameter(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}", param_hint="--dataset")
+        raise typer.BadParameter(
+            f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}", param_hint="--dataset"
+        )
     return name
 
 
@@ -166,16 +181,24 @@ def _print_metrics(result: dict, k: int) -> None:
     for column in [*(label.format(k=k) for _, label in METRIC_COLUMNS), "train s"]:
         table.add_column(column, justify="right")
     for row in result["metrics"]:
-        table.add_row(row["model"], *(f"{row[key.format(k=k)]:.4f}" for key, _ in METRIC_COLUMNS), f"{row['train_seconds']:.1f}")
-    console.print(f"[bold]{result['dataset']}[/] snapshot {result['snapshot_id']}, split {result['split']}: "
-                  f"{result['metrics'][0]['n_users_evaluated']:,} test users, train items excluded from rankings")
+        table.add_row(
+            row["model"], *(f"{row[key.format(k=k)]:.4f}" for key, _ in METRIC_COLUMNS), f"{row['train_seconds']:.1f}"
+        )
+    console.print(
+        f"[bold]{result['dataset']}[/] snapshot {result['snapshot_id']}, split {result['split']}: "
+        f"{result['metrics'][0]['n_users_evaluated']:,} test users, train items excluded from rankings"
+    )
     console.print(table)
     segment_keys = [key for key in result["metrics"][0] if key.startswith(f"ndcg@{k} users with ")]
     if segment_keys:
         labels = [key.removeprefix(f"ndcg@{k} users with ").removesuffix(" train ratings") for key in segment_keys]
-        segments = Table("model", *labels, header_style="bold", title=f"NDCG@{k} by the user's number of training ratings")
+        segments = Table(
+            "model", *labels, header_style="bold", title=f"NDCG@{k} by the user's number of training ratings"
+        )
         for row in result["metrics"]:
-            segments.add_row(row["model"], *("–" if math.isnan(row[key]) else f"{row[key]:.4f}" for key in segment_keys))
+            segments.add_row(
+                row["model"], *("–" if math.isnan(row[key]) else f"{row[key]:.4f}" for key in segment_keys)
+            )
         console.print(segments)
     for row in result["metrics"]:
         if not math.isnan(row.get("rmse", math.nan)):  # NaN for the ranking-only models
@@ -189,7 +212,9 @@ def _print_metrics(result: dict, k: int) -> None:
     if result.get("cold_users"):
         users = Table("model", f"NDCG@{k}", f"Recall@{k}", "users", header_style="bold")
         for row in result["cold_users"]:
-            users.add_row(row["model"], f"{row[f'ndcg@{k}']:.4f}", f"{row[f'recall@{k}']:.4f}", f"{row['n_users_evaluated']:,}")
+            users.add_row(
+                row["model"], f"{row[f'ndcg@{k}']:.4f}", f"{row[f'recall@{k}']:.4f}", f"{row['n_users_evaluated']:,}"
+            )
         console.print("cold users (no training ratings; demographics only):")
         console.print(users)
     console.print(f"features: {result['features']}")
@@ -200,23 +225,34 @@ def _train(dataset: str, models: list[str] | None, snapshot: str | None, cold_st
 
     unknown = [name for name in models or [] if name not in MODEL_NAMES]
     if unknown:
-        raise typer.BadParameter(f"unknown model(s) {unknown}; choose from {', '.join(MODEL_NAMES)}", param_hint="--model")
+        raise typer.BadParameter(
+            f"unknown model(s) {unknown}; choose from {', '.join(MODEL_NAMES)}", param_hint="--model"
+        )
     _check_dataset(dataset)
     _prepare()
     from flows.train import train as train_flow
 
-    result = _run(f"training on {dataset}", train_flow, dataset=dataset, models=models, snapshot_id=snapshot, cold_start=cold_start)
+    result = _run(
+        f"training on {dataset}",
+        train_flow,
+        dataset=dataset,
+        models=models,
+        snapshot_id=snapshot,
+        cold_start=cold_start,
+    )
     _print_metrics(result, get_settings().training.k)
 
 
 @app.command()
 def train(
     dataset: DatasetOption = "ml-latest-small",
-    model: Annotated[list[str], typer.Option("--model", "-m", help="Model to fit (repeatable).")] = ["hybrid"],
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="Model to fit (repeatable; default: hybrid).")
+    ] = None,
     snapshot: Annotated[str | None, typer.Option(help="Snapshot id; default: the latest.")] = None,
 ) -> None:
     """Fit the given model(s) on the latest snapshot's training split and report held-out metrics."""
-    _train(dataset, model, snapshot, cold_start=False)
+    _train(dataset, model or ["hybrid"], snapshot, cold_start=False)
 
 
 @app.command()
@@ -233,8 +269,12 @@ def evaluate(
 def pipeline(
     dataset: DatasetOption = "ml-latest-small",
     trials: Annotated[int | None, typer.Option(min=0, help="Optuna trials this run (default: tuning.trials).")] = None,
-    timeout: Annotated[float | None, typer.Option(min=1, help="Seconds of tuning this run (default: tuning.timeout_seconds).")] = None,
-    synthetic_ratings: Annotated[int | None, typer.Option(min=1000, help="Ratings to generate for --dataset synthetic.")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(min=1, help="Seconds of tuning this run (default: tuning.timeout_seconds).")
+    ] = None,
+    synthetic_ratings: Annotated[
+        int | None, typer.Option(min=1000, help="Ratings to generate for --dataset synthetic.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Run the whole pipeline (flow `retrain`): ingest, validate, tune, train, evaluate, register, promote."""
@@ -242,8 +282,14 @@ def pipeline(
     _prepare()
     from flows.retrain import retrain
 
-    result = _run(f"retraining on {dataset}", retrain, dataset=dataset, trials=trials, timeout=timeout,
-                  synthetic_ratings=synthetic_ratings)
+    result = _run(
+        f"retraining on {dataset}",
+        retrain,
+        dataset=dataset,
+        trials=trials,
+        timeout=timeout,
+        synthetic_ratings=synthetic_ratings,
+    )
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
         return
@@ -255,29 +301,45 @@ def _print_pipeline(result: dict, settings) -> None:
     k = settings.training.k
     tuning = result["tuning"]
     counts = ", ".join(f"{count} {state}" for state, count in tuning["counts"].items())
-    console.print(f"tuning: {tuning['trials_this_run']} trials this run; study {tuning['study']} holds {counts}; "
-                  f"best validation NDCG@{k} {tuning['best_value']:.4f} (trial {tuning['best_trial']})")
-    table = Table(header_style="bold", title=f"held-out test split ({result['split']}, {result['users_evaluated']:,} users, "
-                  "train items excluded)")
+    console.print(
+        f"tuning: {tuning['trials_this_run']} trials this run; study {tuning['study']} holds {counts}; "
+        f"best validation NDCG@{k} {tuning['best_value']:.4f} (trial {tuning['best_trial']})"
+    )
+    table = Table(
+        header_style="bold",
+        title=f"held-out test split ({result['split']}, {result['users_evaluated']:,} users, train items excluded)",
+    )
     table.add_column("model", no_wrap=True)
     for _, label in METRIC_COLUMNS:
         table.add_column(label.format(k=k), justify="right")
     for row in result["metrics"]:
         name = "hybrid (tuned, registered)" if row["model"] == "hybrid" else row["model"]
-        table.add_row(name, *(f"{row[key.format(k=k)]:.4f}" for key, _ in METRIC_COLUMNS), style="bold" if row["model"] == "hybrid" else None)
+        table.add_row(
+            name,
+            *(f"{row[key.format(k=k)]:.4f}" for key, _ in METRIC_COLUMNS),
+            style="bold" if row["model"] == "hybrid" else None,
+        )
     console.print(table)
     registration = result["registration"]
-    console.print(f"[bold green]registered {registration['name']} version {registration['version']}[/] (alias challenger)")
+    console.print(
+        f"[bold green]registered {registration['name']} version {registration['version']}[/] (alias challenger)"
+    )
     console.print(f"promotion gate: {registration['reason']}")
     console.print(f"champion: version {registration['champion_version']}")
     console.print(f"export: {result.get('export') or 'not written (see the run tag export.error)'}", soft_wrap=True)
     uri = result["tracking_uri"]
     console.print("next:")
     console.print(f"  MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000", soft_wrap=True)
-    console.print(f"  API + page: .venv/bin/movierec serve   (http://{settings.serving.host}:{settings.serving.port}/)", soft_wrap=True)
+    console.print(
+        f"  API + page: .venv/bin/movierec serve   (http://{settings.serving.host}:{settings.serving.port}/)",
+        soft_wrap=True,
+    )
     # `mlflow models serve` starts uvicorn through a shell: the venv's bin must be on PATH.
-    console.print(f"  MLflow serving: PATH=$PWD/.venv/bin:$PATH MLFLOW_TRACKING_URI={uri} .venv/bin/mlflow models serve "
-                  f"-m models:/{registration['name']}@champion --env-manager local --port 5001", soft_wrap=True)
+    console.print(
+        f"  MLflow serving: PATH=$PWD/.venv/bin:$PATH MLFLOW_TRACKING_URI={uri} .venv/bin/mlflow models serve "
+        f"-m models:/{registration['name']}@champion --env-manager local --port 5001",
+        soft_wrap=True,
+    )
     seconds = result["stage_seconds"]
     console.print("stage seconds: " + ", ".join(f"{stage} {value:.1f}" for stage, value in seconds.items()))
 
@@ -301,15 +363,30 @@ def models() -> None:
         return
     aliases = registry.aliases()
     k = settings.training.k
-    table = Table("version", "aliases", "created (UTC)", "dataset", "snapshot", f"test NDCG@{k}", "gate", "holdout score",
-                  header_style="bold", title=f"registered model {registry.name}")
+    table = Table(
+        "version",
+        "aliases",
+        "created (UTC)",
+        "dataset",
+        "snapshot",
+        f"test NDCG@{k}",
+        "gate",
+        "holdout score",
+        header_style="bold",
+        title=f"registered model {registry.name}",
+    )
     for version in versions:
         tags = version.tags
-        created = datetime.fromtimestamp(version.creation_timestamp / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M")
+        created = datetime.fromtimestamp(version.creation_timestamp / 1000, UTC).strftime("%Y-%m-%d %H:%M")
         table.add_row(
-            str(version.version), ", ".join(sorted(aliases.get(str(version.version), []))) or "–", created,
-            tags.get("dataset", "?"), tags.get("snapshot_id", "?"), _score(tags.get(f"test_ndcg_at_{k}")),
-            tags.get("gate.decision", "–"), _score(tags.get("gate.challenger_score")),
+            str(version.version),
+            ", ".join(sorted(aliases.get(str(version.version), []))) or "–",
+            created,
+            tags.get("dataset", "?"),
+            tags.get("snapshot_id", "?"),
+            _score(tags.get(f"test_ndcg_at_{k}")),
+            tags.get("gate.decision", "–"),
+            _score(tags.get("gate.challenger_score")),
         )
     console.print(table)
 
@@ -370,26 +447,31 @@ def deploy(
 ) -> None:
     """Register prefect.yaml's deployments (weekly and manual retraining) with the Prefect server."""
     _prepare()
-    from movierec.deploy import api_url
+    from movierec.deploy import DEFAULT_PREFECT_FILE, api_url
     from movierec.deploy import deploy as deploy_all
-    from movierec.settings import REPO_ROOT
 
     try:
-        names = deploy_all(REPO_ROOT / "prefect.yaml", work_pool=work_pool)
+        names = deploy_all(DEFAULT_PREFECT_FILE, work_pool=work_pool)
     except RuntimeError as error:
         console.print(f"[bold red]error:[/] {error}", soft_wrap=True)
         raise typer.Exit(1) from None
     for name in names:
         console.print(f"[bold green]deployed[/] {name}")
-    console.print(f"server {api_url()}; start a worker: scripts/prefect-server.sh --worker (or prefect worker start --pool movierec)")
+    console.print(
+        f"server {api_url()}; start a worker: scripts/prefect-server.sh --worker (or prefect worker start --pool movierec)"
+    )
     console.print("trigger a run: .venv/bin/prefect deployment run 'retrain/retrain-manual' -p trials=5")
 
 
 @app.command("export-recs")
 def export_recs(
     out: Annotated[str, typer.Option("--out", "-o", help="Parquet file to write (atomically; folders are created).")],
-    k: Annotated[int | None, typer.Option("--k", min=1, max=1000, help="Movies per user (default: serving.export_k).")] = None,
-    model_uri: Annotated[str | None, typer.Option("--model-uri", help="Model to export (default: models:/<registered name>@champion).")] = None,
+    k: Annotated[
+        int | None, typer.Option("--k", min=1, max=1000, help="Movies per user (default: serving.export_k).")
+    ] = None,
+    model_uri: Annotated[
+        str | None, typer.Option("--model-uri", help="Model to export (default: models:/<registered name>@champion).")
+    ] = None,
 ) -> None:
     """Write every known user's top-k recommendations (user_id, movie_id, rank, score) as Parquet."""
     from pathlib import Path
@@ -410,8 +492,11 @@ def export_recs(
         message = error.message if isinstance(error, MlflowException) else str(error)
         console.print(f"[bold red]error:[/] cannot export {model_uri}: {message}", soft_wrap=True)
         raise typer.Exit(1) from None
-    console.print(f"[bold green]exported[/] {len(frame):,} rows, {frame['user_id'].nunique():,} users, top {k} "
-                  f"of {model_uri}: {path}", soft_wrap=True)
+    console.print(
+        f"[bold green]exported[/] {len(frame):,} rows, {frame['user_id'].nunique():,} users, top {k} "
+        f"of {model_uri}: {path}",
+        soft_wrap=True,
+    )
 
 
 @app.command()
@@ -430,8 +515,11 @@ def serve(
     port = port or settings.serving.port
     application = create_app(settings)
     shown = f"[{host}]" if ":" in host else host
-    console.print(f"[bold green]movierec[/] serving {settings.registered_model_name}@champion on http://{shown}:{port}/ "
-                  f"(API docs /docs, metrics /metrics)", soft_wrap=True)
+    console.print(
+        f"[bold green]movierec[/] serving {settings.registered_model_name}@champion on http://{shown}:{port}/ "
+        f"(API docs /docs, metrics /metrics)",
+        soft_wrap=True,
+    )
     uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False, **UVICORN_OPTIONS)
 
 

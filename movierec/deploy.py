@@ -21,7 +21,8 @@ from typing import Any
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from movierec.settings import REPO_ROOT
+
 DEFAULT_PREFECT_FILE = REPO_ROOT / "prefect.yaml"
 WORK_POOL_TYPE = "process"
 

@@ -6,6 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 
+class ConfigError(Exception):
+    """The settings (file, environment variables) are invalid; the message names each key."""
+
+
 class DataError(Exception):
     """Base class: input data cannot be turned into a snapshot."""
 

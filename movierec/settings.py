@@ -4,17 +4,22 @@ Sources, highest priority first: keyword arguments, ``MOVIEREC_*`` environment v
 (nested keys joined with ``__``), the YAML file (``MOVIEREC_CONFIG`` or ``mlflow.yaml`` in the
 working directory, else the one at the repository root), then the defaults below. MLflow's own
 environment variables override the ``mlflow`` section, as MLflow users expect.
+
+Strict: an unknown key (a typo in the YAML file or in a nested ``MOVIEREC_SECTION__KEY``
+variable) or a value of the wrong type or outside its choices is a `ConfigError` that names the
+key and where it came from (the file, the variable), never silently ignored.
 """
 
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, Field, field_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,8 +27,26 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from movierec.errors import ConfigError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-EXPECTATIONS_DIR = REPO_ROOT / "expectations"
+ENV_PREFIX = "MOVIEREC_"
+
+# Choices, spelled out here so that reading settings imports nothing heavy; tests check each
+# against its home (movierec.data.datasets, models.families, features.items / features.users).
+DatasetName = Literal["ml-100k", "ml-1m", "ml-latest-small", "ml-25m", "ml-32m", "synthetic"]
+BaselineName = Literal["popularity", "item_knn", "ease", "user_knn", "content", "mf", "biased_mf"]
+ItemFeatureGroup = Literal["identity", "genre", "year", "tag", "keyword", "cast", "director", "language", "text"]
+UserFeatureGroup = Literal["identity", "age", "gender", "occupation", "taste"]
+SplitKind = Literal["user_temporal", "global_temporal", "random"]
+LightFMLoss = Literal["warp", "bpr", "warp-kos", "logistic"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class Section(BaseModel):
+    """A section of the settings file: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 def config_file() -> Path:
@@ -34,15 +57,15 @@ def config_file() -> Path:
     return local if local.exists() else REPO_ROOT / "mlflow.yaml"
 
 
-class MlflowSettings(BaseModel):
+class MlflowSettings(Section):
     tracking_uri: str | None = None
     registry_uri: str | None = None
     experiment_name: str = "movierec"
     registered_model_name: str = "movierec-lightfm"
 
 
-class IngestSettings(BaseModel):
-    dataset: str = "ml-latest-small"
+class IngestSettings(Section):
+    dataset: DatasetName = "ml-latest-small"
     use_tmdb: bool = True
     download_retries: int = Field(4, ge=0)
     download_backoff_seconds: float = Field(2.0, ge=0)
@@ -51,8 +74,8 @@ class IngestSettings(BaseModel):
     synthetic_seed: int = 42
 
 
-class ValidationSettings(BaseModel):
-    earliest_timestamp: datetime = datetime(1995, 1, 1, tzinfo=timezone.utc)
+class ValidationSettings(Section):
+    earliest_timestamp: datetime = datetime(1995, 1, 1, tzinfo=UTC)
     max_future_days: int = Field(1, ge=0)
     min_ratings: int = Field(1_000, ge=1)
     min_users: int = Field(20, ge=1)
@@ -64,10 +87,10 @@ class ValidationSettings(BaseModel):
     users_min_ratings_threshold: int = Field(5, ge=1)
 
 
-class TrainingSettings(BaseModel):
+class TrainingSettings(Section):
     # Ratings at or above this are implicit positives (on a 5-point scale).
     positive_threshold: float = 4.0
-    split: str = "user_temporal"
+    split: SplitKind = "user_temporal"
     test_share: float = Field(0.2, gt=0, lt=1)
     min_user_ratings: int = Field(5, ge=2)
     cold_item_share: float = Field(0.1, gt=0, lt=1)
@@ -76,23 +99,46 @@ class TrainingSettings(BaseModel):
     seed: int = 42
     # LightFM defaults (the tuner of the pipeline overrides them).
     no_components: int = 64
-    loss: str = "warp"
+    loss: LightFMLoss = "warp"
     learning_rate: float = 0.05
     item_alpha: float = 0.0
     user_alpha: float = 0.0
     max_sampled: int = 10
     epochs: int = 30
-    num_threads: int = 1
-    item_feature_groups: dict[str, float] = {"identity": 1.0, "genre": 1.0, "year": 0.5, "tag": 0.5, "keyword": 0.5, "director": 0.5, "text": 0.5}
-    user_feature_groups: dict[str, float] = {"identity": 1.0, "age": 0.5, "gender": 0.5, "occupation": 0.5, "taste": 1.0}
+    num_threads: int = Field(1, ge=1)
+    item_feature_groups: dict[ItemFeatureGroup, float] = {
+        "identity": 1.0,
+        "genre": 1.0,
+        "year": 0.5,
+        "tag": 0.5,
+        "keyword": 0.5,
+        "director": 0.5,
+        "text": 0.5,
+    }
+    user_feature_groups: dict[UserFeatureGroup, float] = {
+        "identity": 1.0,
+        "age": 0.5,
+        "gender": 0.5,
+        "occupation": 0.5,
+        "taste": 1.0,
+    }
 
     def lightfm_params(self) -> dict:
         """Keyword arguments of models.factorization.LightFMRecommender."""
-        names = ("no_components", "loss", "learning_rate", "item_alpha", "user_alpha", "max_sampled", "epochs", "num_threads")
+        names = (
+            "no_components",
+            "loss",
+            "learning_rate",
+            "item_alpha",
+            "user_alpha",
+            "max_sampled",
+            "epochs",
+            "num_threads",
+        )
         return {**{name: getattr(self, name) for name in names}, "random_state": self.seed}
 
 
-class TuningSettings(BaseModel):
+class TuningSettings(Section):
     # Budget per pipeline run: trials and/or seconds (None: no limit on that axis).
     trials: int | None = Field(20, ge=0)
     timeout_seconds: float | None = Field(None, gt=0)
@@ -105,20 +151,20 @@ class TuningSettings(BaseModel):
     storage: str | None = None
 
 
-class PromotionSettings(BaseModel):
+class PromotionSettings(Section):
     # The challenger becomes champion only if its holdout NDCG@k exceeds the champion's
     # (re-measured on the same holdout) by more than this absolute margin.
     margin: float = Field(0.001, ge=0)
 
 
-class PipelineSettings(BaseModel):
+class PipelineSettings(Section):
     # Models measured next to the tuned hybrid (nested MLflow runs, rows of the model card).
-    baselines: list[str] = ["popularity", "item_knn", "ease", "mf"]
+    baselines: list[BaselineName] = ["popularity", "item_knn", "ease", "mf"]
     # Cutoffs of the metric@k curves logged as a plot.
     curve_ks: list[int] = [1, 5, 10, 20, 50]
 
 
-class ServingSettings(BaseModel):
+class ServingSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     # How often the API checks the registry's `champion` alias for a new version.
@@ -127,15 +173,15 @@ class ServingSettings(BaseModel):
     export_k: int = Field(20, ge=1, le=100)
 
 
-class LoggingSettings(BaseModel):
-    prefect_level: str = "WARNING"
+class LoggingSettings(Section):
+    prefect_level: LogLevel = "WARNING"
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="MOVIEREC_",
+        env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
-        extra="ignore",
+        extra="forbid",
     )
 
     home: Path = Path(".movierec")
@@ -187,9 +233,7 @@ class Settings(BaseSettings):
     @property
     def tracking_uri(self) -> str:
         return (
-            os.environ.get("MLFLOW_TRACKING_URI")
-            or self.mlflow.tracking_uri
-            or f"sqlite:///{self.home / 'mlflow.db'}"
+            os.environ.get("MLFLOW_TRACKING_URI") or self.mlflow.tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
         )
 
     @property
@@ -223,4 +267,59 @@ class Settings(BaseSettings):
 
 
 def get_settings(**overrides: object) -> Settings:
-    return Settings(**overrides)
+    """The settings; a `ConfigError` naming each bad key and its source when they are invalid."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        raise ConfigError(describe(error, config_file(), overrides)) from None
+
+
+def describe(error: ValidationError, path: Path, overrides: dict) -> str:
+    """One line per problem: the dotted key, where its value came from, what is wrong."""
+    try:
+        document = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        document = None
+    lines = []
+    for problem in error.errors():
+        location = [str(part) for part in problem["loc"]]
+        key = ".".join(location)
+        variable = ENV_PREFIX + "__".join(location).upper()
+        if location and location[0] in overrides:
+            source = "given in code"
+        elif variable in os.environ:
+            source = f"environment variable {variable}"
+        elif _in_document(document, location):
+            source = f"in {path}"
+        else:
+            source = "default"
+        if problem["type"] == "extra_forbidden":
+            known = _known_keys(location[:-1])
+            lines.append(f"  - {key} ({source}): unknown key" + (f"; known here: {', '.join(known)}" if known else ""))
+        else:
+            lines.append(f"  - {key} = {problem.get('input')!r} ({source}): {problem['msg']}")
+    return "invalid settings:\n" + "\n".join(lines)
+
+
+def _in_document(document: Any, location: list[str]) -> bool:
+    for part in location:
+        if not isinstance(document, dict) or part not in document:
+            return False
+        document = document[part]
+    return True
+
+
+def _known_keys(location: list[str]) -> list[str]:
+    """The field names of the settings section at `location` (empty when it is not a section)."""
+    model: Any = Settings
+    for part in location:
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return []
+        model = field.annotation
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    if get_origin(model) is dict:
+        key = get_args(model)[0]
+        return [str(value) for value in get_args(key)] if get_origin(key) is Literal else []
+    return []

@@ -45,7 +45,7 @@ def export_champion(settings: Settings, registration: dict) -> str | None:
         return None
     try:
         path = export_recommendations(settings, registration["name"], str(version))
-    except Exception as error:  # noqa: BLE001 - see the module docstring
+    except Exception as error:
         log.warning("batch export of %s v%s failed: %s", registration["name"], version, error)
         mlflow.set_tag("export.error", f"{type(error).__name__}: {error}"[:4000])
         return None

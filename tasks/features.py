@@ -79,9 +79,15 @@ def build_features(
 
 
 @task(name="store features", cache_policy=NO_CACHE)
-def store_features(settings: Settings, snapshot: Snapshot, prepared: Prepared, item_groups: dict, user_groups: dict) -> str:
+def store_features(
+    settings: Settings, snapshot: Snapshot, prepared: Prepared, item_groups: dict, user_groups: dict
+) -> str:
     """The final model's feature matrices beside the snapshot, their vocabularies on the run."""
-    chosen = {**protocol.feature_settings(settings), "item_feature_groups": item_groups, "user_feature_groups": user_groups}
+    chosen = {
+        **protocol.feature_settings(settings),
+        "item_feature_groups": item_groups,
+        "user_feature_groups": user_groups,
+    }
     folder = write_features(snapshot.path, chosen, {"item": prepared.item_features, "user": prepared.user_features})
     runs.log_feature_vocabularies(folder)
     return str(folder)

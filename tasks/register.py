@@ -20,5 +20,7 @@ def log_model(bundle: ServingBundle, model: LightFMRecommender) -> ModelInfo:
 
 
 @task(name="register challenger and run promotion gate", cache_policy=NO_CACHE)
-def register_and_promote(settings: Settings, model_info: ModelInfo, held_out: Split, tags: dict[str, str], card: dict) -> dict:
+def register_and_promote(
+    settings: Settings, model_info: ModelInfo, held_out: Split, tags: dict[str, str], card: dict
+) -> dict:
     return promotion.register_and_promote(settings, model_info.model_uri, held_out, tags, card)

@@ -61,7 +61,9 @@ def evaluate_cold_items(settings: Settings, tables: CanonicalTables, models: tup
 @task(name="evaluate on cold users", cache_policy=NO_CACHE)
 def evaluate_cold_users(settings: Settings, tables: CanonicalTables) -> pd.DataFrame:
     training = settings.training
-    return cold_user_report(tables, k=training.k, user_share=training.cold_user_share, setup=protocol.cold_start_setup(settings))
+    return cold_user_report(
+        tables, k=training.k, user_share=training.cold_user_share, setup=protocol.cold_start_setup(settings)
+    )
 
 
 @task(name="train final hybrid on train + validation", cache_policy=NO_CACHE)
@@ -71,7 +73,12 @@ def train_final(settings: Settings, prepared: Prepared, setup: TrialSetup) -> Li
 
 @task(name="bundle the final hybrid", cache_policy=NO_CACHE)
 def bundle_final(
-    settings: Settings, model: LightFMRecommender, prepared: Prepared, tables: CanonicalTables, snapshot: Snapshot, setup: TrialSetup
+    settings: Settings,
+    model: LightFMRecommender,
+    prepared: Prepared,
+    tables: CanonicalTables,
+    snapshot: Snapshot,
+    setup: TrialSetup,
 ) -> ServingBundle:
     return protocol.bundle_model(settings, model, prepared, tables, snapshot, setup.user_groups)
 

@@ -17,6 +17,8 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ["GX_ANALYTICS_ENABLED"] = "false"
+# Read before the clean-up below: the tests' own pointer to the reference datasets.
+TEST_DATA_DIR = os.environ.get("MOVIEREC_TEST_DATA_DIR")
 for variable in [name for name in os.environ if name.startswith(("MOVIEREC_", "MLFLOW_"))]:
     del os.environ[variable]
 
@@ -27,8 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def real_data_dir() -> Path | None:
     """MOVIEREC_TEST_DATA_DIR, else ../shared/data beside the repository, if it exists."""
-    candidate = os.environ.get("MOVIEREC_TEST_DATA_DIR")
-    path = Path(candidate) if candidate else REPO.parent / "shared" / "data"
+    path = Path(TEST_DATA_DIR) if TEST_DATA_DIR else REPO.parent / "shared" / "data"
     return path if (path / "ml-100k").is_dir() or (path / "ml-latest-small").is_dir() else None
 
 

@@ -27,23 +27,29 @@ def constraints(folder: Path) -> Path:
 def clean_environment() -> dict[str, str]:
     """os.environ without what would point a child at this project's environment."""
     env = {key: value for key, value in os.environ.items() if key not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
-    env["PATH"] = os.pathsep.join(part for part in env.get("PATH", "").split(os.pathsep) if Path(part) != Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join(
+        part for part in env.get("PATH", "").split(os.pathsep) if Path(part) != Path(sys.executable).parent
+    )
     return env
 
 
-def fresh_venv(folder: Path, requirements: Path) -> Path:
-    """Create a virtualenv in `folder` with exactly `requirements` (and their dependencies);
-    return its python."""
+def fresh_venv(folder: Path, requirements: Path | None = None, *, packages: tuple[str, ...] = ()) -> Path:
+    """Create a virtualenv in `folder` with exactly `requirements` (a requirements file) and/or
+    `packages` (pip arguments: names, paths), and their dependencies; return its python."""
     env = clean_environment()
     uv = shutil.which("uv") or str(Path.home() / ".local" / "bin" / "uv")
     python = folder / "bin" / "python"
     if Path(uv).is_file():
-        subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, str(folder)], check=True, env=env, capture_output=True)
+        subprocess.run(
+            [uv, "venv", "--quiet", "--python", sys.executable, str(folder)], check=True, env=env, capture_output=True
+        )
         install = [uv, "pip", "install", "--quiet", "--python", str(python)]
     else:
         subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True, env=env, capture_output=True)
         install = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    done = subprocess.run([*install, "-r", str(requirements), "-c", str(constraints(folder.parent))],
-                          env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, f"installing {requirements.read_text()} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    wanted = [*(["-r", str(requirements)] if requirements else []), *packages]
+    done = subprocess.run(
+        [*install, *wanted, "-c", str(constraints(folder.parent))], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, f"installing {wanted} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
     return python

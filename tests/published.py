@@ -48,11 +48,13 @@ def write_ml100k(raw: RawDataset, folder: Path) -> Path:
     stars = np.clip(np.ceil(raw.ratings["rating"].to_numpy()), 1, 5).astype(int)
     lines = [
         f"{u}\t{m}\t{r}\t{t}\n"
-        for u, m, r, t in zip(raw.ratings["user_id"], raw.ratings["movie_id"], stars, raw.ratings["timestamp"])
+        for u, m, r, t in zip(
+            raw.ratings["user_id"], raw.ratings["movie_id"], stars, raw.ratings["timestamp"], strict=True
+        )
     ]
     (folder / "u.data").write_text("".join(lines), encoding="ascii")
     item_lines = []
-    for movie_id, title, genres in zip(raw.movies["movie_id"], raw.movies["title"], raw.movies["genres"]):
+    for movie_id, title, genres in zip(raw.movies["movie_id"], raw.movies["title"], raw.movies["genres"], strict=True):
         names = {"Children": "Children's"}
         flagged = {names.get(g, g) for g in genres.split("|")} if genres != "(no genres listed)" else {"unknown"}
         flags = "|".join("1" if genre in flagged else "0" for genre in ML100K_GENRES)
@@ -61,7 +63,9 @@ def write_ml100k(raw: RawDataset, folder: Path) -> Path:
     users = raw.users
     user_lines = [
         f"{u}|{a}|{g}|{o}|{z}\n"
-        for u, a, g, o, z in zip(users["user_id"], users["age"], users["gender"], users["occupation"], users["zip_code"])
+        for u, a, g, o, z in zip(
+            users["user_id"], users["age"], users["gender"], users["occupation"], users["zip_code"], strict=True
+        )
     ]
     (folder / "u.user").write_text("".join(user_lines), encoding="ascii")
     return folder

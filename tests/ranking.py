@@ -9,8 +9,13 @@ import numpy as np
 RTOL, ATOL = 1e-5, 1e-5
 
 
-def assert_same_ranking(items: np.ndarray, scores: np.ndarray, expected_items: np.ndarray, expected_scores: np.ndarray,
-                        full_scores: np.ndarray) -> None:
+def assert_same_ranking(
+    items: np.ndarray,
+    scores: np.ndarray,
+    expected_items: np.ndarray,
+    expected_scores: np.ndarray,
+    full_scores: np.ndarray,
+) -> None:
     """`items` / `scores` (n, k) against the expected lists; `full_scores` (n, n_items) are the
     scores every item of each row should have. Position j may hold another item than expected
     only if both score the same within the tolerance (a tie the rounding may break either way)."""

@@ -36,7 +36,9 @@ def register_champion(n_ratings: int = 6_000, seed: int = 7, *, epochs: int = 5,
     each call adds a version, made champion when `promote`. Different `epochs` give a different model."""
     raw = generate(n_ratings, seed=seed)
     tables = canonicalize(raw, None)[0]
-    prepared = prepare(tables.users, tables.items, tables.tags, chosen=user_temporal_split(tables.ratings), user_groups=USER_GROUPS)
+    prepared = prepare(
+        tables.users, tables.items, tables.tags, chosen=user_temporal_split(tables.ratings), user_groups=USER_GROUPS
+    )
     model = LightFMRecommender(name="hybrid", epochs=epochs, no_components=16).fit(
         prepared.train, item_features=prepared.item_features.matrix, user_features=prepared.user_features.matrix
     )

@@ -36,10 +36,13 @@ class Server:
     def start(self, timeout: float = 120.0) -> Server:
         env = {key: value for key, value in os.environ.items() if not key.startswith(("MOVIEREC_", "MLFLOW_"))}
         env.update(MOVIEREC_HOME=str(self.home), PYTHONUNBUFFERED="1", MOVIEREC_SERVING__POLL_SECONDS="3600")
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - open while the server runs; stop() closes it
         self.process = subprocess.Popen(
             [sys.executable, "-m", "movierec.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -76,7 +79,9 @@ class Server:
 
 
 @contextmanager
-def mlflow_models_serve(bin_dir: Path, model_uri: str, env: dict[str, str], log: Path, timeout: float = 120.0) -> Iterator[str]:
+def mlflow_models_serve(
+    bin_dir: Path, model_uri: str, env: dict[str, str], log: Path, timeout: float = 120.0
+) -> Iterator[str]:
     """`mlflow models serve` of `model_uri` from the environment whose executables are in `bin_dir`
     (its uvicorn is started through a shell, so `bin_dir` goes first on PATH), on a free loopback
     port; yields its URL once /ping answers and stops its whole process group afterwards.
@@ -85,8 +90,23 @@ def mlflow_models_serve(bin_dir: Path, model_uri: str, env: dict[str, str], log:
     env = {**env, "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"}
     with open(log, "w+") as output:
         process = subprocess.Popen(
-            [str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,  # its own group: uvicorn is a child
+            [
+                str(bin_dir / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                model_uri,
+                "--env-manager",
+                "local",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own group: uvicorn is a child
             cwd=log.parent,
         )
         url = f"http://127.0.0.1:{port}"
@@ -100,7 +120,9 @@ def mlflow_models_serve(bin_dir: Path, model_uri: str, env: dict[str, str], log:
                     pass
                 if process.poll() is not None or time.monotonic() > deadline:
                     output.seek(0)
-                    raise RuntimeError(f"mlflow models serve did not start (exit code {process.poll()}):\n{output.read()[-4000:]}")
+                    raise RuntimeError(
+                        f"mlflow models serve did not start (exit code {process.poll()}):\n{output.read()[-4000:]}"
+                    )
                 time.sleep(0.5)
             yield url
         finally:

@@ -57,7 +57,10 @@ def write_features(snapshot_dir: Path, settings: dict, named: dict[str, FeatureM
             )
             _write(entries, staging / f"{name}_features.parquet")
             vocabulary = features.vocabulary()
-            _write(pa.table({"feature": vocabulary["feature"].tolist(), "group": vocabulary["group"].tolist()}), staging / f"{name}_vocabulary.parquet")
+            _write(
+                pa.table({"feature": vocabulary["feature"].tolist(), "group": vocabulary["group"].tolist()}),
+                staging / f"{name}_vocabulary.parquet",
+            )
         (staging / "settings.json").write_text(json.dumps(settings, indent=2, sort_keys=True))
         try:
             os.rename(staging, target)
@@ -73,5 +76,7 @@ def read_matrix(path: Path) -> sp.csr_matrix:
     table = pq.read_table(path)
     shape = tuple(json.loads(table.schema.metadata[b"shape"]))
     return sp.csr_matrix(
-        (table["value"].to_numpy(), (table["row"].to_numpy(), table["column"].to_numpy())), shape=shape, dtype=np.float32
+        (table["value"].to_numpy(), (table["row"].to_numpy(), table["column"].to_numpy())),
+        shape=shape,
+        dtype=np.float32,
     )

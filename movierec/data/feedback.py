@@ -25,7 +25,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -69,11 +69,20 @@ class FeedbackEvent:
         if self.kind == "thumb" and float(self.value) not in (1.0, -1.0):
             raise ValueError(f"feedback event {self.event_id!r}: a thumb is +1 or -1, got {self.value!r}")
         if self.timestamp.tzinfo is None or self.timestamp.utcoffset() is None:
-            raise ValueError(f"feedback event {self.event_id!r}: timestamp must be timezone-aware, got {self.timestamp!r}")
+            raise ValueError(
+                f"feedback event {self.event_id!r}: timestamp must be timezone-aware, got {self.timestamp!r}"
+            )
 
     def row(self, received_at: str) -> tuple:
-        return (self.event_id, int(self.user_id), int(self.movie_id), self.kind, float(self.value),
-                self.timestamp.astimezone(timezone.utc).isoformat(), received_at)
+        return (
+            self.event_id,
+            int(self.user_id),
+            int(self.movie_id),
+            self.kind,
+            float(self.value),
+            self.timestamp.astimezone(UTC).isoformat(),
+            received_at,
+        )
 
 
 class FeedbackStore:
@@ -102,7 +111,7 @@ class FeedbackStore:
 
     def append_many(self, events: Iterable[FeedbackEvent]) -> list[bool]:
         """Store events in one transaction; per event, whether it was new."""
-        received_at = datetime.now(timezone.utc).isoformat()
+        received_at = datetime.now(UTC).isoformat()
         connection = self._connection()
         stored = []
         connection.execute("BEGIN IMMEDIATE")
@@ -110,7 +119,8 @@ class FeedbackStore:
             for event in events:
                 # Only a repeated id is ignored; any other constraint violation raises.
                 cursor = connection.execute(
-                    "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(event_id) DO NOTHING", event.row(received_at)
+                    "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(event_id) DO NOTHING",
+                    event.row(received_at),
                 )
                 stored.append(cursor.rowcount == 1)
             connection.execute("COMMIT")
@@ -134,8 +144,10 @@ class FeedbackStore:
         event is added."""
         kinds = sorted(set(kinds))
         digest = hashlib.sha256()
-        query = (f"SELECT event_id, user_id, movie_id, kind, value, timestamp FROM events "
-                 f"WHERE kind IN ({', '.join('?' * len(kinds))}) ORDER BY event_id")
+        query = (
+            f"SELECT event_id, user_id, movie_id, kind, value, timestamp FROM events "
+            f"WHERE kind IN ({', '.join('?' * len(kinds))}) ORDER BY event_id"
+        )
         for row in self._connection().execute(query, kinds):
             digest.update(repr(row).encode())
         return digest.hexdigest()
@@ -169,7 +181,9 @@ def feedback_ratings(events: pd.DataFrame, scale: RatingScale) -> pd.DataFrame:
     rated["value"] = rated["value"].astype("float64")
     thumbs = (rated["kind"] == "thumb").to_numpy()
     rated.loc[thumbs, "value"] = np.where(rated.loc[thumbs, "value"].to_numpy() > 0, scale.max, scale.min)
-    rated = rated.sort_values(["timestamp", "event_id"], kind="stable").drop_duplicates(["user_id", "movie_id"], keep="last")
+    rated = rated.sort_values(["timestamp", "event_id"], kind="stable").drop_duplicates(
+        ["user_id", "movie_id"], keep="last"
+    )
     return (
         rated.rename(columns={"value": "rating"})[["user_id", "movie_id", "rating", "timestamp", "event_id"]]
         .sort_values(["user_id", "movie_id"], kind="stable")
@@ -223,8 +237,12 @@ def merge_feedback(raw: RawDataset, feedback: Feedback) -> tuple[RawDataset, pd.
     seconds = ((ratings["timestamp"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
     existing = raw.ratings
     merged_rows = pd.DataFrame(
-        {"user_id": ratings["user_id"].to_numpy(np.int64), "movie_id": ratings["movie_id"].to_numpy(np.int64),
-         "rating": ratings["rating"].to_numpy(np.float64), "timestamp": seconds}
+        {
+            "user_id": ratings["user_id"].to_numpy(np.int64),
+            "movie_id": ratings["movie_id"].to_numpy(np.int64),
+            "rating": ratings["rating"].to_numpy(np.float64),
+            "timestamp": seconds,
+        }
     )
     if pd.api.types.is_datetime64_any_dtype(existing["timestamp"]):
         merged_rows["timestamp"] = pd.to_datetime(seconds, unit="s", utc=True)
@@ -233,7 +251,7 @@ def merge_feedback(raw: RawDataset, feedback: Feedback) -> tuple[RawDataset, pd.
     # Where each feedback rating stands against the dataset's ratings of its pair.
     keys = ["user_id", "movie_id"]
     latest = existing.groupby(keys, sort=False)["timestamp"].max().rename("dataset_timestamp").reset_index()
-    against = merged_rows[keys + ["timestamp"]].merge(latest, on=keys, how="left")
+    against = merged_rows[[*keys, "timestamp"]].merge(latest, on=keys, how="left")
     known_pair = against["dataset_timestamp"].notna().to_numpy()
     stamp = against["timestamp"].to_numpy()
     later = known_pair & (stamp > against["dataset_timestamp"].to_numpy())
@@ -241,7 +259,7 @@ def merge_feedback(raw: RawDataset, feedback: Feedback) -> tuple[RawDataset, pd.
 
     kept = existing
     if same_second.any():
-        columns = keys + ["timestamp"]
+        columns = [*keys, "timestamp"]
         ties = pd.MultiIndex.from_frame(merged_rows.loc[same_second, columns])
         kept = existing[~pd.MultiIndex.from_frame(existing[columns]).isin(ties)]
     merged = dataclasses.replace(raw, ratings=pd.concat([kept, merged_rows], ignore_index=True))
@@ -265,7 +283,11 @@ def merge_feedback(raw: RawDataset, feedback: Feedback) -> tuple[RawDataset, pd.
 
 
 def explain_feedback_failure(
-    error: ValidationFailed, raw: RawDataset, feedback_rows: pd.DataFrame, dataset_rows: int, settings: Settings,
+    error: ValidationFailed,
+    raw: RawDataset,
+    feedback_rows: pd.DataFrame,
+    dataset_rows: int,
+    settings: Settings,
     path: Path,
 ) -> ValidationFailed:
     """`error` of the raw suites, with lines naming the feedback events at fault (if any): raw
@@ -273,22 +295,28 @@ def explain_feedback_failure(
     scale = raw.rating_scale
     allowed = np.round(np.asarray(scale.values(), dtype=np.float64), 4)
     earliest = settings.validation.earliest_timestamp
-    earliest = earliest if earliest.tzinfo else earliest.replace(tzinfo=timezone.utc)
-    latest = datetime.now(timezone.utc) + timedelta(days=settings.validation.max_future_days)
+    earliest = earliest if earliest.tzinfo else earliest.replace(tzinfo=UTC)
+    latest = datetime.now(UTC) + timedelta(days=settings.validation.max_future_days)
     known_movies = set(raw.movies["movie_id"].to_numpy(np.int64).tolist())
     notes = []
     for row in feedback_rows.itertuples(index=False):
         problems = []
         if not np.isin(round(float(row.rating), 4), allowed):
-            problems.append(f"rating {row.rating:g} is not on the scale {scale.min:g}-{scale.max:g} (step {scale.step:g})")
+            problems.append(
+                f"rating {row.rating:g} is not on the scale {scale.min:g}-{scale.max:g} (step {scale.step:g})"
+            )
         if int(row.movie_id) not in known_movies:
             problems.append(f"movie {row.movie_id} is not in the catalogue")
         if not earliest <= row.timestamp.to_pydatetime() <= latest:
             problems.append(f"timestamp {row.timestamp} is outside {earliest:%Y-%m-%d} .. {latest:%Y-%m-%d}")
         if problems:
-            notes.append(f"feedback event {row.event_id!r} (user {row.user_id}, movie {row.movie_id}): {'; '.join(problems)}")
-    header = (f"ratings rows {dataset_rows + 1}..{dataset_rows + len(feedback_rows)} are the "
-              f"{len(feedback_rows)} feedback rating(s) merged from {path}")
+            notes.append(
+                f"feedback event {row.event_id!r} (user {row.user_id}, movie {row.movie_id}): {'; '.join(problems)}"
+            )
+    header = (
+        f"ratings rows {dataset_rows + 1}..{dataset_rows + len(feedback_rows)} are the "
+        f"{len(feedback_rows)} feedback rating(s) merged from {path}"
+    )
     explained = ValidationFailed(error.suite, error.failures, error.report)
     explained.feedback_notes = [header, *notes]
     lines = str(error).split("\n")

@@ -219,9 +219,10 @@ def _download_once(url: str, destination: Path, published_md5: str | None, timeo
     try:
         md5 = hashlib.md5()
         received = 0
-        with os.fdopen(handle, "wb") as sink, httpx.stream(
-            "GET", url, timeout=timeout, follow_redirects=True
-        ) as response:
+        with (
+            os.fdopen(handle, "wb") as sink,
+            httpx.stream("GET", url, timeout=timeout, follow_redirects=True) as response,
+        ):
             response.raise_for_status()
             declared = int(response.headers.get("content-length", 0)) or None
             with byte_progress(f"downloading {destination.name}", declared) as advance:

@@ -17,9 +17,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from movierec.data.datasets import DatasetSpec
-from movierec.errors import FormatError
 from movierec.data.fetch import SourceFiles
 from movierec.data.schema import RawDataset
+from movierec.errors import FormatError
 
 SEPARATOR_NAMES = {",": "comma", "\t": "tab", "|": "pipe", ";": "semicolon", "::": "'::'"}
 
@@ -62,9 +62,7 @@ def read_delimited(
     try:
         table = pacsv.read_csv(
             source,
-            read_options=pacsv.ReadOptions(
-                column_names=names, skip_rows=1 if header else 0, encoding=encoding
-            ),
+            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1 if header else 0, encoding=encoding),
             parse_options=pacsv.ParseOptions(
                 delimiter=delimiter, quote_char='"' if quoted else False, newlines_in_values=False
             ),
@@ -140,7 +138,7 @@ def _diagnose(
         except UnicodeDecodeError as error:
             raise FormatError(
                 path,
-                f"undecodable bytes {line[error.start:error.end]!r} at byte {error.start} "
+                f"undecodable bytes {line[error.start : error.end]!r} at byte {error.start} "
                 f"(the file should be {encoding})",
                 line=number,
             ) from error
@@ -157,7 +155,7 @@ def _diagnose(
                 f"({', '.join(c.name for c in columns)}), found {len(fields)}: {text[:120]!r}{hint}",
                 line=number,
             )
-        for column, value in zip(columns, fields):
+        for column, value in zip(columns, fields, strict=True):
             if value == "" or column.type == STR:
                 continue
             try:
@@ -236,14 +234,19 @@ def _read_ml100k(source: SourceFiles):
         {
             "movie_id": items["movie_id"].astype("int64"),
             "title": items["title"],
-            "genres": ["|".join(g for g, on in zip(ML100K_GENRES, row) if on) for row in flags],
+            "genres": ["|".join(g for g, on in zip(ML100K_GENRES, row, strict=True) if on) for row in flags],
             "release_date": pd.to_datetime(items["release_date"], format="%d-%b-%Y", errors="coerce", utc=True),
         }
     )
     users = read_delimited(
         source.path("u.user"),
-        [Column("user_id", INT), Column("age", INT), Column("gender", STR), Column("occupation", STR),
-         Column("zip_code", STR, required=False)],
+        [
+            Column("user_id", INT),
+            Column("age", INT),
+            Column("gender", STR),
+            Column("occupation", STR),
+            Column("zip_code", STR, required=False),
+        ],
         separator="|",
         header=False,
     )
@@ -263,8 +266,13 @@ def _read_ml1m(source: SourceFiles):
     movies["movie_id"] = movies["movie_id"].astype("int64")
     users = read_delimited(
         source.path("users.dat"),
-        [Column("user_id", INT), Column("gender", STR), Column("age", INT), Column("occupation", INT),
-         Column("zip_code", STR, required=False)],
+        [
+            Column("user_id", INT),
+            Column("gender", STR),
+            Column("age", INT),
+            Column("occupation", INT),
+            Column("zip_code", STR, required=False),
+        ],
         separator="::",
         header=False,
     )
@@ -272,8 +280,9 @@ def _read_ml1m(source: SourceFiles):
     bad = ~codes.between(0, len(ML1M_OCCUPATIONS) - 1)
     if bad.any():
         row = int(bad.to_numpy().argmax())
-        raise FormatError(source.path("users.dat"), f"unknown occupation code {codes.iloc[row]}",
-                          line=row + 1, field="occupation")
+        raise FormatError(
+            source.path("users.dat"), f"unknown occupation code {codes.iloc[row]}", line=row + 1, field="occupation"
+        )
     users["occupation"] = [ML1M_OCCUPATIONS[code] for code in codes]
     users["user_id"] = users["user_id"].astype("int64")
     return ratings, movies, users[["user_id", "age", "gender", "occupation", "zip_code"]], None
@@ -298,8 +307,12 @@ def _read_csv_dataset(source: SourceFiles):
     repeated = links["movie_id"].duplicated()
     if repeated.any():
         row = int(repeated.to_numpy().argmax())
-        raise FormatError(source.path("links.csv"), f"movieId {links['movie_id'].iloc[row]} is listed twice",
-                          line=row + 2, field="movieId")
+        raise FormatError(
+            source.path("links.csv"),
+            f"movieId {links['movie_id'].iloc[row]} is listed twice",
+            line=row + 2,
+            field="movieId",
+        )
     movies = movies.merge(links, on="movie_id", how="left")
     movies["movie_id"] = movies["movie_id"].astype("int64")
     tags = read_delimited(

@@ -13,7 +13,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from features.tables import CanonicalTables, GENRES
+from features.tables import GENRES, CanonicalTables
 from movierec.data.schema import RawDataset, empty_frame
 from movierec.data.tmdb import TMDB_FIELDS, join_tmdb
 
@@ -180,7 +180,11 @@ def canonicalize(raw: RawDataset, tmdb: pd.DataFrame | None) -> tuple[CanonicalT
     tables = CanonicalTables(ratings=canonical_ratings, users=users, items=items, tags=tags)
     report = {
         "rating_scale": {"min": raw.rating_scale.min, "max": raw.rating_scale.max, "step": raw.rating_scale.step},
-        "rows_in": {"ratings": len(raw.ratings), "movies": len(raw.movies), "tags": 0 if raw.tags is None else len(raw.tags)},
+        "rows_in": {
+            "ratings": len(raw.ratings),
+            "movies": len(raw.movies),
+            "tags": 0 if raw.tags is None else len(raw.tags),
+        },
         "duplicate_ratings_dropped": duplicates,
         "titles_without_year": int(items["year"].isna().sum()),
         "items_without_genre": int((items["genres"] == "").sum()),

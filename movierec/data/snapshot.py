@@ -15,17 +15,17 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from movierec import __version__
-from movierec.errors import DataError
-from movierec.data.schema import CANONICAL_VERSION, SCHEMAS, to_arrow
 from features.tables import CanonicalTables
+from movierec import __version__
+from movierec.data.schema import CANONICAL_VERSION, SCHEMAS, to_arrow
+from movierec.errors import DataError
 
 ROW_GROUP_ROWS = 1_000_000
 ID_LENGTH = 16
@@ -139,7 +139,7 @@ class SnapshotStore:
                 "dataset": dataset,
                 "snapshot_id": snapshot_id,
                 "tables": files,
-                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "movierec_version": __version__,
                 "canonical_version": CANONICAL_VERSION,
             }

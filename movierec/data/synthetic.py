@@ -234,9 +234,7 @@ def default_sizes(n_ratings: int) -> tuple[int, int]:
     return max(1, min(n_users, n_ratings // MIN_RATINGS_PER_USER)), max(MIN_ITEMS, n_items)
 
 
-def generate(
-    n_ratings: int, seed: int = 42, *, n_users: int | None = None, n_items: int | None = None
-) -> RawDataset:
+def generate(n_ratings: int, seed: int = 42, *, n_users: int | None = None, n_items: int | None = None) -> RawDataset:
     """A MovieLens-shaped dataset with exactly `n_ratings` ratings, all the same for one seed.
 
     `n_users` and `n_items` default to `default_sizes(n_ratings)`. Raises ValueError when the
@@ -354,8 +352,7 @@ def _ratings_per_user(rng: np.random.Generator, n_ratings: int, audience: _Audie
         )
     if cap.sum() < n_ratings:
         raise ValueError(
-            f"{n_ratings} ratings exceed what {n_users} users can give ({cap.sum()}); "
-            "use more users or more items"
+            f"{n_ratings} ratings exceed what {n_users} users can give ({cap.sum()}); use more users or more items"
         )
     # The floor is a quarter of the mean, at most MovieLens's 20, so that the rest, spread by
     # activity, still makes a long tail.
@@ -399,7 +396,7 @@ class _Mixture:
         weights.append(catalogue.popularity)
         cumulative = [np.concatenate(([0.0], np.cumsum(w))) for w in weights]
         in_pool = np.stack([np.searchsorted(m, audience.pool) for m in members], axis=1)
-        mass = np.stack([c[k] for c, k in zip(cumulative, in_pool.T)], axis=1)
+        mass = np.stack([c[k] for c, k in zip(cumulative, in_pool.T, strict=True)], axis=1)
 
         genre_weight = audience.taste[:, :N_GENRES] * mass[:, :N_GENRES]
         total = genre_weight.sum(axis=1)
@@ -411,14 +408,12 @@ class _Mixture:
         weight[:, BROWSE] = np.where(has_genres, BROWSE_SHARE, 1.0)
         return cls(members, cumulative, in_pool, mass, weight)
 
-    def draw(
-        self, rng: np.random.Generator, users: np.ndarray, n_draws: np.ndarray, n_items: int
-    ) -> np.ndarray:
+    def draw(self, rng: np.random.Generator, users: np.ndarray, n_draws: np.ndarray, n_items: int) -> np.ndarray:
         """`n_draws[j]` i.i.d. movies for each of `users`, as codes user * n_items + item."""
         per_component = rng.multinomial(n_draws, self.weight[users])
         codes = np.empty(int(per_component.sum()), dtype=np.int64)
         offset = 0
-        for component, (member, cumulative) in enumerate(zip(self.members, self.cumulative)):
+        for component, (member, cumulative) in enumerate(zip(self.members, self.cumulative, strict=True)):
             user = np.repeat(users, per_component[:, component])
             if not len(user):
                 continue
@@ -483,9 +478,7 @@ def _contains(sorted_arrays: list[np.ndarray], values: np.ndarray) -> np.ndarray
     return found
 
 
-def _first_drawn(
-    rng: np.random.Generator, user: np.ndarray, multiplicity: np.ndarray, need: np.ndarray
-) -> np.ndarray:
+def _first_drawn(rng: np.random.Generator, user: np.ndarray, multiplicity: np.ndarray, need: np.ndarray) -> np.ndarray:
     """Which distinct draws to keep so that no user gets more than `need[u]`.
 
     Keeping the first `need[u]` distinct movies of a user's draw stream is sampling without

@@ -13,11 +13,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from movierec.errors import FormatError
 from movierec.data.fetch import SourceFiles
+from movierec.errors import FormatError
 
 TOP_CAST = 5
-MOVIE_COLUMNS = ["id", "title", "original_title", "overview", "keywords", "release_date", "runtime", "original_language"]
+MOVIE_COLUMNS = [
+    "id",
+    "title",
+    "original_title",
+    "overview",
+    "keywords",
+    "release_date",
+    "runtime",
+    "original_language",
+]
 CREDIT_COLUMNS = ["movie_id", "cast", "crew"]
 
 
@@ -148,12 +157,18 @@ def _match_by_title(items: pd.DataFrame, tmdb: pd.DataFrame) -> pd.DataFrame:
             "year": items["year"].astype("Int64").to_numpy(),
         }
     ).dropna(subset=["year"])
-    names = pd.concat(
-        [
-            pd.DataFrame({"tmdb_id": tmdb["tmdb_id"], "key": tmdb[column].fillna("").map(title_key), "year": tmdb["year"]})
-            for column in ("title", "original_title")
-        ]
-    ).dropna(subset=["year"]).drop_duplicates()
+    names = (
+        pd.concat(
+            [
+                pd.DataFrame(
+                    {"tmdb_id": tmdb["tmdb_id"], "key": tmdb[column].fillna("").map(title_key), "year": tmdb["year"]}
+                )
+                for column in ("title", "original_title")
+            ]
+        )
+        .dropna(subset=["year"])
+        .drop_duplicates()
+    )
     names = names[names["key"] != ""]
     matched = []
     for year_shift in (0, -1, 1):
@@ -166,4 +181,3 @@ def _match_by_title(items: pd.DataFrame, tmdb: pd.DataFrame) -> pd.DataFrame:
 
 def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values("movie_id", kind="stable").reset_index(drop=True)
-

@@ -25,17 +25,19 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from movierec.errors import ValidationFailed
-from features.tables import CanonicalTables, GENRES
+from features.tables import GENRES, CanonicalTables
 from movierec.data.schema import RatingScale, RawDataset
-from movierec.settings import EXPECTATIONS_DIR, Settings
+from movierec.errors import ValidationFailed
+from movierec.settings import Settings
 
 if TYPE_CHECKING:
     from great_expectations import ExpectationSuite
@@ -106,7 +108,7 @@ def validate_canonical(
         "min_ratings_per_user": limits.min_ratings_per_user,
         "users_min_ratings_threshold": limits.users_min_ratings_threshold,
         "share_users_with_min_ratings": limits.share_users_with_min_ratings,
-        "latest_year": datetime.now(timezone.utc).year + MAX_YEARS_AHEAD,
+        "latest_year": datetime.now(UTC).year + MAX_YEARS_AHEAD,
         "genres_pattern": GENRES_PATTERN,
     }
     items = tables.items
@@ -126,8 +128,8 @@ def _timestamp_bounds(settings: Settings) -> tuple[datetime, datetime]:
     """Plausible rating times: from the configured start until a little after now (clock skew)."""
     earliest = settings.validation.earliest_timestamp
     if earliest.tzinfo is None:
-        earliest = earliest.replace(tzinfo=timezone.utc)
-    latest = datetime.now(timezone.utc) + timedelta(days=settings.validation.max_future_days)
+        earliest = earliest.replace(tzinfo=UTC)
+    latest = datetime.now(UTC) + timedelta(days=settings.validation.max_future_days)
     return earliest, latest
 
 
@@ -135,18 +137,14 @@ def _timestamp_bounds(settings: Settings) -> tuple[datetime, datetime]:
 # reports the missing column, and the derived suite is skipped.
 
 
-def _movie_references(
-    referencing: pd.DataFrame, movies: pd.DataFrame, found_column: str
-) -> pd.DataFrame | None:
+def _movie_references(referencing: pd.DataFrame, movies: pd.DataFrame, found_column: str) -> pd.DataFrame | None:
     """One row per distinct movie_id of `referencing`; `found_column` holds the same id if
     `movies` lists it, else None."""
     if "movie_id" not in referencing.columns or "movie_id" not in movies.columns:
         return None
     referenced = referencing["movie_id"].dropna().drop_duplicates().sort_values().to_numpy()
     known = pd.Series(referenced).isin(movies["movie_id"]).to_numpy()
-    return pd.DataFrame(
-        {"movie_id": referenced, found_column: np.where(known, referenced.astype(object), None)}
-    )
+    return pd.DataFrame({"movie_id": referenced, found_column: np.where(known, referenced.astype(object), None)})
 
 
 def _user_activity(ratings: pd.DataFrame, users: pd.DataFrame) -> pd.DataFrame | None:
@@ -184,7 +182,7 @@ def _validate(
     )
     source = context.data_sources.add_pandas("movierec")
     # One run id groups this call's results in Data Docs.
-    run_id = RunIdentifier(run_name=run_name, run_time=datetime.now(timezone.utc))
+    run_id = RunIdentifier(run_name=run_name, run_time=datetime.now(UTC))
 
     results: dict[str, ExpectationSuiteValidationResult] = {}
     rendered: list[ExpectationSuiteIdentifier | ValidationResultIdentifier] = []
@@ -193,9 +191,7 @@ def _validate(
             continue
         suite = context.suites.add_or_update(_load_suite(name))
         batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
-        definition = context.validation_definitions.add(
-            gx.ValidationDefinition(name=name, data=batch, suite=suite)
-        )
+        definition = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
         result = definition.run(
             batch_parameters={"dataframe": frame},
             expectation_parameters=parameters,
@@ -278,10 +274,23 @@ def _filesystem(folder: Path) -> dict:
     return {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(folder)}
 
 
+def suite_path(name: str) -> Traversable:
+    """The JSON file of suite `name` in the `expectations` package (a file of an install too)."""
+    return resources.files("expectations").joinpath(f"{name}.json")
+
+
+def suite_names() -> list[str]:
+    return sorted(
+        entry.name.removesuffix(".json")
+        for entry in resources.files("expectations").iterdir()
+        if entry.name.endswith(".json")
+    )
+
+
 def _load_suite(name: str) -> ExpectationSuite:
     import great_expectations as gx
 
-    path = EXPECTATIONS_DIR / f"{name}.json"
+    path = suite_path(name)
     spec = json.loads(path.read_text())
     suite = gx.ExpectationSuite(**spec)
     # GX logs and drops an expectation it cannot parse; a check that silently vanished would

@@ -43,11 +43,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from movierec.data.feedback import FeedbackEvent, FeedbackStore
 from movierec.serving.champion import ChampionHolder, NoModel
 from movierec.serving.metrics import Metrics, MetricsMiddleware
-from movierec.serving.schemas import MAX_K, K, FeedbackIn, MovieId, NewUserRequest, UserId
+from movierec.serving.schemas import MAX_K, FeedbackIn, K, MovieId, NewUserRequest, UserId
 from movierec.settings import Settings, get_settings
 from movierec.tracking import runs
 
-log = logging.getLogger("movierec.serve")
+log = logging.getLogger("movierec.serving")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 # Ratings accepted as feedback while no model is loaded (so none tells the dataset's scale): the
@@ -155,8 +155,17 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
         else:
             metrics.recommendations.labels("user", "model").inc()
             items, source = loaded.known_user(index, k), "model"
-        return _json({"user_id": user_id, "model_version": loaded.version, "source": source,
-                      "fallback": index is None, "k": k, "items": items}, version=loaded.version)
+        return _json(
+            {
+                "user_id": user_id,
+                "model_version": loaded.version,
+                "source": source,
+                "fallback": index is None,
+                "k": k,
+                "items": items,
+            },
+            version=loaded.version,
+        )
 
     @app.post("/recommendations", tags=["recommendations"])
     def new_user_recommendations(request: NewUserRequest) -> Response:
@@ -172,8 +181,18 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
         if fallback:
             metrics.fallbacks.labels("new_user").inc()
         metrics.recommendations.labels("new_user", source).inc()
-        return _json({"user_id": None, "model_version": loaded.version, "source": source, "fallback": fallback,
-                      "k": request.k, "unknown_movie_ids": unknown, "items": items}, version=loaded.version)
+        return _json(
+            {
+                "user_id": None,
+                "model_version": loaded.version,
+                "source": source,
+                "fallback": fallback,
+                "k": request.k,
+                "unknown_movie_ids": unknown,
+                "items": items,
+            },
+            version=loaded.version,
+        )
 
     @app.get("/movies/{movie_id}/similar", tags=["movies"])
     async def similar_movies(movie_id: MovieId, k: K = 10) -> Response:
@@ -181,22 +200,33 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
         loaded = holder.require()
         index = loaded.movie_index.get(movie_id)
         if index is None:
-            return _json({"detail": f"movie_id {movie_id} is not in model version {loaded.version}'s catalogue "
-                                    f"({len(loaded.movie_ids)} movies)", "model_version": loaded.version}, 404,
-                         version=loaded.version)
-        return _json({"movie": loaded.cards[index], "model_version": loaded.version, "k": k,
-                      "items": loaded.similar(index, k)}, version=loaded.version)
+            return _json(
+                {
+                    "detail": f"movie_id {movie_id} is not in model version {loaded.version}'s catalogue "
+                    f"({len(loaded.movie_ids)} movies)",
+                    "model_version": loaded.version,
+                },
+                404,
+                version=loaded.version,
+            )
+        return _json(
+            {"movie": loaded.cards[index], "model_version": loaded.version, "k": k, "items": loaded.similar(index, k)},
+            version=loaded.version,
+        )
 
     @app.get("/movies", tags=["movies"])
     async def search_movies(
-        query: Annotated[str, Query(max_length=200, description="Part of a title, any case; empty: most popular.")] = "",
+        query: Annotated[
+            str, Query(max_length=200, description="Part of a title, any case; empty: most popular.")
+        ] = "",
         limit: Annotated[int, Query(ge=1, le=MAX_K)] = 20,
     ) -> Response:
         """Movies whose title contains `query` (case-insensitive), exact and prefix matches first."""
         loaded = holder.require()
         total, items = loaded.search(query, limit)
-        return _json({"query": query, "model_version": loaded.version, "total": total, "items": items},
-                     version=loaded.version)
+        return _json(
+            {"query": query, "model_version": loaded.version, "total": total, "items": items}, version=loaded.version
+        )
 
     @app.get("/users", tags=["users"])
     async def search_users(
@@ -229,16 +259,22 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
         if event.type == "click" and event.value != 1.0:
             raise HTTPException(422, f"value: a click has value 1, got {event.value:g}")
         try:
-            record = FeedbackEvent(event.event_id, event.user_id, event.movie_id, event.type, event.value, event.timestamp)
+            record = FeedbackEvent(
+                event.event_id, event.user_id, event.movie_id, event.type, event.value, event.timestamp
+            )
         except ValueError as error:  # the store's own checks: still the client's input
             raise HTTPException(422, str(error)) from None
         new = store.append(record)
         metrics.feedback.labels(event.type, "stored" if new else "duplicate").inc()
         if new:
-            return _json({"stored": True, "event_id": event.event_id, "model_version": version}, 201,
-                         version=version or "none")
-        return _json({"stored": False, "duplicate": True, "event_id": event.event_id, "model_version": version}, 200,
-                     version=version or "none")
+            return _json(
+                {"stored": True, "event_id": event.event_id, "model_version": version}, 201, version=version or "none"
+            )
+        return _json(
+            {"stored": False, "duplicate": True, "event_id": event.event_id, "model_version": version},
+            200,
+            version=version or "none",
+        )
 
     # ------------------------------------------------------------------ operations
 
@@ -252,11 +288,19 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
         loaded = holder.current
         if loaded is None:
             return _json({"status": "not ready", "model_version": None, "detail": holder.not_ready_message()}, 503)
-        return _json({"status": "ready", "model": loaded.name, "model_version": loaded.version,
-                      "loaded_at": datetime.fromtimestamp(loaded.loaded_at).astimezone().isoformat(),
-                      "catalogue": len(loaded.movie_ids), "users": len(loaded.user_index),
-                      "rating_scale": list(loaded.scale), "positive_threshold": loaded.positive_threshold},
-                     version=loaded.version)
+        return _json(
+            {
+                "status": "ready",
+                "model": loaded.name,
+                "model_version": loaded.version,
+                "loaded_at": datetime.fromtimestamp(loaded.loaded_at).astimezone().isoformat(),
+                "catalogue": len(loaded.movie_ids),
+                "users": len(loaded.user_index),
+                "rating_scale": list(loaded.scale),
+                "positive_threshold": loaded.positive_threshold,
+            },
+            version=loaded.version,
+        )
 
     @app.get("/metrics", tags=["operations"])
     async def prometheus_metrics() -> Response:

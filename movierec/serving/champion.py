@@ -26,7 +26,7 @@ from movierec.settings import Settings
 from movierec.tracking.registry import CHAMPION, Registry
 from movierec.tracking.served_model import load_bundle
 
-log = logging.getLogger("movierec.serve")
+log = logging.getLogger("movierec.serving")
 
 POPULAR_REASON = "popular with everyone"
 PROFILE_REASON = "matches your profile"
@@ -83,7 +83,9 @@ class LoadedModel:
 
     # ------------------------------------------------------------------ building responses
 
-    def _items(self, items: np.ndarray, scores: np.ndarray, because: np.ndarray | None, default_reason: str) -> list[dict]:
+    def _items(
+        self, items: np.ndarray, scores: np.ndarray, because: np.ndarray | None, default_reason: str
+    ) -> list[dict]:
         out = []
         cards = self.cards
         for rank, (item, score) in enumerate(zip(items.tolist(), scores.tolist(), strict=True), start=1):
@@ -125,7 +127,9 @@ class LoadedModel:
         for rating in request.ratings:
             (liked if rating.rating >= self.positive_threshold else rated_low).append(rating.movie_id)
         unknown = sorted({m for m in [*liked, *rated_low] if m not in self.movie_index})
-        liked_items = np.array([self.movie_index[m] for m in dict.fromkeys(liked) if m in self.movie_index], dtype=np.int64)
+        liked_items = np.array(
+            [self.movie_index[m] for m in dict.fromkeys(liked) if m in self.movie_index], dtype=np.int64
+        )
         low_items = {self.movie_index[m] for m in rated_low if m in self.movie_index} - set(liked_items.tolist())
         demographics = {"age": request.age, "gender": request.gender, "occupation": request.occupation}
         k = request.k
@@ -234,7 +238,9 @@ class ChampionHolder:
 
     def _load(self, version: str) -> LoadedModel:
         bundle = load_bundle(
-            f"models:/{self.name}/{version}", tracking_uri=self.settings.tracking_uri, registry_uri=self.settings.registry_uri
+            f"models:/{self.name}/{version}",
+            tracking_uri=self.settings.tracking_uri,
+            registry_uri=self.settings.registry_uri,
         )
         return LoadedModel(self.name, version, bundle)
 

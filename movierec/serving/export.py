@@ -67,7 +67,9 @@ def write_export(frame: pd.DataFrame, out: Path, *, metadata: dict[str, str] | N
     out.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(frame[list(COLUMNS)], schema=SCHEMA, preserve_index=False)
     if metadata:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **{str(k): str(v) for k, v in metadata.items()}})
+        table = table.replace_schema_metadata(
+            {**(table.schema.metadata or {}), **{str(k): str(v) for k, v in metadata.items()}}
+        )
     # Not mkstemp: its mode is 0600; this one is created like any file (0666 less the umask).
     temporary = out.parent / f".{out.name}.{uuid.uuid4().hex}.tmp"
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)

@@ -16,32 +16,52 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "movierec_http_requests", "HTTP requests by endpoint, method and status.", ["endpoint", "method", "status"], registry=r
+            "movierec_http_requests",
+            "HTTP requests by endpoint, method and status.",
+            ["endpoint", "method", "status"],
+            registry=r,
         )
         self.latency = Histogram(
-            "movierec_http_request_duration_seconds", "Request latency by endpoint.", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r
+            "movierec_http_request_duration_seconds",
+            "Request latency by endpoint.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.recommendations = Counter(
             "movierec_recommendations", "Recommendation responses by source.", ["endpoint", "source"], registry=r
         )
         self.fallbacks = Counter(
-            "movierec_fallbacks", "Recommendation responses served by the popularity fallback.", ["endpoint"], registry=r
+            "movierec_fallbacks",
+            "Recommendation responses served by the popularity fallback.",
+            ["endpoint"],
+            registry=r,
         )
         self.feedback = Counter(
-            "movierec_feedback_events", "Feedback events by type and result (stored, duplicate).", ["type", "result"], registry=r
+            "movierec_feedback_events",
+            "Feedback events by type and result (stored, duplicate).",
+            ["type", "result"],
+            registry=r,
         )
         self.swaps = Counter("movierec_model_swaps", "Hot swaps to a new champion version.", registry=r)
-        self.load_failures = Counter("movierec_model_load_failures", "Failed attempts to load a champion version.", registry=r)
+        self.load_failures = Counter(
+            "movierec_model_load_failures", "Failed attempts to load a champion version.", registry=r
+        )
         self.model_version = Gauge("movierec_model_version", "Registered version being served (0: none).", registry=r)
         self.model_info = Gauge("movierec_model_info", "1 for the model being served.", ["name", "version"], registry=r)
-        self.model_loaded_at = Gauge("movierec_model_loaded_timestamp_seconds", "When the served version was loaded.", registry=r)
+        self.model_loaded_at = Gauge(
+            "movierec_model_loaded_timestamp_seconds", "When the served version was loaded.", registry=r
+        )
         self._children: dict[tuple, tuple] = {}
 
     def observe(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         key = (endpoint, method, status)
         children = self._children.get(key)
         if children is None:
-            children = self._children[key] = (self.requests.labels(endpoint, method, str(status)), self.latency.labels(endpoint))
+            children = self._children[key] = (
+                self.requests.labels(endpoint, method, str(status)),
+                self.latency.labels(endpoint),
+            )
         children[0].inc()
         children[1].observe(seconds)
 

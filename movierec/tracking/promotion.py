@@ -77,7 +77,9 @@ def register_and_promote(settings: Settings, model_uri: str, held_out: Split, ta
                 "gate.reason": decision.reason,
             }
         )
-        mlflow.log_text(reports.model_card(**card, version=version.version) + reports.gate_section(decision), "model_card.md")
+        mlflow.log_text(
+            reports.model_card(**card, version=version.version) + reports.gate_section(decision), "model_card.md"
+        )
         if decision.promote:
             registry.promote(version.version, reason=decision.reason)
     champion = registry.champion()

@@ -17,7 +17,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
@@ -46,9 +46,11 @@ class Decision:
         if self.champion_version is None:
             return "no champion yet: the first model is promoted"
         if self.champion_unloadable is not None:
-            return (f"champion v{self.champion_version} cannot be loaded by this code, so it cannot be served either "
-                    f"({self.champion_unloadable}); challenger v{self.challenger_version} {self.metric} "
-                    f"{self.challenger_score:.4f} is promoted in its place")
+            return (
+                f"champion v{self.champion_version} cannot be loaded by this code, so it cannot be served either "
+                f"({self.champion_unloadable}); challenger v{self.challenger_version} {self.metric} "
+                f"{self.challenger_score:.4f} is promoted in its place"
+            )
         difference = self.challenger_score - self.champion_score
         verdict = "beats" if self.promote else "does not beat"
         return (
@@ -144,7 +146,7 @@ class Registry:
     def promote(self, version: str, *, reason: str) -> None:
         """Point `champion` at `version` (the one registry write that changes what is served)."""
         history = [v for v in self.history() if v != str(version)] + [str(version)]
-        self.client.set_model_version_tag(self.name, str(version), "promoted_at", datetime.now(timezone.utc).isoformat())
+        self.client.set_model_version_tag(self.name, str(version), "promoted_at", datetime.now(UTC).isoformat())
         self.client.set_model_version_tag(self.name, str(version), "promotion_reason", reason)
         self.client.set_registered_model_tag(self.name, HISTORY_TAG, json.dumps(history))
         self.client.set_registered_model_alias(self.name, CHAMPION, str(version))
@@ -157,6 +159,8 @@ class Registry:
             raise LookupError(f"registered model '{self.name}' has no earlier champion to roll back to")
         previous = history[-2]
         self.client.set_registered_model_tag(self.name, HISTORY_TAG, json.dumps(history[:-1]))
-        self.client.set_model_version_tag(self.name, str(current.version), "rolled_back_at", datetime.now(timezone.utc).isoformat())
+        self.client.set_model_version_tag(
+            self.name, str(current.version), "rolled_back_at", datetime.now(UTC).isoformat()
+        )
         self.client.set_registered_model_alias(self.name, CHAMPION, previous)
         return str(current.version), previous

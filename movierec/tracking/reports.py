@@ -41,7 +41,7 @@ def metric_curves(
     """Ranking metrics of every model at several cut-offs.
 
     `recommended` maps a model name to its (n_users, >= max(ks)) lists, row i for `users[i]`;
-    each k scores the first k columns with `models.evaluate.ranking_metrics` (same users, same
+    each k scores the first k columns with `models.metrics.ranking_metrics` (same users, same
     definitions as the headline metrics). One row per (model, k), columns model, k, ndcg,
     recall, precision, map. Raises ValueError when a model has fewer than max(ks) columns rather
     than scoring a shorter list as if it were complete.
@@ -53,7 +53,9 @@ def metric_curves(
     for model, lists in recommended.items():
         lists = np.asarray(lists)
         if lists.ndim != 2 or lists.shape[1] < ks[-1]:
-            raise ValueError(f"model '{model}' has lists of shape {lists.shape}; curves up to k={ks[-1]} need >= {ks[-1]} columns")
+            raise ValueError(
+                f"model '{model}' has lists of shape {lists.shape}; curves up to k={ks[-1]} need >= {ks[-1]} columns"
+            )
         for k in ks:
             metrics = ranking_metrics(lists[:, :k], test, k=k, users=users, n_items=n_items)
             rows.append({"model": model, "k": k, **{name: metrics[f"{name}@{k}"] for name in CURVE_METRICS}})
@@ -65,7 +67,7 @@ def plot_metric_curves(curves: pd.DataFrame) -> Figure:
     figure = _figure(figsize=(4.2 * len(PLOTTED_METRICS), 4.0))
     axes = figure.subplots(1, len(PLOTTED_METRICS), squeeze=False)[0]
     ks = np.sort(curves["k"].unique())
-    for ax, (column, label) in zip(axes, PLOTTED_METRICS.items()):
+    for ax, (column, label) in zip(axes, PLOTTED_METRICS.items(), strict=True):
         for model, rows in curves.groupby("model", sort=False):
             rows = rows.sort_values("k")
             ax.plot(rows["k"], rows[column], marker="o", label=str(model))
@@ -87,7 +89,9 @@ def plot_optimisation_history(study: optuna.Study, *, objective_name: str = "Obj
     crosses at the last value they reported, and the best value so far as a step line."""
     direction = study.direction  # raises for multi-objective studies, which this does not plot
     maximize = direction == optuna.study.StudyDirection.MAXIMIZE
-    completed = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if t.value is not None]
+    completed = [
+        t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if t.value is not None
+    ]
     pruned = [
         t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)) if t.intermediate_values
     ]
@@ -101,7 +105,14 @@ def plot_optimisation_history(study: optuna.Study, *, objective_name: str = "Obj
         ax.step(numbers, best, where="post", color="tab:red", label="best so far", zorder=2)
     if pruned:
         last = [t.intermediate_values[max(t.intermediate_values)] for t in pruned]
-        ax.scatter([t.number for t in pruned], last, marker="x", color="tab:gray", label="pruned (last reported value)", zorder=3)
+        ax.scatter(
+            [t.number for t in pruned],
+            last,
+            marker="x",
+            color="tab:gray",
+            label="pruned (last reported value)",
+            zorder=3,
+        )
     if not completed and not pruned:
         ax.text(0.5, 0.5, "no finished trials", ha="center", va="center", transform=ax.transAxes)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -198,8 +209,12 @@ def plot_popularity_coverage(recommended: dict[str, np.ndarray], train: sp.csr_m
     width = 0.8 / max(len(shares), 1)
     for position, (model, row) in enumerate(shares.iterrows()):
         offset = (position - (len(shares) - 1) / 2) * width
-        ax.bar(deciles + offset, row[list(deciles)].to_numpy(dtype=float), width=width,
-               label=f"{model} (coverage {row['coverage']:.1%})")
+        ax.bar(
+            deciles + offset,
+            row[list(deciles)].to_numpy(dtype=float),
+            width=width,
+            label=f"{model} (coverage {row['coverage']:.1%})",
+        )
     ax.set_xticks(deciles)
     ax.set_xlabel("Training-popularity decile (1 = most popular 10% of items)")
     ax.set_ylabel("Share of recommendations")
@@ -229,7 +244,9 @@ def model_card(
     protocol including the rating threshold that makes a positive. Raises ValueError when the
     champion is not a row of `metrics`."""
     if champion_model not in metrics.index:
-        raise ValueError(f"champion '{champion_model}' is not a row of the metrics table ({', '.join(map(str, metrics.index))})")
+        raise ValueError(
+            f"champion '{champion_model}' is not a row of the metrics table ({', '.join(map(str, metrics.index))})"
+        )
     lines = [f"# Model card: {model_name}", ""]
     if version is not None:
         lines += [f"**Version:** {version}", ""]
@@ -266,7 +283,9 @@ def model_card(
         "## Hyperparameters",
         "",
     ]
-    lines += [f"- `{name}`: {_format_value(value)}" for name, value in params.items()] or ["No hyperparameters recorded."]
+    lines += [f"- `{name}`: {_format_value(value)}" for name, value in params.items()] or [
+        "No hyperparameters recorded."
+    ]
     lines += ["", "## Tuning", ""]
     if trials:
         lines += [f"- {str(name).replace('_', ' ')}: {_format_value(value)}" for name, value in trials.items()]

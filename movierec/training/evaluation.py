@@ -32,7 +32,9 @@ class Evaluation:
     users: np.ndarray  # evaluated test users (at least one held-out positive)
 
 
-def evaluate_candidates(settings: Settings, prepared: Prepared, bundle: ServingBundle, fit_seconds: float) -> Evaluation:
+def evaluate_candidates(
+    settings: Settings, prepared: Prepared, bundle: ServingBundle, fit_seconds: float
+) -> Evaluation:
     """The hybrid (as `bundle`, fitted in `fit_seconds`) and every baseline on `prepared`'s
     held-out part, logged to the active run."""
     k, ks = settings.training.k, sorted(set(settings.pipeline.curve_ks) | {settings.training.k})

@@ -31,7 +31,15 @@ from movierec.data.snapshot import Snapshot, SnapshotStore
 from movierec.settings import Settings
 
 # Code whose change must invalidate cached features (and the tuning studies built on them).
-FEATURE_CODE = (features.interactions, features.items, features.prepare, features.splits, features.tables, features.users, inference.model)
+FEATURE_CODE = (
+    features.interactions,
+    features.items,
+    features.prepare,
+    features.splits,
+    features.tables,
+    features.users,
+    inference.model,
+)
 
 
 @cache
@@ -46,7 +54,11 @@ def held_out_split(settings: Settings, ratings: pd.DataFrame) -> Split:
     """The held-out split of `ratings` by the settings' rule (`training.split`, `test_share`, ...)."""
     training = settings.training
     return protocol_split(
-        ratings, training.split, test_share=training.test_share, min_ratings=training.min_user_ratings, seed=training.seed
+        ratings,
+        training.split,
+        test_share=training.test_share,
+        min_ratings=training.min_user_ratings,
+        seed=training.seed,
     )
 
 
@@ -57,9 +69,11 @@ def current_holdout(settings: Settings, dataset: str) -> Split:
 
 
 def feature_settings(settings: Settings) -> dict:
-    """Every setting that shapes the held-out feature matrices (the feature store's key)."""
+    """Everything that shapes the held-out feature matrices, the featurising code included: the
+    feature store's key, so a folder written by other code is never taken for this code's."""
     training = settings.training
     return {
+        "code": feature_code_hash(),
         "split": training.split,
         "test_share": training.test_share,
         "min_user_ratings": training.min_user_ratings,

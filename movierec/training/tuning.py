@@ -26,7 +26,15 @@ from features.prepare import Prepared
 from features.splits import Split
 from features.tables import CanonicalTables
 from models.factorization import LightFMRecommender
-from models.tune import TUNABLE_ITEM_GROUPS, TUNABLE_USER_GROUPS, TrialSetup, best_setup, create_study, make_objective, trial_counts
+from models.tune import (
+    TUNABLE_ITEM_GROUPS,
+    TUNABLE_USER_GROUPS,
+    TrialSetup,
+    best_setup,
+    create_study,
+    make_objective,
+    trial_counts,
+)
 from movierec.settings import Settings
 from movierec.tracking import reports, runs
 from movierec.training.protocol import feature_code_hash
@@ -92,7 +100,12 @@ def tune(
         run = mlflow.start_run(
             run_name=f"trial {trial.number}",
             nested=True,
-            tags={"kind": "optuna-trial", "optuna.study": name, "optuna.trial": str(trial.number), "optuna.state": state},
+            tags={
+                "kind": "optuna-trial",
+                "optuna.study": name,
+                "optuna.trial": str(trial.number),
+                "optuna.state": state,
+            },
         )
         try:
             mlflow.log_params(setup_params(setup))
@@ -102,7 +115,14 @@ def tune(
         finally:
             mlflow.end_run(RUN_STATUS[state])
         best = f"{max(scores):.4f}" if scores else "–"
-        log.info("trial %d %s after %d epochs: best validation NDCG@%d %s", trial.number, state, len(scores), training.k, best)
+        log.info(
+            "trial %d %s after %d epochs: best validation NDCG@%d %s",
+            trial.number,
+            state,
+            len(scores),
+            training.k,
+            best,
+        )
 
     objective = make_objective(
         validation,

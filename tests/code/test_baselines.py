@@ -122,9 +122,7 @@ def test_user_knn_batches_give_the_same_scores(monkeypatch):
 
 def test_content_based_profiles_and_cosine_scores():
     # Features: 3 columns (e.g. genres). Item 4 is cold but has metadata.
-    features = sp.csr_matrix(
-        np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]], dtype=np.float32)
-    )
+    features = sp.csr_matrix(np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]], dtype=np.float32))
     weighted = X.copy()
     weighted[0, 1] = 3.0  # u0 likes i1 three times as much as i0
     model = ContentBased(features).fit(weighted)
@@ -137,6 +135,7 @@ def test_content_based_profiles_and_cosine_scores():
     assert model.scores(np.array([0]))[0, 4] == pytest.approx(expected[0])
     # A new user who likes i3 only: i3's feature is unique to it.
     np.testing.assert_allclose(model.new_user_scores(np.array([3])), [0, 0, 0, 1, 0], atol=1e-7)
+
     # item_features given to fit win over the constructor's; a FeatureMatrix-like object works.
     class Holder:
         matrix = features

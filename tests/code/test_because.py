@@ -13,11 +13,23 @@ def _bundle(item_vectors: np.ndarray) -> ServingBundle:
     n_items = len(item_vectors)
     counts = np.arange(n_items, 0, -1)
     return ServingBundle(
-        user_ids=[10], item_ids=np.arange(1, n_items + 1), user_bias=[0.0], user_vectors=np.zeros((1, item_vectors.shape[1])),
-        item_bias=np.zeros(n_items), item_vectors=item_vectors, seen=sp.csr_matrix((1, n_items)),
-        popularity=np.argsort(-counts, kind="stable"), popularity_counts=counts,
-        items=pd.DataFrame({"movie_id": np.arange(1, n_items + 1), "title": [f"m{i}" for i in range(n_items)],
-                            "year": 2000, "genres": "Drama"}),
+        user_ids=[10],
+        item_ids=np.arange(1, n_items + 1),
+        user_bias=[0.0],
+        user_vectors=np.zeros((1, item_vectors.shape[1])),
+        item_bias=np.zeros(n_items),
+        item_vectors=item_vectors,
+        seen=sp.csr_matrix((1, n_items)),
+        popularity=np.argsort(-counts, kind="stable"),
+        popularity_counts=counts,
+        items=pd.DataFrame(
+            {
+                "movie_id": np.arange(1, n_items + 1),
+                "title": [f"m{i}" for i in range(n_items)],
+                "year": 2000,
+                "genres": "Drama",
+            }
+        ),
     )
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from ranking import assert_same_ranking
 
 from features.prepare import prepare
 from features.splits import user_temporal_split
@@ -16,7 +17,6 @@ from movierec.data.preprocess import canonicalize
 from movierec.data.synthetic import generate
 from movierec.serving import export
 from movierec.serving.export import export_recommendations, write_export
-from ranking import assert_same_ranking
 
 USER_GROUPS = {"identity": 1.0, "age": 0.5, "gender": 0.5, "occupation": 0.5, "taste": 1.0}
 
@@ -24,7 +24,9 @@ USER_GROUPS = {"identity": 1.0, "age": 0.5, "gender": 0.5, "occupation": 0.5, "t
 @pytest.fixture(scope="module")
 def bundle() -> ServingBundle:
     tables = canonicalize(generate(6_000, seed=7), None)[0]
-    prepared = prepare(tables.users, tables.items, tables.tags, chosen=user_temporal_split(tables.ratings), user_groups=USER_GROUPS)
+    prepared = prepare(
+        tables.users, tables.items, tables.tags, chosen=user_temporal_split(tables.ratings), user_groups=USER_GROUPS
+    )
     model = LightFMRecommender(epochs=3, no_components=8).fit(
         prepared.train, item_features=prepared.item_features.matrix, user_features=prepared.user_features.matrix
     )
@@ -33,7 +35,7 @@ def bundle() -> ServingBundle:
 
 def _seen_pairs(bundle: ServingBundle) -> set[tuple[int, int]]:
     seen = bundle.seen.tocoo()
-    return set(zip(bundle.user_ids[seen.row].tolist(), bundle.item_ids[seen.col].tolist()))
+    return set(zip(bundle.user_ids[seen.row].tolist(), bundle.item_ids[seen.col].tolist(), strict=True))
 
 
 def test_every_known_user_gets_k_ranked_unseen_movies_in_original_ids(bundle):
@@ -43,10 +45,12 @@ def test_every_known_user_gets_k_ranked_unseen_movies_in_original_ids(bundle):
     assert [str(t) for t in frame.dtypes] == ["int64", "int64", "int32", "float32"]
     assert len(frame) == bundle.n_users * k
     assert sorted(frame["user_id"].unique()) == sorted(bundle.user_ids.tolist())
-    assert (frame.groupby("user_id")["rank"].apply(list) == pd.Series([list(range(1, k + 1))] * bundle.n_users,
-                                                                      index=np.sort(bundle.user_ids))).all()
+    assert (
+        frame.groupby("user_id")["rank"].apply(list)
+        == pd.Series([list(range(1, k + 1))] * bundle.n_users, index=np.sort(bundle.user_ids))
+    ).all()
     assert frame["movie_id"].isin(bundle.item_ids).all() and (frame["movie_id"] >= 0).all()
-    assert not set(zip(frame["user_id"], frame["movie_id"])) & _seen_pairs(bundle)
+    assert not set(zip(frame["user_id"], frame["movie_id"], strict=True)) & _seen_pairs(bundle)
     assert not frame.duplicated(["user_id", "movie_id"]).any()
     # The same lists as the bundle's own batched API, user by user (other batch shapes: float32
     # scores match within a tolerance, lists wherever scores are not tied within it).
@@ -69,7 +73,7 @@ def test_padding_is_dropped_and_ranks_stay_contiguous(bundle):
     assert (expected < k).any()
     assert (frame["movie_id"] != -1).all() and np.isfinite(frame["score"]).all()
     assert (frame.groupby("user_id")["rank"].agg(lambda r: list(r) == list(range(1, len(r) + 1)))).all()
-    assert not set(zip(frame["user_id"], frame["movie_id"])) & _seen_pairs(bundle)
+    assert not set(zip(frame["user_id"], frame["movie_id"], strict=True)) & _seen_pairs(bundle)
 
 
 def test_k_must_be_positive(bundle):

@@ -47,7 +47,9 @@ def test_recommend_never_returns_seen_items_and_new_users_fold_in():
     fresh, _ = model.recommend_new_user(liked, 5)
     assert not set(fresh) & set(liked)
     np.testing.assert_allclose(
-        model.new_user_scores(liked), model.item_vectors() @ model.item_vectors()[liked].mean(axis=0) + model.representations()[2], rtol=1e-5
+        model.new_user_scores(liked),
+        model.item_vectors() @ model.item_vectors()[liked].mean(axis=0) + model.representations()[2],
+        rtol=1e-5,
     )
 
 

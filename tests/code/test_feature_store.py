@@ -16,3 +16,15 @@ def test_round_trip_and_no_op_rewrite(tmp_path):
     assert write_features(tmp_path, {"k": 1}, {"item": features}) == folder
     assert (folder / "item_features.parquet").stat().st_mtime_ns == stamp
     assert features_key({"k": 2}) != features_key({"k": 1})
+
+
+def test_features_written_by_other_code_are_not_reused(tmp_path, monkeypatch):
+    from movierec.settings import Settings
+    from movierec.training import protocol
+
+    matrix = FeatureMatrix(sp.csr_matrix(np.eye(2, dtype=np.float32)), ["a:1", "a:2"], {"a": (0, 2)})
+    settings = Settings(home=tmp_path / "home")
+    before = write_features(tmp_path, protocol.feature_settings(settings), {"item": matrix})
+    monkeypatch.setattr(protocol, "feature_code_hash", lambda: "changed-code")
+    after = write_features(tmp_path, protocol.feature_settings(settings), {"item": matrix})
+    assert after != before and '"code": "changed-code"' in (after / "settings.json").read_text()

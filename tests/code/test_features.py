@@ -4,10 +4,10 @@ import pytest
 import scipy.sparse as sp
 
 from features.items import item_features, train_tags
-from inference.model import age_bucket, taste
-from features.users import new_user_features, user_features
-from movierec.data.preprocess import canonicalize
 from features.tables import GENRES
+from features.users import new_user_features, user_features
+from inference.model import age_bucket, taste
+from movierec.data.preprocess import canonicalize
 
 T = pd.Timestamp
 
@@ -30,7 +30,14 @@ def _items():
 
 def test_item_groups_values_and_l1_rows():
     features = item_features(_items(), groups={"genre": 1.0, "year": 1.0, "director": 2.0}, min_count=1)
-    assert features.names == ["genre:Comedy", "genre:Drama", "genre:Horror", "year:1990s", "year:2000s", "director:Wes Craven"]
+    assert features.names == [
+        "genre:Comedy",
+        "genre:Drama",
+        "genre:Horror",
+        "year:1990s",
+        "year:2000s",
+        "director:Wes Craven",
+    ]
     dense = features.matrix.toarray()
     # Item 0: Horror (1) + 1990s (1) + director weight 2 -> 1/4, 1/4, 2/4.
     np.testing.assert_allclose(dense[0], [0, 0, 0.25, 0.25, 0, 0.5])
@@ -55,14 +62,22 @@ def test_switched_off_groups_and_unknown_groups():
 
 
 def test_train_tags_drop_held_out_pairs_and_tags_after_the_cutoff():
-    train = pd.DataFrame({"user_id": [1, 1, 2], "movie_id": [10, 20, 10], "timestamp": [T("2000-01-01", tz="UTC"), T("2000-02-01", tz="UTC"), T("2001-01-01", tz="UTC")]})
+    train = pd.DataFrame(
+        {
+            "user_id": [1, 1, 2],
+            "movie_id": [10, 20, 10],
+            "timestamp": [T("2000-01-01", tz="UTC"), T("2000-02-01", tz="UTC"), T("2001-01-01", tz="UTC")],
+        }
+    )
     test = pd.DataFrame({"user_id": [1], "movie_id": [30]})
     tags = pd.DataFrame(
         {
             "user_id": [1, 1, 1, 2, 3],
             "movie_id": [10, 30, 20, 10, 10],
             "tag": ["scary", "leaked", "late", "ok", "stranger"],
-            "timestamp": [T(x, tz="UTC") for x in ("2000-01-05", "2000-01-10", "2000-03-01", "2000-06-01", "2000-01-01")],
+            "timestamp": [
+                T(x, tz="UTC") for x in ("2000-01-05", "2000-01-10", "2000-03-01", "2000-06-01", "2000-01-01")
+            ],
         }
     )
     kept = train_tags(tags, train, test)
@@ -99,17 +114,36 @@ def test_item_features_are_deterministic(small_raw):
 
 
 def test_age_buckets():
-    assert [age_bucket(a) for a in (7, 18, 24, 25, 49, 50, 56, 73)] == [["under 18"], ["18-24"], ["18-24"], ["25-34"], ["45-49"], ["50-55"], ["56+"], ["56+"]]
+    assert [age_bucket(a) for a in (7, 18, 24, 25, 49, 50, 56, 73)] == [
+        ["under 18"],
+        ["18-24"],
+        ["18-24"],
+        ["25-34"],
+        ["45-49"],
+        ["50-55"],
+        ["56+"],
+        ["56+"],
+    ]
     assert age_bucket(None) == []
 
 
 def _users():
-    return pd.DataFrame({"user_id": [1, 2], "user_idx": [0, 1], "age": pd.array([30, None], dtype="Int64"), "gender": ["F", None], "occupation": ["writer", "artist"]})
+    return pd.DataFrame(
+        {
+            "user_id": [1, 2],
+            "user_idx": [0, 1],
+            "age": pd.array([30, None], dtype="Int64"),
+            "gender": ["F", None],
+            "occupation": ["writer", "artist"],
+        }
+    )
 
 
 def test_taste_is_genre_share_of_positives():
     interactions = sp.csr_matrix(np.array([[1, 1, 0], [0, 0, 0]], dtype=np.float32))
-    shares = taste(interactions, item_features(_items(), groups={"genre": 1.0}).matrix.astype(bool).astype(np.float32)).toarray()
+    shares = taste(
+        interactions, item_features(_items(), groups={"genre": 1.0}).matrix.astype(bool).astype(np.float32)
+    ).toarray()
     # User 0 liked a Horror film and a Comedy|Drama film: 1/3 each.
     np.testing.assert_allclose(shares[0], [1 / 3] * 3)
     assert shares[1].sum() == 0
@@ -121,7 +155,13 @@ def test_user_features_and_a_new_user_in_the_same_space():
     horror = features.names.index("taste:Horror")
     assert features.matrix[0, horror] > 0 and features.matrix[1, horror] == 0
     assert features.matrix[0, features.names.index("age:25-34")] > 0
-    row = new_user_features(features, _items(), liked_items=np.array([0]), demographics={"age": 31, "gender": "F", "occupation": "astronaut"}, groups={"age": 1.0, "gender": 1.0, "taste": 1.0})
+    row = new_user_features(
+        features,
+        _items(),
+        liked_items=np.array([0]),
+        demographics={"age": 31, "gender": "F", "occupation": "astronaut"},
+        groups={"age": 1.0, "gender": 1.0, "taste": 1.0},
+    )
     dense = row.toarray().ravel()
     np.testing.assert_allclose(dense.sum(), 1.0, rtol=1e-6)
     # Taste 1 (all Horror) + age 1 + gender 1, normalised; the unknown occupation is ignored.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
@@ -13,11 +13,13 @@ import pytest
 from movierec.data.feedback import FeedbackEvent, FeedbackStore, feedback_ratings
 from movierec.data.schema import RatingScale
 
-T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 SCALE = RatingScale(0.5, 5.0, 0.5)
 
 
-def event(event_id: str, user: int = 1, movie: int = 10, kind: str = "rating", value: float = 4.0, seconds: int = 0) -> FeedbackEvent:
+def event(
+    event_id: str, user: int = 1, movie: int = 10, kind: str = "rating", value: float = 4.0, seconds: int = 0
+) -> FeedbackEvent:
     return FeedbackEvent(event_id, user, movie, kind, value, T0 + timedelta(seconds=seconds))
 
 
@@ -136,31 +138,35 @@ def _frame(rows: list[tuple]) -> pd.DataFrame:
 
 def test_feedback_ratings_latest_event_wins_across_kinds():
     t = [T0 + timedelta(minutes=m) for m in range(6)]
-    events = _frame([
-        # user 1, movie 10: rating, then thumb up, then a click (ignored): the thumb wins -> max.
-        ("e1", 1, 10, "rating", 2.0, t[0]),
-        ("e2", 1, 10, "thumb", 1.0, t[1]),
-        ("e3", 1, 10, "click", 1.0, t[2]),
-        # user 1, movie 11: thumb down, then a later rating wins.
-        ("e4", 1, 11, "thumb", -1.0, t[0]),
-        ("e5", 1, 11, "rating", 3.5, t[3]),
-        # user 2, movie 10: a thumb down alone -> min.
-        ("e6", 2, 10, "thumb", -1.0, t[4]),
-        # user 2, movie 12: only clicks -> no rating.
-        ("e7", 2, 12, "click", 1.0, t[5]),
-        # user 3, movie 10: equal timestamps -> the greater event id wins, whatever the row order.
-        ("z9", 3, 10, "rating", 1.0, t[2]),
-        ("a1", 3, 10, "thumb", 1.0, t[2]),
-        # Received late but stamped earlier: still older.
-        ("e8", 2, 10, "rating", 4.0, t[3]),
-    ])
-    expected = pd.DataFrame({
-        "user_id": [1, 1, 2, 3],
-        "movie_id": [10, 11, 10, 10],
-        "rating": [5.0, 3.5, 0.5, 1.0],
-        "timestamp": pd.to_datetime([t[1], t[3], t[4], t[2]], utc=True),
-        "event_id": ["e2", "e5", "e6", "z9"],
-    })
+    events = _frame(
+        [
+            # user 1, movie 10: rating, then thumb up, then a click (ignored): the thumb wins -> max.
+            ("e1", 1, 10, "rating", 2.0, t[0]),
+            ("e2", 1, 10, "thumb", 1.0, t[1]),
+            ("e3", 1, 10, "click", 1.0, t[2]),
+            # user 1, movie 11: thumb down, then a later rating wins.
+            ("e4", 1, 11, "thumb", -1.0, t[0]),
+            ("e5", 1, 11, "rating", 3.5, t[3]),
+            # user 2, movie 10: a thumb down alone -> min.
+            ("e6", 2, 10, "thumb", -1.0, t[4]),
+            # user 2, movie 12: only clicks -> no rating.
+            ("e7", 2, 12, "click", 1.0, t[5]),
+            # user 3, movie 10: equal timestamps -> the greater event id wins, whatever the row order.
+            ("z9", 3, 10, "rating", 1.0, t[2]),
+            ("a1", 3, 10, "thumb", 1.0, t[2]),
+            # Received late but stamped earlier: still older.
+            ("e8", 2, 10, "rating", 4.0, t[3]),
+        ]
+    )
+    expected = pd.DataFrame(
+        {
+            "user_id": [1, 1, 2, 3],
+            "movie_id": [10, 11, 10, 10],
+            "rating": [5.0, 3.5, 0.5, 1.0],
+            "timestamp": pd.to_datetime([t[1], t[3], t[4], t[2]], utc=True),
+            "event_id": ["e2", "e5", "e6", "z9"],
+        }
+    )
     result = feedback_ratings(events, SCALE)
     pd.testing.assert_frame_equal(result, expected, check_dtype=False)
     # Storage order does not matter.

@@ -7,11 +7,15 @@ from pathlib import Path
 import pytest
 
 from movierec.data.datasets import DatasetSpec, get_spec
-from movierec.errors import SourceError
 from movierec.data.fetch import locate
+from movierec.errors import SourceError
 
 SPEC = get_spec("ml-100k")
-FILES = {"u.data": b"1\t2\t3\t881250949\n", "u.item": b"2|Toy Story (1995)|||x" + b"|0" * 19 + b"\n", "u.user": b"1|24|M|writer|85711\n"}
+FILES = {
+    "u.data": b"1\t2\t3\t881250949\n",
+    "u.item": b"2|Toy Story (1995)|||x" + b"|0" * 19 + b"\n",
+    "u.user": b"1|24|M|writer|85711\n",
+}
 
 
 def _folder(root: Path) -> Path:
@@ -39,7 +43,9 @@ def test_local_folder_is_used_with_checksums(tmp_path):
 
 def test_folder_with_a_file_missing_names_it(tmp_path):
     (_folder(tmp_path) / "u.item").unlink()
-    with pytest.raises(SourceError, match=r"ml-100k is missing u.item \(a complete ml-100k holds u.data, u.item, u.user\)"):
+    with pytest.raises(
+        SourceError, match=r"ml-100k is missing u.item \(a complete ml-100k holds u.data, u.item, u.user\)"
+    ):
         locate(SPEC, tmp_path, tmp_path / "downloads")
 
 
@@ -81,7 +87,7 @@ def test_corrupt_zip_member_fails_crc_and_leaves_no_partial_extraction(tmp_path)
     offset = content.index(b"881250949")
     content[offset] = ord("7")
     archive.write_bytes(bytes(content))
-    with pytest.raises(SourceError, match="not a readable zip archive .*CRC"):
+    with pytest.raises(SourceError, match=r"not a readable zip archive .*CRC"):
         locate(SPEC, tmp_path, tmp_path / "downloads")
     extracted = tmp_path / "downloads" / "extracted"
     assert not extracted.exists() or list(extracted.iterdir()) == []
@@ -89,7 +95,7 @@ def test_corrupt_zip_member_fails_crc_and_leaves_no_partial_extraction(tmp_path)
 
 def test_zip_without_a_required_file(tmp_path):
     _zip(tmp_path / "ml-100k.zip", {"u.data": FILES["u.data"]})
-    with pytest.raises(SourceError, match="the archive lacks u.item, u.user"):
+    with pytest.raises(SourceError, match=r"the archive lacks u\.item, u\.user"):
         locate(SPEC, tmp_path, tmp_path / "downloads")
 
 
@@ -140,7 +146,10 @@ def test_download_retries_with_backoff_then_caches(tmp_path):
     assert server.requests == 3
     assert source.origin["kind"] == "download"
     assert (tmp_path / "downloads" / "ml-100k.zip").exists()
-    assert sorted(p.name for p in (tmp_path / "downloads").iterdir() if p.is_file()) == ["ml-100k.zip", "ml-100k.zip.md5"]
+    assert sorted(p.name for p in (tmp_path / "downloads").iterdir() if p.is_file()) == [
+        "ml-100k.zip",
+        "ml-100k.zip.md5",
+    ]
     # The cache is used from now on, without any server.
     assert locate(_spec("http://127.0.0.1:9/none.zip"), None, tmp_path / "downloads").folder == source.folder
 
@@ -148,7 +157,7 @@ def test_download_retries_with_backoff_then_caches(tmp_path):
 def test_download_with_wrong_md5_never_reaches_the_cache(tmp_path):
     server = _Server(_zip(tmp_path / "source.zip").read_bytes(), md5="0" * 32)
     try:
-        with pytest.raises(SourceError, match="does not match the published 0{32}"):
+        with pytest.raises(SourceError, match=r"does not match the published 0{32}"):
             locate(_spec(server.url), None, tmp_path / "downloads", retries=1, backoff_seconds=0.01)
     finally:
         server.close()
@@ -156,5 +165,5 @@ def test_download_with_wrong_md5_never_reaches_the_cache(tmp_path):
 
 
 def test_no_copy_and_no_network_says_how_to_fix(tmp_path):
-    with pytest.raises(SourceError, match="set MOVIEREC_DATA_DIR to a folder holding ml-100k/ or ml-100k.zip"):
+    with pytest.raises(SourceError, match=r"set MOVIEREC_DATA_DIR to a folder holding ml-100k/ or ml-100k\.zip"):
         locate(_spec("http://127.0.0.1:9/ml-100k.zip"), tmp_path, tmp_path / "downloads", retries=0, timeout_seconds=2)

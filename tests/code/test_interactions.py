@@ -49,7 +49,9 @@ def test_rating_weight_divides_by_the_scale_max(ratings):
     assert matrix[0, 0] == pytest.approx(1.0)
     assert matrix[0, 3] == pytest.approx(0.8)
     assert matrix[1, 2] == pytest.approx(0.9)
-    assert dense(interaction_matrix(ratings, N_USERS, N_ITEMS, rating_weight=True, rating_max=10.0))[0, 0] == pytest.approx(0.5)
+    assert dense(interaction_matrix(ratings, N_USERS, N_ITEMS, rating_weight=True, rating_max=10.0))[
+        0, 0
+    ] == pytest.approx(0.5)
 
 
 def test_recency_halves_weight_every_half_life_before_the_latest_rating(ratings):
@@ -62,7 +64,9 @@ def test_recency_halves_weight_every_half_life_before_the_latest_rating(ratings)
     both = dense(interaction_matrix(ratings, N_USERS, N_ITEMS, rating_weight=True, recency_half_life_days=10))
     assert both[0, 3] == pytest.approx(0.8 * 0.5)
     later = dense(
-        interaction_matrix(ratings, N_USERS, N_ITEMS, recency_half_life_days=10, reference_time=T0 + pd.Timedelta(days=20))
+        interaction_matrix(
+            ratings, N_USERS, N_ITEMS, recency_half_life_days=10, reference_time=T0 + pd.Timedelta(days=20)
+        )
     )
     assert later[0, 0] == pytest.approx(0.5)
     assert later[0, 3] == pytest.approx(0.25)

@@ -1,4 +1,4 @@
-"""models.evaluate: every metric on a hand-computed example, NDCG/MAP/AUC against independent
+"""models.metrics: every metric on a hand-computed example, NDCG/MAP/AUC against independent
 implementations on random data, the leakage guard, and segments."""
 
 import math
@@ -50,9 +50,7 @@ TEST = as_matrix(TEST_POSITIVES)
 
 
 def test_hand_computed_example():
-    metrics = ranking_metrics(
-        RECOMMENDED, TEST, k=3, item_popularity=POPULARITY, item_genres=GENRES, n_items=N_ITEMS
-    )
+    metrics = ranking_metrics(RECOMMENDED, TEST, k=3, item_popularity=POPULARITY, item_genres=GENRES, n_items=N_ITEMS)
     # Evaluated users 0, 1, 3, 4; user 2 has no test positives.
     assert metrics["n_users_evaluated"] == 4
     assert metrics["users_without_test_positives"] == 1
@@ -132,7 +130,7 @@ def test_ndcg_matches_sklearn(seed):
 def textbook_map(recommended, positives, k):
     """AP@k = (1 / min(|R|, k)) * sum over ranks i <= k with a hit of (hits in top i) / i."""
     average_precisions = []
-    for items, relevant in zip(recommended, positives):
+    for items, relevant in zip(recommended, positives, strict=True):
         if not relevant:
             continue
         hits, total = 0, 0.0

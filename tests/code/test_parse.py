@@ -1,12 +1,12 @@
 from pathlib import Path
 
 import pytest
+from published import write_csv_dataset, write_ml100k
 
 from movierec.data.datasets import get_spec
-from movierec.errors import FormatError
 from movierec.data.fetch import locate
-from movierec.data.parse import Column, FLOAT, INT, STR, read_dataset, read_delimited
-from published import write_csv_dataset, write_ml100k
+from movierec.data.parse import FLOAT, INT, STR, Column, read_dataset, read_delimited
+from movierec.errors import FormatError
 
 RATINGS = [Column("userId", INT), Column("movieId", INT), Column("rating", FLOAT), Column("timestamp", INT)]
 
@@ -17,7 +17,9 @@ def _read(path: Path, text: bytes, **options):
 
 
 def test_reads_crlf_csv_with_quoted_fields(tmp_path):
-    frame = _read(tmp_path / "ratings.csv", b"userId,movieId,rating,timestamp\r\n1,2,4.5,964982703\r\n3,4,1.0,964982704\r\n")
+    frame = _read(
+        tmp_path / "ratings.csv", b"userId,movieId,rating,timestamp\r\n1,2,4.5,964982703\r\n3,4,1.0,964982704\r\n"
+    )
     assert frame["rating"].tolist() == [4.5, 1.0]
     assert frame["timestamp"].tolist() == [964982703, 964982704]
 
@@ -30,10 +32,22 @@ def test_reads_crlf_csv_with_quoted_fields(tmp_path):
         (b"userId,movieId,timestamp\r\n1,2,3\r\n", "line 1: missing column(s) ['rating']"),
         (b"userId,movieId,score,timestamp\r\n1,2,3,4\r\n", "unexpected column(s) ['score'] (renamed?)"),
         (b"userId;movieId;rating;timestamp\r\n1;2;3;4\r\n", "semicolon-separated"),
-        (b"userId,movieId,rating,timestamp\r\n1,2,4.0,964982703\r\n1,3\r\n", "line 3: expected 4 comma-separated fields"),
-        (b"userId,movieId,rating,timestamp\r\n1,2,4.0,964982703\r\n1,3,abc,964982703\r\n", "line 3, field 'rating': 'abc' is not a number"),
-        (b"userId,movieId,rating,timestamp\r\n1,2,4.0,964982703\r\n1,x,4,964982703\r\n", "line 3, field 'movieId': 'x' is not an integer"),
-        (b"userId,movieId,rating,timestamp\r\n1,2,4.0,964982703\r\n1,3,,964982703\r\n", "line 3, field 'rating': empty value"),
+        (
+            b"userId,movieId,rating,timestamp\r\n1,2,4.0,964982703\r\n1,3\r\n",
+            "line 3: expected 4 comma-separated fields",
+        ),
+        (
+            b"userId,movieId,rating,timestamp\r\n1,2,4.0,964982703\r\n1,3,abc,964982703\r\n",
+            "line 3, field 'rating': 'abc' is not a number",
+        ),
+        (
+            b"userId,movieId,rating,timestamp\r\n1,2,4.0,964982703\r\n1,x,4,964982703\r\n",
+            "line 3, field 'movieId': 'x' is not an integer",
+        ),
+        (
+            b"userId,movieId,rating,timestamp\r\n1,2,4.0,964982703\r\n1,3,,964982703\r\n",
+            "line 3, field 'rating': empty value",
+        ),
     ],
 )
 def test_format_errors_name_file_line_and_field(tmp_path, content, message):
@@ -46,7 +60,9 @@ def test_format_errors_name_file_line_and_field(tmp_path, content, message):
 def test_truncated_last_line_is_named(tmp_path):
     path = tmp_path / "u.data"
     path.write_bytes(b"196\t242\t3\t881250949\n186\t302\t3\t891717742\n22\t37")
-    with pytest.raises(FormatError, match=r"line 3: expected 4 tab-separated fields .* found 2: '22\\t37' \(truncated line\?\)"):
+    with pytest.raises(
+        FormatError, match=r"line 3: expected 4 tab-separated fields .* found 2: '22\\t37' \(truncated line\?\)"
+    ):
         read_delimited(path, RATINGS, separator="\t", header=False)
 
 
@@ -85,7 +101,9 @@ def test_ml1m_double_colon_format(tmp_path):
     folder = tmp_path / "ml-1m"
     folder.mkdir()
     (folder / "ratings.dat").write_bytes(b"1::1193::5::978300760\n1::661::3::978302109\n")
-    (folder / "movies.dat").write_bytes(b"1193::One Flew Over the Cuckoo's Nest (1975)::Drama\n661::James and the Giant Peach (1996)::Animation|Children's|Musical\n")
+    (folder / "movies.dat").write_bytes(
+        b"1193::One Flew Over the Cuckoo's Nest (1975)::Drama\n661::James and the Giant Peach (1996)::Animation|Children's|Musical\n"
+    )
     (folder / "users.dat").write_bytes(b"1::F::1::10::48067\n")
     spec = get_spec("ml-1m")
     raw = read_dataset(spec, locate(spec, tmp_path, tmp_path / "downloads"))

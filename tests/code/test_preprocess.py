@@ -2,7 +2,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from movierec.data.preprocess import build_items, build_tags, build_users, canonicalize, dedupe_ratings, normalise_genres, parse_title, utc_seconds
+from movierec.data.preprocess import (
+    build_items,
+    build_tags,
+    build_users,
+    canonicalize,
+    dedupe_ratings,
+    normalise_genres,
+    parse_title,
+    utc_seconds,
+)
 from movierec.data.schema import RatingScale, RawDataset
 
 
@@ -11,7 +20,11 @@ from movierec.data.schema import RatingScale, RawDataset
     [
         ("Toy Story (1995)", "Toy Story", 1995),
         ("Shawshank Redemption, The (1994)", "The Shawshank Redemption", 1994),
-        ("City of Lost Children, The (Cité des enfants perdus, La) (1995)", "The City of Lost Children (Cité des enfants perdus, La)", 1995),
+        (
+            "City of Lost Children, The (Cité des enfants perdus, La) (1995)",
+            "The City of Lost Children (Cité des enfants perdus, La)",
+            1995,
+        ),
         ("Seven (a.k.a. Se7en) (1995)", "Seven (a.k.a. Se7en)", 1995),
         ("Misérables, Les (1995)", "Les Misérables", 1995),
         ("Enfer, L' (1994)", "L'Enfer", 1994),
@@ -78,7 +91,15 @@ def test_items_fall_back_to_release_year_and_keep_original_ids():
 
 
 def test_users_without_demographics_and_unlisted_raters():
-    listed = pd.DataFrame({"user_id": [1, 3], "age": [24, 53], "gender": ["M", "F"], "occupation": ["writer", "other"], "zip_code": ["85711", "94043"]})
+    listed = pd.DataFrame(
+        {
+            "user_id": [1, 3],
+            "age": [24, 53],
+            "gender": ["M", "F"],
+            "occupation": ["writer", "other"],
+            "zip_code": ["85711", "94043"],
+        }
+    )
     users = build_users(listed, np.array([3, 2, 2]))
     assert users["user_id"].tolist() == [1, 2, 3]
     assert users["age"].isna().tolist() == [False, True, False]
@@ -87,7 +108,14 @@ def test_users_without_demographics_and_unlisted_raters():
 
 
 def test_tags_are_trimmed_deduplicated_and_empty_ones_counted():
-    tags = pd.DataFrame({"user_id": [1, 1, 1, 2], "movie_id": [5, 5, 5, 6], "tag": [" funny ", "funny", "  ", None], "timestamp": [10, 10, 11, 12]})
+    tags = pd.DataFrame(
+        {
+            "user_id": [1, 1, 1, 2],
+            "movie_id": [5, 5, 5, 6],
+            "tag": [" funny ", "funny", "  ", None],
+            "timestamp": [10, 10, 11, 12],
+        }
+    )
     frame, counts = build_tags(tags)
     assert frame["tag"].tolist() == ["funny"]
     assert counts == {"empty_tags_dropped": 2, "duplicate_tags_dropped": 1}
@@ -110,11 +138,20 @@ def test_canonicalize_indices_are_contiguous_and_consistent(small_raw):
 def test_canonicalize_reports_missing_values_per_column():
     raw = RawDataset(
         name="tiny",
-        ratings=pd.DataFrame({"user_id": [1, 1, 2], "movie_id": [1, 2, 1], "rating": [4.0, 3.0, 5.0], "timestamp": [900000000, 900000001, 900000002]}),
-        movies=pd.DataFrame({"movie_id": [1, 2], "title": ["A (1990)", "B"], "genres": ["Drama", "(no genres listed)"]}),
+        ratings=pd.DataFrame(
+            {
+                "user_id": [1, 1, 2],
+                "movie_id": [1, 2, 1],
+                "rating": [4.0, 3.0, 5.0],
+                "timestamp": [900000000, 900000001, 900000002],
+            }
+        ),
+        movies=pd.DataFrame(
+            {"movie_id": [1, 2], "title": ["A (1990)", "B"], "genres": ["Drama", "(no genres listed)"]}
+        ),
         rating_scale=RatingScale(1, 5, 1),
     )
-    tables, report = canonicalize(raw, None)
+    _tables, report = canonicalize(raw, None)
     assert report["titles_without_year"] == 1
     assert report["items_without_genre"] == 1
     assert report["missing"]["items"]["year"] == 1

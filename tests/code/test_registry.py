@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mlflow
 import pytest
+from mlflow.tracking import MlflowClient
 
 from movierec.tracking.registry import CHALLENGER, CHAMPION, Decision, Registry, beats
 
@@ -71,10 +72,9 @@ def test_registration_sets_challenger_and_promotion_keeps_history(registry):
 def test_failure_inside_registration_deletes_the_new_version(registry):
     with registry.registration(_logged_model(), {}) as version:
         registry.promote(version.version, reason="first")
-    with pytest.raises(RuntimeError, match="injected"):
-        with registry.registration(_logged_model(), {}) as version:
-            registry.record(Decision(True, version.version, 0.3, "1", 0.2, 0.0, "ndcg@10"))
-            raise RuntimeError("injected failure before the alias moved")
+    with pytest.raises(RuntimeError, match="injected"), registry.registration(_logged_model(), {}) as version:
+        registry.record(Decision(True, version.version, 0.3, "1", 0.2, 0.0, "ndcg@10"))
+        raise RuntimeError("injected failure before the alias moved")
     assert [str(v.version) for v in registry.versions()] == ["1"]
     assert str(registry.champion().version) == "1"
     assert registry.history() == ["1"]
@@ -88,10 +88,30 @@ def test_history_ignores_versions_deleted_after_it_was_written(registry, monkeyp
     def alias_fails(*args, **kwargs):
         raise RuntimeError("registry unreachable")
 
-    with pytest.raises(RuntimeError, match="unreachable"):
-        with registry.registration(_logged_model(), {}) as version:
-            monkeypatch.setattr(registry.client, "set_registered_model_alias", alias_fails)
-            registry.promote(version.version, reason="second")  # history tag written, alias move fails
+    with pytest.raises(RuntimeError, match="unreachable"), registry.registration(_logged_model(), {}) as version:
+        monkeypatch.setattr(registry.client, "set_registered_model_alias", alias_fails)
+        registry.promote(version.version, reason="second")  # history tag written, alias move fails
     monkeypatch.undo()
     assert str(registry.champion().version) == "1"
     assert registry.history() == ["1"]
+
+
+def test_the_experiment_is_tagged_as_model_training_so_the_ui_opens_the_runs_view(tmp_path, monkeypatch):
+    from movierec.settings import get_settings
+    from movierec.tracking.runs import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND, configure
+
+    monkeypatch.setenv("MOVIEREC_HOME", str(tmp_path / "home"))
+    settings = get_settings()
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    experiment_id = configure(settings)
+    assert (
+        client.get_experiment(experiment_id).tags[EXPERIMENT_KIND_TAG]
+        == MODEL_TRAINING_KIND
+        == "custom_model_development"
+    )
+    # An experiment made before the tag existed gets it on the next configure.
+    client.delete_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG)
+    assert EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags
+    assert configure(settings) == experiment_id
+    assert client.get_experiment(experiment_id).tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+    mlflow.set_tracking_uri(None)

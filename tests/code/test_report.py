@@ -1,4 +1,4 @@
-"""movierec.report: metric curves on a hand-computed case, figure structure, importances'
+"""movierec.tracking.reports: metric curves on a hand-computed case, figure structure, importances'
 fallbacks, popularity deciles, and the model card's Markdown."""
 
 import io
@@ -13,7 +13,16 @@ import pytest
 import scipy.sparse as sp
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from movierec.tracking.reports import item_popularity_deciles, metric_curves, model_card, plot_metric_curves, plot_optimisation_history, plot_param_importances, plot_popularity_coverage, popularity_decile_shares
+from movierec.tracking.reports import (
+    item_popularity_deciles,
+    metric_curves,
+    model_card,
+    plot_metric_curves,
+    plot_optimisation_history,
+    plot_param_importances,
+    plot_popularity_coverage,
+    popularity_decile_shares,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 LOG2_3 = math.log2(3)
@@ -32,7 +41,14 @@ B = A[:, ::-1].copy()
 def test_metric_curves_match_the_hand_computed_case():
     curves = metric_curves({"a": A, "b": B}, TEST, USERS, n_items=4, ks=(1, 2, 4))
     assert list(curves.columns) == ["model", "k", "ndcg", "recall", "precision", "map"]
-    assert list(zip(curves["model"], curves["k"])) == [("a", 1), ("a", 2), ("a", 4), ("b", 1), ("b", 2), ("b", 4)]
+    assert list(zip(curves["model"], curves["k"], strict=True)) == [
+        ("a", 1),
+        ("a", 2),
+        ("a", 4),
+        ("b", 1),
+        ("b", 2),
+        ("b", 4),
+    ]
     a = curves[curves["model"] == "a"].set_index("k")
     # k=1: user 2 hits at rank 1 (NDCG 1, recall 1/2, AP 1); user 0 misses.
     assert a.loc[1, "ndcg"] == pytest.approx(0.5)
@@ -78,7 +94,7 @@ def test_metric_curve_figure_has_one_panel_per_metric_and_a_line_per_model():
     axes = figure.get_axes()
     assert len(axes) == 3
     assert [ax.get_ylabel() for ax in axes] == ["NDCG@k", "Recall@k", "Precision@k"]
-    for ax, column in zip(axes, ["ndcg", "recall", "precision"]):
+    for ax, column in zip(axes, ["ndcg", "recall", "precision"], strict=True):
         assert ax.get_xlabel().startswith("k")
         lines = ax.get_lines()
         assert [line.get_label() for line in lines] == ["a", "b"]
@@ -166,7 +182,7 @@ def test_importances_of_a_small_study_are_a_bar_per_varied_parameter():
     expected = optuna.importance.get_param_importances(
         study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=["x", "y"]
     )
-    assert dict(zip(names, widths)) == pytest.approx(expected)
+    assert dict(zip(names, widths, strict=True)) == pytest.approx(expected)
     assert ax.get_xlabel() == "Importance (fANOVA, normalised)"
 
 
@@ -180,7 +196,9 @@ def test_importances_are_none_when_nothing_varied_or_nothing_explains_the_object
 
 
 # 20 items, item i has 20 - i training positives except the last two (none): deciles of two.
-TRAIN = sp.csr_matrix(np.array([[1 if user < max(20 - item, 0) and item < 18 else 0 for item in range(20)] for user in range(20)]))
+TRAIN = sp.csr_matrix(
+    np.array([[1 if user < max(20 - item, 0) and item < 18 else 0 for item in range(20)] for user in range(20)])
+)
 
 
 def test_items_fall_into_equal_popularity_deciles():
@@ -268,8 +286,15 @@ def test_model_card_content():
     assert "- best value: 0.16" in card
     assert "- Cold-start users only via demographics." in card
     assert "**Version:** 7" in card
-    for heading in ["## Intended use", "## Data", "## Evaluation protocol", "## Metrics", "## Hyperparameters",
-                    "## Tuning", "## Known limitations"]:
+    for heading in [
+        "## Intended use",
+        "## Data",
+        "## Evaluation protocol",
+        "## Metrics",
+        "## Hyperparameters",
+        "## Tuning",
+        "## Known limitations",
+    ]:
         assert heading in card
 
 

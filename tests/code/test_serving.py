@@ -9,14 +9,13 @@ import pytest
 import scipy.sparse as sp
 
 from features.interactions import rating_matrix
+from features.prepare import prepare
 from features.splits import user_temporal_split
 from features.users import new_user_features
-from models.evaluation import evaluate
-from features.prepare import prepare
-from models.factorization import LightFMRecommender
 from inference.model import ServingBundle
 from models.bundle import serving_bundle
-from models.evaluation import holdout_metrics
+from models.evaluation import evaluate, holdout_metrics
+from models.factorization import LightFMRecommender
 from movierec.data.preprocess import canonicalize
 from movierec.data.synthetic import generate
 
@@ -67,7 +66,7 @@ def test_known_users_get_the_models_lists_without_any_rated_movie(bundle, hybrid
     np.testing.assert_array_equal(movie_ids, bundle.item_ids[items])
     np.testing.assert_allclose(scores, expected_scores, rtol=1e-6)
     assert not fallback.any() and movie_ids.dtype == np.int64 and scores.dtype == np.float32
-    for user_idx, row in zip(users["user_idx"], movie_ids):
+    for user_idx, row in zip(users["user_idx"], movie_ids, strict=True):
         assert not set(row) & set(tables.ratings.loc[tables.ratings["user_idx"] == user_idx, "movie_id"])
     # What the model was trained on stays apart, for holdout evaluation.
     assert (bundle.trained != prepared.seen).nnz == 0 and bundle.seen.nnz == len(tables.ratings) > bundle.trained.nnz
@@ -100,12 +99,14 @@ def test_a_new_user_with_liked_movies_gets_the_models_feature_row_recommendation
     liked = _liked(bundle)
     liked_idx = bundle.item_index(liked)
     demographics = {"age": 31, "gender": "F", "occupation": "programmer"}
-    movie_ids, scores, fallback = bundle.recommend_new_user(list(liked) + [987_654], demographics, 10)
+    movie_ids, scores, fallback = bundle.recommend_new_user([*list(liked), 987654], demographics, 10)
     assert not fallback
     assert not set(movie_ids) & set(liked)
     assert list(movie_ids) != list(bundle.item_ids[bundle.popularity[:10]])
 
-    row = new_user_features(prepared.user_features, tables.items, liked_items=liked_idx, demographics=demographics, groups=USER_GROUPS)
+    row = new_user_features(
+        prepared.user_features, tables.items, liked_items=liked_idx, demographics=demographics, groups=USER_GROUPS
+    )
     assert (bundle.new_user_row(liked_idx, demographics) != row).nnz == 0
     items, expected = hybrid.recommend_new_user(liked_idx, 10, user_features=row)
     np.testing.assert_array_equal(movie_ids, bundle.item_ids[items])
@@ -115,21 +116,36 @@ def test_a_new_user_with_liked_movies_gets_the_models_feature_row_recommendation
 def test_a_new_user_known_only_by_demographics_uses_the_model(bundle, hybrid, prepared, tables):
     demographics = {"age": 52, "gender": "M", "occupation": None}
     movie_ids, _, fallback = bundle.recommend_new_user(None, demographics, 10)
-    row = new_user_features(prepared.user_features, tables.items, liked_items=np.array([], dtype=np.int64),
-                            demographics={"age": 52, "gender": "M"}, groups=USER_GROUPS)
+    row = new_user_features(
+        prepared.user_features,
+        tables.items,
+        liked_items=np.array([], dtype=np.int64),
+        demographics={"age": 52, "gender": "M"},
+        groups=USER_GROUPS,
+    )
     assert row.nnz and not fallback
-    np.testing.assert_array_equal(movie_ids, bundle.item_ids[hybrid.recommend_new_user(np.array([], dtype=np.int64), 10, user_features=row)[0]])
+    np.testing.assert_array_equal(
+        movie_ids, bundle.item_ids[hybrid.recommend_new_user(np.array([], dtype=np.int64), 10, user_features=row)[0]]
+    )
 
 
 def test_a_new_user_with_nothing_usable_falls_back_to_popularity(bundle):
     popular = bundle.item_ids[bundle.popularity[:5]]
     for liked, demographics in [([], None), ([123_456, 765_432], None), (None, {"occupation": "astronaut"})]:
-        movie_ids, scores, fallback = bundle.recommend_new_user(liked, demographics, 5)
+        movie_ids, _scores, fallback = bundle.recommend_new_user(liked, demographics, 5)
         assert fallback
         np.testing.assert_array_equal(movie_ids, popular)
     # Known liked movies are still excluded from the fallback when they give no usable feature.
-    mf_like = ServingBundle(**{**_fields(bundle), "user_feature_embeddings": None, "user_feature_biases": None,
-                               "user_feature_names": [], "user_feature_groups": {}, "user_groups": None})
+    mf_like = ServingBundle(
+        **{
+            **_fields(bundle),
+            "user_feature_embeddings": None,
+            "user_feature_biases": None,
+            "user_feature_names": [],
+            "user_feature_groups": {},
+            "user_groups": None,
+        }
+    )
     movie_ids, _, fallback = mf_like.recommend_new_user([int(popular[0])], None, 5)
     assert not fallback and popular[0] not in movie_ids
 
@@ -173,7 +189,12 @@ def test_predict_routes_each_request_and_formats_the_output(bundle):
     out = bundle.predict(requests, default_k=6)
     assert list(out.columns) == ["request", "user_id", "movie_id", "rank", "score", "source"]
     assert {c: str(t) for c, t in out.dtypes.items()} == {
-        "request": "int64", "user_id": "Int64", "movie_id": "int64", "rank": "int64", "score": "float64", "source": "str",
+        "request": "int64",
+        "user_id": "Int64",
+        "movie_id": "int64",
+        "rank": "int64",
+        "score": "float64",
+        "source": "str",
     }
     assert out.groupby("request").size().to_dict() == {0: 3, 1: 4, 2: 6, 3: 2, 4: 5}
     for _, group in out.groupby("request"):
@@ -189,7 +210,9 @@ def test_predict_routes_each_request_and_formats_the_output(bundle):
     assert not set(by_request[1]["movie_id"]) & set(liked)
     for request in (2, 3):
         assert set(by_request[request]["source"]) == {"popularity"}
-        np.testing.assert_array_equal(by_request[request]["movie_id"], bundle.item_ids[bundle.popularity[: len(by_request[request])]])
+        np.testing.assert_array_equal(
+            by_request[request]["movie_id"], bundle.item_ids[bundle.popularity[: len(by_request[request])]]
+        )
     assert by_request[2]["user_id"].tolist() == [999_999] * 6
 
     # The same requests as dicts, and a frame without a user_id column.
@@ -218,9 +241,23 @@ def test_holdout_metrics_equal_the_offline_evaluation_of_the_same_split(bundle, 
 
 
 def _fields(bundle: ServingBundle) -> dict:
-    names = ["user_ids", "item_ids", "user_bias", "user_vectors", "item_bias", "item_vectors", "seen", "popularity",
-             "popularity_counts", "items", "user_feature_embeddings", "user_feature_biases", "user_feature_names",
-             "user_feature_groups", "user_groups"]
+    names = [
+        "user_ids",
+        "item_ids",
+        "user_bias",
+        "user_vectors",
+        "item_bias",
+        "item_vectors",
+        "seen",
+        "popularity",
+        "popularity_counts",
+        "items",
+        "user_feature_embeddings",
+        "user_feature_biases",
+        "user_feature_names",
+        "user_feature_groups",
+        "user_groups",
+    ]
     return {name: getattr(bundle, name) for name in names}
 
 
@@ -240,8 +277,14 @@ def tiny() -> ServingBundle:
         seen=sp.csr_matrix((np.array([4.0, 5.0]), (np.array([0, 1]), np.array([0, 4]))), shape=(3, 5)),
         popularity=np.argsort(-counts, kind="stable"),
         popularity_counts=counts,
-        items=pd.DataFrame({"movie_id": [10, 20, 30, 40, 50], "title": list("abcde"), "year": [1990] * 5,
-                            "genres": ["Drama", "Comedy", "Drama|Comedy", "Horror", "Action"]}),
+        items=pd.DataFrame(
+            {
+                "movie_id": [10, 20, 30, 40, 50],
+                "title": list("abcde"),
+                "year": [1990] * 5,
+                "genres": ["Drama", "Comedy", "Drama|Comedy", "Horror", "Action"],
+            }
+        ),
     )
 
 
@@ -256,7 +299,9 @@ def test_tiny_bundle_recommendations(tiny):
 
 
 def test_holdout_metrics_by_hand(tiny):
-    train = pd.DataFrame({"user_id": [1, 1, 2, 9, 9], "movie_id": [10, 20, 50, 50, 20], "rating": [4.0, 2.0, 5.0, 3.0, 4.0]})
+    train = pd.DataFrame(
+        {"user_id": [1, 1, 2, 9, 9], "movie_id": [10, 20, 50, 50, 20], "rating": [4.0, 2.0, 5.0, 3.0, 4.0]}
+    )
     test = pd.DataFrame(
         {
             "user_id": [1, 1, 1, 2, 9, 9, 3],

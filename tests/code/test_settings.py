@@ -1,6 +1,22 @@
-from pathlib import Path
+"""Settings: sources and their priority, defaults under home, and strictness (unknown keys and bad
+values name the key and where it came from)."""
 
-from movierec.settings import Settings
+import re
+from pathlib import Path
+from typing import get_args
+
+import pytest
+
+from movierec.errors import ConfigError
+from movierec.settings import (
+    BaselineName,
+    DatasetName,
+    ItemFeatureGroup,
+    Settings,
+    SplitKind,
+    UserFeatureGroup,
+    get_settings,
+)
 
 
 def test_defaults_put_all_state_under_home(tmp_path, monkeypatch):
@@ -48,3 +64,78 @@ def test_repository_config_is_valid():
     import yaml
 
     Settings.model_validate(yaml.safe_load(repo_config.read_text()))
+
+
+def _bad_config(tmp_path, monkeypatch, text: str) -> Path:
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    monkeypatch.setenv("MOVIEREC_CONFIG", str(config))
+    return config
+
+
+def test_an_unknown_key_in_the_file_names_the_key_and_the_file(tmp_path, monkeypatch):
+    config = _bad_config(tmp_path, monkeypatch, "training:\n  epoch: 5\n")
+    with pytest.raises(ConfigError) as error:
+        get_settings()
+    message = str(error.value)
+    assert f"training.epoch (in {config}): unknown key" in message and "epochs" in message
+
+
+def test_an_unknown_nested_variable_names_the_variable(tmp_path, monkeypatch):
+    _bad_config(tmp_path, monkeypatch, "home: h\n")
+    monkeypatch.setenv("MOVIEREC_TUNING__TRIAL", "3")
+    with pytest.raises(
+        ConfigError, match=r"tuning\.trial \(environment variable MOVIEREC_TUNING__TRIAL\): unknown key"
+    ):
+        get_settings()
+
+
+def test_a_value_outside_its_choices_names_the_key_and_the_choices(tmp_path, monkeypatch):
+    config = _bad_config(
+        tmp_path,
+        monkeypatch,
+        "training:\n  split: temporal\n  item_feature_groups: {genre: 1.0, genres: 1.0}\n"
+        "pipeline:\n  baselines: [popularity, eas]\n",
+    )
+    with pytest.raises(ConfigError) as error:
+        get_settings()
+    message = str(error.value)
+    assert (
+        f"training.split = 'temporal' (in {config}): Input should be 'user_temporal', 'global_temporal' or 'random'"
+        in message
+    )
+    assert "training.item_feature_groups.genres" in message
+    assert "pipeline.baselines.1 = 'eas'" in message
+
+
+def test_the_cli_prints_the_problem_and_exits_1(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from movierec.cli import app
+
+    config = _bad_config(tmp_path, monkeypatch, "serving:\n  prot: 8000\n")
+    result = CliRunner().invoke(app, ["snapshots"])
+    assert result.exit_code == 1
+    assert f"serving.prot (in {config}): unknown key" in result.output
+
+
+def test_the_choices_agree_with_their_homes():
+    from features.items import ITEM_GROUPS
+    from features.splits import SPLITTERS
+    from features.users import USER_GROUPS
+    from models.families import MODEL_NAMES
+    from movierec.data.datasets import DATASETS
+
+    assert set(get_args(DatasetName)) == set(DATASETS)
+    assert set(get_args(BaselineName)) == set(MODEL_NAMES) - {"hybrid"}
+    assert get_args(ItemFeatureGroup) == ITEM_GROUPS and get_args(UserFeatureGroup) == USER_GROUPS
+    assert set(get_args(SplitKind)) <= set(SPLITTERS)
+
+
+def test_the_example_in_the_settings_file_names_real_keys():
+    text = (Path(__file__).resolve().parents[2] / "mlflow.yaml").read_text()
+    examples = re.findall(r"MOVIEREC_([A-Z_]+)=", text)
+    assert examples
+    for example in examples:
+        section, _, key = example.lower().partition("__")
+        assert key in Settings.model_fields[section].annotation.model_fields, example

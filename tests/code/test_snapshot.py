@@ -24,7 +24,11 @@ def test_same_content_same_id_regardless_of_row_order(tmp_path, tables):
     second = SnapshotStore(tmp_path / "b").write("x", CanonicalTables(**shuffled), {"note": 2})
     assert first.id == second.id
     changed = tables.as_dict()
-    changed["ratings"] = changed["ratings"].assign(rating=changed["ratings"]["rating"].where(changed["ratings"].index != 0, 0.5 if changed["ratings"]["rating"].iloc[0] != 0.5 else 1.0))
+    changed["ratings"] = changed["ratings"].assign(
+        rating=changed["ratings"]["rating"].where(
+            changed["ratings"].index != 0, 0.5 if changed["ratings"]["rating"].iloc[0] != 0.5 else 1.0
+        )
+    )
     assert content_hash(canonical_arrow(CanonicalTables(**changed))) != first.id
 
 
@@ -44,7 +48,9 @@ def test_files_are_parquet_zstd_with_declared_schema_and_load_back(tmp_path, tab
         if parquet.metadata.num_row_groups:
             assert parquet.metadata.row_group(0).column(0).compression == "ZSTD"
     loaded = store.load(snapshot)
-    pd.testing.assert_frame_equal(loaded.ratings[["user_id", "movie_id"]], tables.ratings[["user_id", "movie_id"]], check_dtype=False)
+    pd.testing.assert_frame_equal(
+        loaded.ratings[["user_id", "movie_id"]], tables.ratings[["user_id", "movie_id"]], check_dtype=False
+    )
     assert str(loaded.ratings["timestamp"].dtype) == "datetime64[s, UTC]"
     assert store.verify(snapshot)
     assert store.latest("x").id == snapshot.id

@@ -175,7 +175,7 @@ def test_cold_user_split_holds_out_every_rating_of_its_users(generated):
 def test_split_dispatches_by_name_and_names_valid_kinds(hand_ratings):
     by_name = split(hand_ratings, "random", seed=5, test_share=0.3)
     assert canonical(by_name.test).equals(canonical(random_split(hand_ratings, seed=5, test_share=0.3).test))
-    with pytest.raises(ValueError, match="user_temporal.*cold_users"):
+    with pytest.raises(ValueError, match=r"user_temporal.*cold_users"):
         split(hand_ratings, "temporal")
 
 
@@ -193,7 +193,12 @@ def test_invariants_hold_on_generated_ratings(generated):
     assert_temporal_per_user(temporal)
     counts = generated.groupby("user_idx").size()
     expected_test = np.clip(np.floor(counts * 0.2 + 0.5), 1, counts - 1).where(counts >= 5, 0)
-    assert temporal.test.groupby("user_idx").size().reindex(counts.index, fill_value=0).equals(expected_test.astype(np.int64))
+    assert (
+        temporal.test.groupby("user_idx")
+        .size()
+        .reindex(counts.index, fill_value=0)
+        .equals(expected_test.astype(np.int64))
+    )
     assert temporal.excluded_users == int((counts < 5).sum())
     assert canonical(user_temporal_split(generated).test).equals(canonical(temporal.test))
 

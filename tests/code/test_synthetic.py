@@ -1,8 +1,6 @@
 """The synthetic generator: its contract (the `RawDataset` shapes), and structure a recommender
 can learn (popularity, genre tastes, genre-bearing text)."""
 
-import re
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -91,7 +89,7 @@ def test_ratings_on_the_half_star_grid_and_times_in_range(medium):
 
 
 def test_references_resolve_and_ids_look_like_movielens(medium):
-    ratings, movies, users, tags = medium.ratings, medium.movies, medium.users, medium.tags
+    ratings, movies, users = medium.ratings, medium.movies, medium.users
     assert movies["movie_id"].is_unique and users["user_id"].is_unique
     assert ratings["movie_id"].isin(movies["movie_id"]).all()
     assert ratings["user_id"].isin(users["user_id"]).all()
@@ -177,7 +175,7 @@ def test_genre_taste_is_learnable(medium):
     positive = ratings["rating"].to_numpy() >= 4
 
     n_users, n_items = len(medium.users), len(movies)
-    genre_matrix = np.column_stack([movies["genres"].str.split("|").map(lambda gs: g in gs) for g in GENRES])
+    genre_matrix = np.column_stack([movies["genres"].str.split("|").map(lambda gs, g=g: g in gs) for g in GENRES])
     genre_matrix = genre_matrix / np.maximum(genre_matrix.sum(axis=1, keepdims=True), 1)
     train = ~held_out
     popularity = np.bincount(item[train], minlength=n_items).astype(float)

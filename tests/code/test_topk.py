@@ -7,9 +7,9 @@ import pytest
 import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ranking import assert_same_ranking
 
 from inference.model import ServingBundle, top_k
-from ranking import assert_same_ranking
 
 
 def reference_top_k(scores, k, exclude=None, user_rows=None):
@@ -106,9 +106,15 @@ def _factor_bundle(user_factors, item_factors, user_bias, item_bias, seen=None) 
     n_users, n_items = len(user_factors), len(item_factors)
     counts = np.zeros(n_items, dtype=np.int64)
     return ServingBundle(
-        user_ids=np.arange(1, n_users + 1), item_ids=np.arange(1, n_items + 1), user_bias=user_bias, user_vectors=user_factors,
-        item_bias=item_bias, item_vectors=item_factors, seen=sp.csr_matrix((n_users, n_items)) if seen is None else seen,
-        popularity=np.arange(n_items), popularity_counts=counts,
+        user_ids=np.arange(1, n_users + 1),
+        item_ids=np.arange(1, n_items + 1),
+        user_bias=user_bias,
+        user_vectors=user_factors,
+        item_bias=item_bias,
+        item_vectors=item_factors,
+        seen=sp.csr_matrix((n_users, n_items)) if seen is None else seen,
+        popularity=np.arange(n_items),
+        popularity_counts=counts,
         items=pd.DataFrame({"movie_id": np.arange(1, n_items + 1), "title": "t", "year": 2000, "genres": "Drama"}),
     )
 
@@ -156,3 +162,26 @@ def test_the_single_row_path_selects_what_the_batch_path_selects(seed):
         alone, alone_values = top_k(scores[row : row + 1], k, exclude, np.array([row]))
         np.testing.assert_array_equal(alone[0], items[row])
         np.testing.assert_array_equal(alone_values[0], values[row])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n_items=st.integers(1, 40_000),
+    k=st.integers(1, 120),
+    levels=st.sampled_from([1, 3, 50, 10**9]),
+    excluded=st.floats(0.0, 1.0),
+)
+def test_a_single_long_row_matches_a_full_sort(seed, n_items, k, levels, excluded):
+    """The single-row path finds its candidates from a strided sample of long rows: exact with
+    heavy ties, most items excluded, or a sample of nothing but -inf."""
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, levels, size=(1, n_items)).astype(np.float32)
+    scores[rng.random((1, n_items)) < excluded] = -np.inf
+    items, values = top_k(scores, k)
+    eligible = np.flatnonzero(scores[0] > -np.inf)
+    ranked = eligible[np.lexsort((eligible, -scores[0, eligible]))][:k]
+    expected = np.full(k, -1)
+    expected[: len(ranked)] = ranked
+    np.testing.assert_array_equal(items[0], expected)
+    np.testing.assert_array_equal(values[0][: len(ranked)], scores[0, ranked])

@@ -9,9 +9,26 @@ from movierec.data.synthetic import generate
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-GOOD = {"loss": "warp", "no_components": 32, "learning_rate": 0.08, "item_alpha": 1e-8, "user_alpha": 1e-8, "max_sampled": 10,
-        "item_genre": 1.0, "item_year": 0.0, "item_tag": 0.0, "item_keyword": 0.0, "item_cast": 0.0, "item_director": 0.0,
-        "item_language": 0.0, "item_text": 0.0, "user_age": 0.0, "user_gender": 0.0, "user_occupation": 0.0, "user_taste": 1.0}
+GOOD = {
+    "loss": "warp",
+    "no_components": 32,
+    "learning_rate": 0.08,
+    "item_alpha": 1e-8,
+    "user_alpha": 1e-8,
+    "max_sampled": 10,
+    "item_genre": 1.0,
+    "item_year": 0.0,
+    "item_tag": 0.0,
+    "item_keyword": 0.0,
+    "item_cast": 0.0,
+    "item_director": 0.0,
+    "item_language": 0.0,
+    "item_text": 0.0,
+    "user_age": 0.0,
+    "user_gender": 0.0,
+    "user_occupation": 0.0,
+    "user_taste": 1.0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +40,13 @@ def setting():
 
 
 def test_validation_is_carved_from_train_only(setting):
-    tables, held_out, validation = setting
-    train_keys = set(zip(held_out.train["user_id"], held_out.train["movie_id"]))
-    validation_keys = set(zip(validation.train["user_id"], validation.train["movie_id"])) | set(
-        zip(validation.test["user_id"], validation.test["movie_id"])
+    _tables, held_out, validation = setting
+    train_keys = set(zip(held_out.train["user_id"], held_out.train["movie_id"], strict=True))
+    validation_keys = set(zip(validation.train["user_id"], validation.train["movie_id"], strict=True)) | set(
+        zip(validation.test["user_id"], validation.test["movie_id"], strict=True)
     )
     assert validation_keys == train_keys
-    assert not validation_keys & set(zip(held_out.test["user_id"], held_out.test["movie_id"]))
+    assert not validation_keys & set(zip(held_out.test["user_id"], held_out.test["movie_id"], strict=True))
 
 
 def test_bad_trials_are_pruned_and_a_study_resumes(setting, tmp_path):
@@ -37,7 +54,12 @@ def test_bad_trials_are_pruned_and_a_study_resumes(setting, tmp_path):
     frames = {"users": tables.users, "items": tables.items, "tags": tables.tags}
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     ended = []
-    objective = make_objective(validation, frames, max_epochs=8, on_trial=lambda trial, setup, scores, state: ended.append((state, len(scores))))
+    objective = make_objective(
+        validation,
+        frames,
+        max_epochs=8,
+        on_trial=lambda trial, setup, scores, state: ended.append((state, len(scores))),
+    )
     study = create_study("hybrid", storage, seed=1)
     for _ in range(4):
         study.enqueue_trial(GOOD)
@@ -56,7 +78,10 @@ def test_bad_trials_are_pruned_and_a_study_resumes(setting, tmp_path):
     # The final model trains for as many epochs as the best trial's best validation epoch.
     setup = best_setup(study)
     assert setup.lightfm["epochs"] == study.best_trial.user_attrs["best_epoch"]
-    assert setup.lightfm["learning_rate"] == GOOD["learning_rate"] and setup.user_groups == {"identity": 1.0, "taste": 1.0}
+    assert setup.lightfm["learning_rate"] == GOOD["learning_rate"] and setup.user_groups == {
+        "identity": 1.0,
+        "taste": 1.0,
+    }
 
     # A new process opening the same study continues it: earlier trials are kept.
     resumed = create_study("hybrid", storage, seed=1)
@@ -75,7 +100,9 @@ def test_grid_and_random_samplers_run_the_same_objective(setting, tmp_path):
     frames = {"users": tables.users, "items": tables.items, "tags": tables.tags}
     grid = create_study("grid", f"sqlite:///{tmp_path / 'g.db'}", sampler="grid", pruner="none")
     grid.optimize(make_objective(validation, frames, max_epochs=2, grid=True), n_trials=2)
-    assert {frozenset(t.params) for t in grid.trials} == {frozenset({"loss", "no_components", "learning_rate", "epochs"})}
+    assert {frozenset(t.params) for t in grid.trials} == {
+        frozenset({"loss", "no_components", "learning_rate", "epochs"})
+    }
     assert len({tuple(sorted(t.params.items())) for t in grid.trials}) == 2
     random = create_study("random", f"sqlite:///{tmp_path / 'r.db'}", sampler="random", pruner="none")
     random.optimize(make_objective(validation, frames, max_epochs=2), n_trials=2)
@@ -86,7 +113,9 @@ def test_the_search_space_leaves_out_groups_the_data_has_no_values_for(setting, 
     tables, _, validation = setting
     # Generated data has MovieLens fields and demographics but no TMDB metadata.
     assert present_groups(tables.users, tables.items, tables.tags) == (
-        ("genre", "year", "tag", "text"), ("age", "gender", "occupation", "taste"))
+        ("genre", "year", "tag", "text"),
+        ("age", "gender", "occupation", "taste"),
+    )
     no_demographics = tables.users.assign(age=pd.NA, gender=None, occupation=None)
     assert present_groups(no_demographics, tables.items, tables.tags)[1] == ("taste",)
 

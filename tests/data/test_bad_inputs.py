@@ -12,9 +12,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from published import write_csv_dataset
 
 from movierec.errors import DataError, FormatError, SourceError, ValidationFailed
-from published import write_csv_dataset
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -92,19 +92,30 @@ def test_truncated_last_line(world):
 
 def test_missing_column(world):
     home, folder = world
-    edit_lines(folder / "movies.csv", lambda lines: lines.__setitem__(slice(None), [line.rsplit(b",", 1)[0] for line in lines]))
+    edit_lines(
+        folder / "movies.csv", lambda lines: lines.__setitem__(slice(None), [line.rsplit(b",", 1)[0] for line in lines])
+    )
     ingest_fails(home, FormatError, "movies.csv, line 1", "missing column(s) ['genres']")
 
 
 def test_renamed_column(world):
     home, folder = world
     edit_lines(folder / "ratings.csv", lambda lines: lines.__setitem__(0, b"userId,movieId,score,timestamp"))
-    ingest_fails(home, FormatError, "ratings.csv, line 1", "missing column(s) ['rating']", "unexpected column(s) ['score'] (renamed?)")
+    ingest_fails(
+        home,
+        FormatError,
+        "ratings.csv, line 1",
+        "missing column(s) ['rating']",
+        "unexpected column(s) ['score'] (renamed?)",
+    )
 
 
 def test_wrong_separator(world):
     home, folder = world
-    edit_lines(folder / "ratings.csv", lambda lines: lines.__setitem__(slice(None), [line.replace(b",", b";") for line in lines]))
+    edit_lines(
+        folder / "ratings.csv",
+        lambda lines: lines.__setitem__(slice(None), [line.replace(b",", b";") for line in lines]),
+    )
     ingest_fails(home, FormatError, "ratings.csv, line 1", "semicolon-separated")
 
 
@@ -187,7 +198,12 @@ def test_zip_whose_checksum_does_not_match(world):
 def test_dataset_folder_with_a_file_missing(world):
     home, folder = world
     (folder / "links.csv").unlink()
-    ingest_fails(home, SourceError, "is missing links.csv", "a complete ml-latest-small holds ratings.csv, movies.csv, tags.csv, links.csv")
+    ingest_fails(
+        home,
+        SourceError,
+        "is missing links.csv",
+        "a complete ml-latest-small holds ratings.csv, movies.csv, tags.csv, links.csv",
+    )
 
 
 def test_the_good_copy_is_a_no_op(world):

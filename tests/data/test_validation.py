@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from movierec.errors import ValidationFailed
-from movierec.data.schema import RatingScale, RawDataset, SCHEMAS, to_arrow
 from features.tables import CanonicalTables
-from movierec.settings import EXPECTATIONS_DIR, Settings, ValidationSettings
-from movierec.data.validation import ValidationReport, validate_canonical, validate_raw
+from movierec.data.schema import SCHEMAS, RatingScale, RawDataset, to_arrow
+from movierec.data.validation import ValidationReport, suite_names, suite_path, validate_canonical, validate_raw
+from movierec.errors import ValidationFailed
+from movierec.settings import Settings, ValidationSettings
 
 SCALE = RatingScale(0.5, 5.0, 0.5)
 N_USERS, N_MOVIES, PER_USER = 30, 40, 10
@@ -143,10 +143,7 @@ def failures_of(run) -> ValidationFailed:
 
 
 def suite_sizes() -> dict[str, int]:
-    return {
-        path.stem: len(json.loads(path.read_text())["expectations"])
-        for path in EXPECTATIONS_DIR.glob("*.json")
-    }
+    return {name: len(json.loads(suite_path(name).read_text())["expectations"]) for name in suite_names()}
 
 
 # Good data.
@@ -180,7 +177,7 @@ def test_every_suite_file_is_used():
 
 def test_canonical_column_lists_match_the_schemas():
     for table, schema in SCHEMAS.items():
-        suite = json.loads((EXPECTATIONS_DIR / f"canonical_{table}.json").read_text())
+        suite = json.loads(suite_path(f"canonical_{table}").read_text())
         columns = next(
             expectation["kwargs"].get("column_list") or expectation["kwargs"]["column_set"]
             for expectation in suite["expectations"]
@@ -244,8 +241,7 @@ def test_missing_rating(settings):
     failure = failures_of(lambda: validate_raw(raw_dataset(ratings), settings))
 
     assert failure.failures == [
-        f"expect_column_values_to_not_be_null(column='rating'): 1 of {N_RATINGS} rows "
-        "unexpected, e.g. [None]"
+        f"expect_column_values_to_not_be_null(column='rating'): 1 of {N_RATINGS} rows unexpected, e.g. [None]"
     ]
 
 
@@ -257,9 +253,7 @@ def test_negative_timestamp(settings):
 
     [line] = failure.failures
     # 788918400 is 1995-01-01, settings.validation.earliest_timestamp.
-    assert line.startswith(
-        "expect_column_values_to_be_between(column='timestamp', min_value=788918400"
-    )
+    assert line.startswith("expect_column_values_to_be_between(column='timestamp', min_value=788918400")
     assert line.endswith(f"1 of {N_RATINGS} rows unexpected, e.g. [-86400]")
 
 
@@ -303,18 +297,14 @@ def test_rating_of_an_unknown_movie(settings):
 
     assert failure.suite == "raw_rated_movies"
     [line] = failure.failures
-    assert line.startswith(
-        "expect_column_pair_values_to_be_equal(column_A='movie_id', column_B='movie_id_in_movies'"
-    )
+    assert line.startswith("expect_column_pair_values_to_be_equal(column_A='movie_id', column_B='movie_id_in_movies'")
     assert line.endswith("1 of 41 rows unexpected, e.g. [(99999, None)]")
 
 
 def test_too_few_ratings(settings):
     failure = failures_of(lambda: validate_raw(raw_dataset(raw_ratings().head(50)), settings))
 
-    assert failure.failures == [
-        "expect_table_row_count_to_be_between(min_value=200): row count 50, expected >= 200"
-    ]
+    assert failure.failures == ["expect_table_row_count_to_be_between(min_value=200): row count 50, expected >= 200"]
 
 
 def test_missing_ratings_column(settings):
@@ -329,9 +319,7 @@ def test_missing_ratings_column(settings):
     on_rating = [line for line in failure.failures if "(column='rating'" in line]
     assert len(on_rating) == 3
     for line in on_rating:
-        assert line.endswith(
-            'could not be evaluated: Error: The column "rating" in BatchData does not exist.'
-        )
+        assert line.endswith('could not be evaluated: Error: The column "rating" in BatchData does not exist.')
 
 
 def test_movie_id_listed_twice(settings):
@@ -353,8 +341,7 @@ def test_movie_without_title(settings):
     failure = failures_of(lambda: validate_raw(raw_dataset(movies=movies), settings))
 
     assert failure.failures == [
-        f"expect_column_values_to_not_be_null(column='title'): 1 of {N_MOVIES} rows unexpected, "
-        "e.g. [None]"
+        f"expect_column_values_to_not_be_null(column='title'): 1 of {N_MOVIES} rows unexpected, e.g. [None]"
     ]
 
 
@@ -369,8 +356,7 @@ def test_failures_of_several_suites_are_reported_together(settings):
     suites = [line.split(": ", 1)[0] for line in failure.failures]
     assert suites == ["raw_ratings", "raw_ratings", "raw_rated_movies", "raw_movies"]
     assert failure.failures[-1] == (
-        "raw_movies: expect_table_row_count_to_be_between(min_value=10): row count 5, "
-        "expected >= 10"
+        "raw_movies: expect_table_row_count_to_be_between(min_value=10): row count 5, expected >= 10"
     )
     assert "validation suite 'raw_ratings, raw_rated_movies, raw_movies' failed 4" in str(failure)
 
@@ -422,9 +408,7 @@ def test_canonical_timestamp_before_the_earliest(settings):
     failure = canonical_failures(settings, tables)
 
     [line] = failure.failures
-    assert line.startswith(
-        "expect_column_values_to_be_between(column='timestamp', min_value=1995-01-01 00:00:00+00:00"
-    )
+    assert line.startswith("expect_column_values_to_be_between(column='timestamp', min_value=1995-01-01 00:00:00+00:00")
     assert line.endswith(f"1 of {N_RATINGS} rows unexpected, e.g. [1969-12-31 00:00:00+00:00]")
 
 
@@ -449,8 +433,7 @@ def test_indices_out_of_range(settings):
     failure = canonical_failures(settings, tables)
 
     assert failure.failures == [
-        "expect_column_min_to_be_between(column='user_idx', min_value=0.0): column min -1, "
-        "expected >= 0.0",
+        "expect_column_min_to_be_between(column='user_idx', min_value=0.0): column min -1, expected >= 0.0",
         f"expect_column_max_to_be_between(column='item_idx', max_value={N_MOVIES}.0, "
         f"strict_max=True): column max {N_MOVIES}, expected < {N_MOVIES}.0",
     ]
@@ -462,9 +445,7 @@ def test_canonical_column_of_the_wrong_dtype(settings):
 
     failure = canonical_failures(settings, tables)
 
-    assert failure.failures == [
-        "expect_column_values_to_be_of_type(column='user_id', type_='int32'): observed 'int64'"
-    ]
+    assert failure.failures == ["expect_column_values_to_be_of_type(column='user_id', type_='int32'): observed 'int64'"]
 
 
 def test_canonical_rating_of_an_unknown_movie(settings):
@@ -486,8 +467,7 @@ def test_too_few_canonical_ratings(settings):
     failure = canonical_failures(settings, tables)
 
     assert (
-        "canonical_ratings: expect_table_row_count_to_be_between(min_value=200): row count 150, "
-        "expected >= 200"
+        "canonical_ratings: expect_table_row_count_to_be_between(min_value=200): row count 150, expected >= 200"
     ) in failure.failures
 
 
@@ -539,9 +519,7 @@ def test_unknown_genre(settings):
     failure = canonical_failures(settings, tables)
 
     [line] = failure.failures
-    assert line.startswith(
-        "expect_column_values_to_match_regex(column='genres', regex='^(?:(?:Action|"
-    )
+    assert line.startswith("expect_column_values_to_match_regex(column='genres', regex='^(?:(?:Action|")
     assert f"2 of {N_MOVIES} rows unexpected, e.g. [" in line
     assert "'Comedy|Sitcom'" in line and "'Comedy, Drama'" in line
 
@@ -568,8 +546,7 @@ def test_bad_users_table(settings):
     failure = canonical_failures(settings, tables)
 
     assert failure.failures == [
-        f"expect_column_values_to_be_unique(column='user_idx'): 2 of {N_USERS} rows unexpected, "
-        "e.g. [2]",
+        f"expect_column_values_to_be_unique(column='user_idx'): 2 of {N_USERS} rows unexpected, e.g. [2]",
         f"expect_column_values_to_be_between(column='age', min_value=1.0, max_value=120.0): "
         f"1 of {N_USERS} rows unexpected, e.g. [150.0]",
         "expect_column_values_to_be_in_set(column='gender', value_set=['M', 'F']): "
@@ -591,9 +568,7 @@ def test_bad_tags(settings):
         "canonical_tags: expect_column_values_to_match_regex(column='tag', regex='\\\\S'): "
         "1 of 3 rows unexpected, e.g. ['  ']"
     )
-    assert timestamp.startswith(
-        "canonical_tags: expect_column_values_to_be_between(column='timestamp'"
-    )
+    assert timestamp.startswith("canonical_tags: expect_column_values_to_be_between(column='timestamp'")
     assert timestamp.endswith("1 of 3 rows unexpected, e.g. [1970-01-01 00:00:00+00:00]")
     assert movie.startswith("canonical_tagged_movies: expect_column_pair_values_to_be_equal")
     assert movie.endswith("1 of 3 rows unexpected, e.g. [(99999, None)]")

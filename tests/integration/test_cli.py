@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from published import write_csv_dataset
 
 MOVIEREC = Path(sys.executable).with_name("movierec")

@@ -49,9 +49,7 @@ def test_deploy_registers_both_deployments_idempotently(tmp_path, monkeypatch):
         assert set(deployment.tags) == {"movierec", "retrain"}
         assert deployment.description
         # The worker changes into this checkout before each run.
-        assert deployment.pull_steps == [
-            {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}
-        ]
+        assert deployment.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
         assert {"dataset", "trials", "timeout"} <= set(deployment.parameter_openapi_schema["properties"])
     assert weekly.parameters == {"dataset": "ml-latest-small", "trials": 20}
     assert manual.parameters == {}
@@ -75,7 +73,9 @@ def test_deploy_registers_both_deployments_idempotently(tmp_path, monkeypatch):
 @pytest.mark.usefixtures("prefect_api")
 def test_deploy_selects_by_name_and_rejects_unknown_names():
     assert deploy(PREFECT_FILE, names=["retrain/retrain-manual"]) == ["retrain/retrain-manual"]
-    with pytest.raises(DeployError, match="no deployment named retrain-daily; it defines retrain-weekly, retrain-manual"):
+    with pytest.raises(
+        DeployError, match="no deployment named retrain-daily; it defines retrain-weekly, retrain-manual"
+    ):
         deploy(PREFECT_FILE, names=["retrain-daily"])
 
 
@@ -84,7 +84,9 @@ def test_work_pool_override_creates_the_pool_and_code_comes_from_the_files_direc
     prefect_file = tmp_path / "prefect.yaml"
     prefect_file.write_text(PREFECT_FILE.read_text().replace("- name: retrain-manual", "- name: retrain-elsewhere"))
     (tmp_path / "flows").symlink_to(REPO / "flows")
-    assert deploy(prefect_file, work_pool="movierec-other", names=["retrain-elsewhere"]) == ["retrain/retrain-elsewhere"]
+    assert deploy(prefect_file, work_pool="movierec-other", names=["retrain-elsewhere"]) == [
+        "retrain/retrain-elsewhere"
+    ]
 
     from prefect.client.orchestration import get_client
 
@@ -92,18 +94,18 @@ def test_work_pool_override_creates_the_pool_and_code_comes_from_the_files_direc
         assert client.read_work_pool("movierec-other").type == "process"
         deployment = client.read_deployment_by_name("retrain/retrain-elsewhere")
     assert deployment.work_pool_name == "movierec-other"
-    assert deployment.pull_steps == [
-        {"prefect.deployments.steps.set_working_directory": {"directory": str(tmp_path)}}
-    ]
+    assert deployment.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(tmp_path)}}]
 
 
 def test_without_an_api_url_the_error_says_to_start_a_server(monkeypatch):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    with temporary_settings(restore_defaults={PREFECT_API_URL}):
-        with pytest.raises(RuntimeError, match="no Prefect API URL") as caught:
-            deploy(PREFECT_FILE)
+    with (
+        temporary_settings(restore_defaults={PREFECT_API_URL}),
+        pytest.raises(RuntimeError, match="no Prefect API URL") as caught,
+    ):
+        deploy(PREFECT_FILE)
     message = str(caught.value)
     assert "scripts/prefect-server.sh" in message and "export PREFECT_API_URL=" in message
 
@@ -119,9 +121,9 @@ def test_an_unreachable_server_is_reported():
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     # Port 9 (discard) on loopback: nothing listens, the connection is refused at once.
-    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
-        with pytest.raises(DeployError, match=r"the Prefect API at http://127.0.0.1:9/api does not answer"):
-            deploy(PREFECT_FILE)
+    unreachable = pytest.raises(DeployError, match=r"the Prefect API at http://127\.0\.0\.1:9/api does not answer")
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}), unreachable:
+        deploy(PREFECT_FILE)
 
 
 def test_a_bad_file_is_named(tmp_path):

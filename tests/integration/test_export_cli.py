@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pandas as pd
 import pyarrow.parquet as pq
+from registered import register_champion
 from typer.testing import CliRunner
 
 from movierec.cli import app
 from movierec.serving.export import export_recommendations
-from registered import register_champion
 
 
 def test_export_recs_writes_the_champions_top_k(home, tmp_path):
@@ -28,7 +28,9 @@ def test_export_recs_writes_the_champions_top_k(home, tmp_path):
     # Default k (serving.export_k) and an explicit version; a second version leaves the first exportable.
     register_champion(epochs=2, promote=False)
     pinned = tmp_path / "v1.parquet"
-    result = CliRunner().invoke(app, ["export-recs", "--out", str(pinned), "--model-uri", f"models:/{registered.name}/{registered.version}"])
+    result = CliRunner().invoke(
+        app, ["export-recs", "--out", str(pinned), "--model-uri", f"models:/{registered.name}/{registered.version}"]
+    )
     assert result.exit_code == 0, result.output
     assert len(pd.read_parquet(pinned)) == bundle.n_users * 20
 
@@ -58,7 +60,10 @@ def test_the_flows_export_stage_writes_once_and_never_fails_the_run(home, monkey
     with mlflow.start_run() as run:
         path = stage.export_champion(settings, registration)
     expected = settings.exports_dir / f"{registered.name}-v{registered.version}-top{settings.serving.export_k}.parquet"
-    assert path == str(expected) and len(pd.read_parquet(expected)) == registered.bundle.n_users * settings.serving.export_k
+    assert (
+        path == str(expected)
+        and len(pd.read_parquet(expected)) == registered.bundle.n_users * settings.serving.export_k
+    )
     assert mlflow.get_run(run.info.run_id).data.tags["export_path"] == path
     written = expected.stat().st_mtime_ns
     with mlflow.start_run():  # the champion did not change: the file is not written again

@@ -7,18 +7,24 @@ import uuid
 
 import httpx
 import pytest
+from registered import register_champion
+from server import Server
 
 from movierec.data.feedback import FeedbackStore
 from movierec.settings import get_settings
-from registered import register_champion
-from server import Server
 
 pytestmark = pytest.mark.slow
 
 
 def _event(thread: int, number: int) -> dict:
-    return {"event_id": f"t{thread}-{number}-{uuid.uuid4()}", "user_id": 1 + thread, "movie_id": 1 + number % 50,
-            "type": "rating", "value": 0.5 * (1 + number % 10), "timestamp": "2024-06-01T08:30:00+00:00"}
+    return {
+        "event_id": f"t{thread}-{number}-{uuid.uuid4()}",
+        "user_id": 1 + thread,
+        "movie_id": 1 + number % 50,
+        "type": "rating",
+        "value": 0.5 * (1 + number % 10),
+        "timestamp": "2024-06-01T08:30:00+00:00",
+    }
 
 
 def test_every_acknowledged_event_survives_kill_9_exactly_once(home, tmp_path):
@@ -67,7 +73,11 @@ def test_every_acknowledged_event_survives_kill_9_exactly_once(home, tmp_path):
         for event_id, event in acknowledged.items():
             row = by_id.loc[event_id]
             assert (row["user_id"], row["movie_id"], row["kind"], row["value"]) == (
-                event["user_id"], event["movie_id"], "rating", event["value"])
+                event["user_id"],
+                event["movie_id"],
+                "rating",
+                event["value"],
+            )
         count = store.count()
         store.close()
 

@@ -4,21 +4,21 @@ validated by the same suites, and reach the next registered model."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import mlflow
 import pandas as pd
 import pytest
 
-from movierec.errors import ValidationFailed
 from movierec.data.feedback import FeedbackEvent, FeedbackStore
-from movierec.settings import get_settings
 from movierec.data.snapshot import SnapshotStore
+from movierec.errors import ValidationFailed
+from movierec.settings import get_settings
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 DATA = {"dataset": "synthetic", "synthetic_ratings": 8_000, "seed": 2}
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
+NOW = datetime.now(UTC).replace(microsecond=0)
 
 
 def _store() -> SnapshotStore:
@@ -52,8 +52,8 @@ def test_feedback_reaches_the_next_snapshot_and_model(home, quick_pipeline):
     mine = ratings[ratings["user_id"] == user].sort_values("timestamp")
     movie = _unrated(before, user)[0]
     # Stamped just after the user's first rating, so the pair falls in the training part of the
-    # per-user temporal split (the final model is fitted on that part; see the xfail test below
-    # for an event stamped now).
+    # per-user temporal split: the final model is fitted on that part (an event stamped now would
+    # fall in the held-out part, which the model does not learn from).
     thumb_time = _at(mine["timestamp"].iloc[0], 1)
     replaced = mine.iloc[-1]  # a dataset rating the user revises later
     new_value = 1.0 if replaced["rating"] >= 3 else 5.0
@@ -80,13 +80,23 @@ def test_feedback_reaches_the_next_snapshot_and_model(home, quick_pipeline):
     assert not summary["reused"] and summary["snapshot_id"] != first["snapshot"]["snapshot_id"]
     merged = summary["feedback"]
     assert merged == {
-        "digest": digest, "events": 7, "rating_events": 6, "clicks": 1, "ratings": 5,
-        "new_pairs": 4, "replaced": 1, "older_than_dataset": 0, "new_users": 1,
+        "digest": digest,
+        "events": 7,
+        "rating_events": 6,
+        "clicks": 1,
+        "ratings": 5,
+        "new_pairs": 4,
+        "replaced": 1,
+        "older_than_dataset": 0,
+        "new_users": 1,
     }
     snapshot = store.get("synthetic", summary["snapshot_id"])
     assert snapshot.lineage["feedback"]["digest"] == digest
     assert snapshot.lineage["feedback"]["path"] == str(get_settings().feedback_db)
-    assert snapshot.lineage["inputs_fingerprint"] != store.get("synthetic", first["snapshot"]["snapshot_id"]).lineage["inputs_fingerprint"]
+    assert (
+        snapshot.lineage["inputs_fingerprint"]
+        != store.get("synthetic", first["snapshot"]["snapshot_id"]).lineage["inputs_fingerprint"]
+    )
     assert all(s["success"] for s in snapshot.lineage["validation"]["raw"].values())
 
     # Its ratings: the thumb up as the scale's max (the older conflicting rating lost), the revised
@@ -102,7 +112,9 @@ def test_feedback_reaches_the_next_snapshot_and_model(home, quick_pipeline):
     new_user = after.users.set_index("user_id").loc[newcomer]
     assert pd.isna(new_user["age"]) and pd.isna(new_user["gender"])
     untouched = before.ratings.merge(after.ratings, on=["user_id", "movie_id"], suffixes=("", "_after"))
-    changed = untouched[(untouched["rating"] != untouched["rating_after"]) | (untouched["timestamp"] != untouched["timestamp_after"])]
+    changed = untouched[
+        (untouched["rating"] != untouched["rating_after"]) | (untouched["timestamp"] != untouched["timestamp_after"])
+    ]
     assert changed[["user_id", "movie_id"]].values.tolist() == [[user, int(replaced["movie_id"])]]
 
     # The registered model learned from them: the thumbed-up movie is among the user's seen
@@ -137,10 +149,12 @@ def test_bad_feedback_fails_validation_and_writes_nothing(home):
     store = _store()
     tables = store.load(store.get("synthetic", first["snapshot_id"]))
     unknown_movie = int(tables.items["movie_id"].max()) + 1000
-    _feedback().append_many([
-        FeedbackEvent("out-of-scale", 1, int(tables.items["movie_id"].iloc[0]), "rating", 7.0, NOW),
-        FeedbackEvent("not-in-catalogue", 2, unknown_movie, "thumb", 1, NOW),
-    ])
+    _feedback().append_many(
+        [
+            FeedbackEvent("out-of-scale", 1, int(tables.items["movie_id"].iloc[0]), "rating", 7.0, NOW),
+            FeedbackEvent("not-in-catalogue", 2, unknown_movie, "thumb", 1, NOW),
+        ]
+    )
     listing = sorted(p.name for p in store.dataset_dir("synthetic").iterdir())
 
     with pytest.raises(ValidationFailed) as failure:
@@ -150,7 +164,10 @@ def test_bad_feedback_fails_validation_and_writes_nothing(home):
     assert "column='rating'" in message and "7.0" in message
     assert f"{unknown_movie}" in message
     assert "feedback event 'out-of-scale' (user 1" in message and "rating 7 is not on the scale 0.5-5" in message
-    assert f"feedback event 'not-in-catalogue' (user 2, movie {unknown_movie}): movie {unknown_movie} is not in the catalogue" in message
+    assert (
+        f"feedback event 'not-in-catalogue' (user 2, movie {unknown_movie}): movie {unknown_movie} is not in the catalogue"
+        in message
+    )
     assert "feedback rating(s) merged from" in message
     # Nothing written: the same folders, LATEST unchanged.
     assert sorted(p.name for p in store.dataset_dir("synthetic").iterdir()) == listing
@@ -176,12 +193,26 @@ def test_same_second_feedback_replaces_and_older_feedback_loses(home):
     store = _store()
     ratings = store.load(store.get("synthetic", first["snapshot_id"])).ratings
     a, b = ratings.iloc[0], ratings.iloc[1]
-    _feedback().append_many([
-        FeedbackEvent("same-second", int(a["user_id"]), int(a["movie_id"]), "rating", 0.5 if a["rating"] != 0.5 else 1.0,
-                      _at(a["timestamp"])),
-        FeedbackEvent("older", int(b["user_id"]), int(b["movie_id"]), "thumb", -1 if b["rating"] != 0.5 else 1,
-                      _at(b["timestamp"], -60)),
-    ])
+    _feedback().append_many(
+        [
+            FeedbackEvent(
+                "same-second",
+                int(a["user_id"]),
+                int(a["movie_id"]),
+                "rating",
+                0.5 if a["rating"] != 0.5 else 1.0,
+                _at(a["timestamp"]),
+            ),
+            FeedbackEvent(
+                "older",
+                int(b["user_id"]),
+                int(b["movie_id"]),
+                "thumb",
+                -1 if b["rating"] != 0.5 else 1,
+                _at(b["timestamp"], -60),
+            ),
+        ]
+    )
     summary = ingest(dataset="synthetic", synthetic_ratings=4_000, seed=1)
     assert summary["feedback"]["replaced"] == 1 and summary["feedback"]["older_than_dataset"] == 1
     after = store.load(store.get("synthetic", summary["snapshot_id"])).ratings.set_index(["user_id", "movie_id"])
@@ -208,7 +239,11 @@ def test_feedback_stamped_now_is_never_recommended_again(home, quick_pipeline):
 
     mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
     mlflow.set_registry_uri(f"sqlite:///{home / 'mlflow.db'}")
-    bundle = mlflow.pyfunc.load_model(f"models:/movierec-lightfm/{result['registration']['version']}").unwrap_python_model().bundle
+    bundle = (
+        mlflow.pyfunc.load_model(f"models:/movierec-lightfm/{result['registration']['version']}")
+        .unwrap_python_model()
+        .bundle
+    )
     row, column = bundle.user_index([user])[0], bundle.item_index([movie])[0]
     assert bundle.seen[row, column] == 5.0 and bundle.trained[row, column] == 0
     recommended, _, _ = bundle.recommend_users([user], k=bundle.n_items)

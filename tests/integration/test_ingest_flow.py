@@ -7,9 +7,9 @@ import json
 import pandas as pd
 import pytest
 
+from movierec.data.snapshot import SnapshotStore
 from movierec.errors import DataError
 from movierec.settings import get_settings
-from movierec.data.snapshot import SnapshotStore
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -35,8 +35,9 @@ def test_synthetic_ingest_is_deterministic_and_reingest_is_a_no_op(home):
 
 
 def test_identical_files_elsewhere_give_the_same_snapshot(home, data_dir, tmp_path, small_raw, monkeypatch):
-    from flows.ingest import ingest
     from published import write_csv_dataset
+
+    from flows.ingest import ingest
 
     write_csv_dataset(small_raw, data_dir / "ml-latest-small")
     first = ingest(dataset="ml-latest-small")
@@ -86,6 +87,8 @@ def test_real_datasets(home, real_data, monkeypatch, dataset, ratings, users, it
     if (real_data / "tmdb-5000").is_dir():
         assert summary["tmdb"]["method"] == method
         assert summary["tmdb"]["match_rate"] >= min_rate
-    tables = SnapshotStore(get_settings().snapshots_dir).load(SnapshotStore(get_settings().snapshots_dir).latest(dataset))
+    tables = SnapshotStore(get_settings().snapshots_dir).load(
+        SnapshotStore(get_settings().snapshots_dir).latest(dataset)
+    )
     toy_story = tables.items.set_index("movie_id").loc[1]
     assert (toy_story["title"], toy_story["year"]) == ("Toy Story", 1995)

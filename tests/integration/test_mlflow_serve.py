@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from registered import register_champion
 from server import mlflow_models_serve
 
@@ -48,7 +47,12 @@ def test_mlflow_models_serve_answers_like_the_model_in_process(server):
     expected = bundle.predict(pd.DataFrame(records))
     assert len(expected) == 10
 
-    split = {"dataframe_split": {"columns": ["user_id", "k", "liked_movie_ids"], "data": [[known, 5, None], [None, 5, liked]]}}
+    split = {
+        "dataframe_split": {
+            "columns": ["user_id", "k", "liked_movie_ids"],
+            "data": [[known, 5, None], [None, 5, liked]],
+        }
+    }
     for body in ({"dataframe_records": records}, split):
         answer = pd.DataFrame(_post(f"{url}/invocations", body)["predictions"])
         assert len(answer) == 10, body

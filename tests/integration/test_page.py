@@ -8,17 +8,23 @@ import re
 from pathlib import Path
 
 import pytest
+from registered import register_champion
+from server import Server
 
 from movierec.data.feedback import FeedbackStore
 from movierec.settings import get_settings
-from registered import register_champion
-from server import Server
 
 pytestmark = pytest.mark.slow
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture
@@ -29,7 +35,7 @@ def browser():
     with sync_api.sync_playwright() as playwright:
         try:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        except Exception as error:  # noqa: BLE001 - any launch failure is a skip reason
+        except Exception as error:
             pytest.skip(f"playwright cannot launch {CHROMIUM}: {str(error).splitlines()[0]}")
         try:
             yield browser
@@ -88,8 +94,12 @@ def test_pick_a_user_rate_movies_as_a_new_user_and_send_a_thumbs_up(home, tmp_pa
         for reason in page.get_by_test_id("rec-reason").all_inner_texts():
             assert reason.removeprefix("because you liked ") in titles
 
-        # Thumbs up: stored in the feedback store.
+        # Thumbs are drawn (inline SVG) and labelled in plain text: no emoji a machine may lack a font for.
         target = shown[0]
+        thumb = page.get_by_test_id(f"thumb-up-{target}")
+        assert thumb.locator("svg path").count() == 1 and thumb.inner_text().strip() == "Like"
+        assert thumb.bounding_box()["width"] > 20
+        assert page.get_by_test_id(f"thumb-down-{target}").inner_text().strip() == "Dislike"
         page.get_by_test_id(f"thumb-up-{target}").click()
         page.get_by_test_id("status").filter(has_text="saved").wait_for()
         assert page.get_by_test_id(f"thumb-up-{target}").get_attribute("aria-pressed") == "true"

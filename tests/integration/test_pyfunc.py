@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.splits import user_temporal_split
 from features.prepare import prepare
-from models.factorization import LightFMRecommender
+from features.splits import user_temporal_split
 from inference.model import ServingBundle
 from models.bundle import serving_bundle
+from models.factorization import LightFMRecommender
 from movierec.data.preprocess import canonicalize
 from movierec.data.synthetic import generate
 
@@ -29,7 +29,9 @@ USER_GROUPS = {"identity": 1.0, "age": 0.5, "gender": 0.5, "occupation": 0.5, "t
 @pytest.fixture(scope="module")
 def fitted():
     tables = canonicalize(generate(6_000, seed=7), None)[0]
-    prepared = prepare(tables.users, tables.items, tables.tags, chosen=user_temporal_split(tables.ratings), user_groups=USER_GROUPS)
+    prepared = prepare(
+        tables.users, tables.items, tables.tags, chosen=user_temporal_split(tables.ratings), user_groups=USER_GROUPS
+    )
     hybrid = LightFMRecommender(epochs=5, no_components=16).fit(
         prepared.train, item_features=prepared.item_features.matrix, user_features=prepared.user_features.matrix
     )
@@ -61,8 +63,23 @@ def test_a_saved_bundle_loads_identical(fitted, kind, tmp_path):
 
     _, bundle = fitted[kind]
     loaded = load_bundle(save_bundle(bundle, tmp_path / "bundle"))
-    assert sorted(p.name for p in (tmp_path / "bundle").iterdir()) == ["arrays.npz", "bundle.json", "items.parquet", "seen.npz", "trained.npz"]
-    for name in ("user_ids", "item_ids", "user_bias", "user_vectors", "item_bias", "item_vectors", "popularity", "popularity_counts"):
+    assert sorted(p.name for p in (tmp_path / "bundle").iterdir()) == [
+        "arrays.npz",
+        "bundle.json",
+        "items.parquet",
+        "seen.npz",
+        "trained.npz",
+    ]
+    for name in (
+        "user_ids",
+        "item_ids",
+        "user_bias",
+        "user_vectors",
+        "item_bias",
+        "item_vectors",
+        "popularity",
+        "popularity_counts",
+    ):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(bundle, name), err_msg=name)
         assert getattr(loaded, name).dtype == getattr(bundle, name).dtype, name
     assert (loaded.seen != bundle.seen).nnz == 0 and (loaded.trained != bundle.trained).nnz == 0
@@ -124,7 +141,9 @@ def test_the_logged_model_serves_the_same_answers_in_a_fresh_process(fitted, tmp
         assert inputs.input_names() == ["user_id", "k", "liked_movie_ids", "age", "gender", "occupation"]
         assert inputs.required_input_names() == []
         assert info.signature.outputs.input_names() == ["request", "user_id", "movie_id", "rank", "score", "source"]
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=str(tmp_path / "downloaded")))
+        local = Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=str(tmp_path / "downloaded"))
+        )
         stored = Model.load(str(local))
         assert stored.saved_input_example_info is not None
         example = stored.load_input_example(str(local))
@@ -135,7 +154,13 @@ def test_the_logged_model_serves_the_same_answers_in_a_fresh_process(fitted, tmp
         assert set(served["source"]) == {"model", "popularity"}
         requirements = Path(mlflow.pyfunc.get_model_dependencies(info.model_uri)).read_text().split()
         assert set(pip_requirements()) <= set(requirements)
-        assert sorted(line.split("==")[0] for line in requirements if "==" in line) == ["mlflow", "numpy", "pandas", "pyarrow", "scipy"]
+        assert sorted(line.split("==")[0] for line in requirements if "==" in line) == [
+            "mlflow",
+            "numpy",
+            "pandas",
+            "pyarrow",
+            "scipy",
+        ]
 
         # Self-contained: the model's one script is inference/model.py plus the entry point; no
         # code paths of ours, nothing pickled in the model; the raw LightFM object beside it.
@@ -144,15 +169,24 @@ def test_the_logged_model_serves_the_same_answers_in_a_fresh_process(fitted, tmp
         assert (local / SCRIPT_NAME).read_text() == model_script()
         assert model_script().startswith((REPO / "inference" / "model.py").read_text())
         assert not [path.name for path in local.rglob("*") if path.suffix in (".pkl", ".pickle", ".cloudpickle")]
-        raw = mlflow.artifacts.download_artifacts(f"runs:/{info.run_id}/raw_model/lightfm.pkl", dst_path=str(tmp_path / "raw"))
+        raw = mlflow.artifacts.download_artifacts(
+            f"runs:/{info.run_id}/raw_model/lightfm.pkl", dst_path=str(tmp_path / "raw")
+        )
         with open(raw, "rb") as file:
             np.testing.assert_array_equal(pickle.load(file).user_embeddings, model.model.user_embeddings)
 
         # A fresh interpreter loads the model from the tracking store and predicts.
         requests = _requests(bundle)
         requests.to_parquet(tmp_path / "requests.parquet", index=False)
-        command = [sys.executable, "-c", CHILD, info.model_uri, str(tmp_path / "requests.parquet"),
-                   str(tmp_path / "out.parquet"), str(tmp_path / "info.json")]
+        command = [
+            sys.executable,
+            "-c",
+            CHILD,
+            info.model_uri,
+            str(tmp_path / "requests.parquet"),
+            str(tmp_path / "out.parquet"),
+            str(tmp_path / "info.json"),
+        ]
         done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-3000:]
     finally:

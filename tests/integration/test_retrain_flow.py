@@ -27,7 +27,11 @@ def _runs(client: MlflowClient, **filters) -> list:
 
 
 def _children(runs, parent_id: str, kind: str) -> list:
-    return [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent_id and run.data.tags.get("kind") == kind]
+    return [
+        run
+        for run in runs
+        if run.data.tags.get("mlflow.parentRunId") == parent_id and run.data.tags.get("kind") == kind
+    ]
 
 
 def _task_states(flow_run_id: str) -> dict[str, str]:
@@ -36,8 +40,11 @@ def _task_states(flow_run_id: str) -> dict[str, str]:
     from prefect.client.schemas.sorting import TaskRunSort
 
     with get_client(sync_client=True) as client:
-        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-                                          limit=200, sort=TaskRunSort.EXPECTED_START_TIME_DESC)
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+            limit=200,
+            sort=TaskRunSort.EXPECTED_START_TIME_DESC,
+        )
     return {run.name: run.state.name for run in task_runs}
 
 
@@ -63,23 +70,43 @@ def test_two_runs_track_everything_and_the_gate_picks_the_champion(home, quick_p
     assert len(_children(runs, second["run_id"], "optuna-trial")) == 2
     assert second["tuning"]["trials_this_run"] == 2
     assert sum(second["tuning"]["counts"].values()) == 5  # the study continued
-    assert {run.data.tags["model"] for run in _children(runs, first["run_id"], "baseline")} == {"popularity", "item_knn"}
+    assert {run.data.tags["model"] for run in _children(runs, first["run_id"], "baseline")} == {
+        "popularity",
+        "item_knn",
+    }
     trial = _children(runs, first["run_id"], "optuna-trial")[0]
     curve = client.get_metric_history(trial.info.run_id, "val_ndcg_at_10")
     assert [point.step for point in curve] == list(range(1, len(curve) + 1)) and len(curve) >= 1
     assert {"loss", "no_components", "learning_rate", "item_genre", "user_taste"} <= set(trial.data.params)
 
     parent = client.get_run(first["run_id"])
-    for metric in ("test_ndcg_at_10", "test_recall_at_10", "best_val_ndcg_at_10", "gate_challenger_score", "stage_seconds.tuning"):
+    for metric in (
+        "test_ndcg_at_10",
+        "test_recall_at_10",
+        "best_val_ndcg_at_10",
+        "gate_challenger_score",
+        "stage_seconds.tuning",
+    ):
         assert metric in parent.data.metrics, metric
     assert parent.data.tags["snapshot_id"] == first["snapshot"]["snapshot_id"]
     assert parent.data.tags["code_version"]
     digests = {entry.dataset.digest for entry in parent.inputs.dataset_inputs}
     assert {f"{first['snapshot']['snapshot_id']}-{part}"[:36] for part in ("snapshot", "train", "test")} == digests
-    artifacts = {item.path for folder in ("", "plots", "features", "data", "metrics") for item in client.list_artifacts(first["run_id"], folder)}
+    artifacts = {
+        item.path
+        for folder in ("", "plots", "features", "data", "metrics")
+        for item in client.list_artifacts(first["run_id"], folder)
+    }
     assert {
-        "model_card.md", "data/validation_report.md", "plots/optuna_history.png", "plots/metric_at_k.png", "plots/popularity_coverage.png",
-        "features/item_vocabulary.parquet", "features/user_vocabulary.parquet", "data/snapshot.json", "metrics/test_metrics.json",
+        "model_card.md",
+        "data/validation_report.md",
+        "plots/optuna_history.png",
+        "plots/metric_at_k.png",
+        "plots/popularity_coverage.png",
+        "features/item_vocabulary.parquet",
+        "features/user_vocabulary.parquet",
+        "data/snapshot.json",
+        "metrics/test_metrics.json",
     } <= artifacts
     card = mlflow.artifacts.load_text(f"{parent.info.artifact_uri}/model_card.md")
     assert first["snapshot"]["snapshot_id"] in card and "**hybrid**" in card and "Promotion gate" in card
@@ -95,9 +122,15 @@ def test_two_runs_track_everything_and_the_gate_picks_the_champion(home, quick_p
     assert str(client.get_model_version_by_alias(name, "champion").version) == expected
     assert str(client.get_model_version_by_alias(name, "challenger").version) == "2"
     exported = home / "exports" / f"{name}-v{expected}-top20.parquet"  # the champion's batch export
-    assert second["export"] == str(exported) and exported.is_file() and (home / "exports" / f"{name}-v1-top20.parquet").is_file()
+    assert (
+        second["export"] == str(exported)
+        and exported.is_file()
+        and (home / "exports" / f"{name}-v1-top20.parquet").is_file()
+    )
     tags = versions["2"].tags
-    assert tags["gate.champion_version"] == "1" and float(tags["gate.champion_score"]) == pytest.approx(registration["champion_score"], abs=1e-6)  # tag: 6 decimals
+    assert tags["gate.champion_version"] == "1" and float(tags["gate.champion_score"]) == pytest.approx(
+        registration["champion_score"], abs=1e-6
+    )  # tag: 6 decimals
     assert tags["snapshot_id"] == first["snapshot"]["snapshot_id"] and tags["run_id"] == second["run_id"]
     # The gate's challenger score is the same protocol as the test metric of the evaluation table.
     hybrid = next(row for row in second["metrics"] if row["model"] == "hybrid")
@@ -107,7 +140,9 @@ def test_two_runs_track_everything_and_the_gate_picks_the_champion(home, quick_p
     other = "1" if expected == "2" else "2"
     cli = CliRunner()
     listing = cli.invoke(app, ["models"])
-    assert listing.exit_code == 0 and "champion" in listing.output and first["snapshot"]["snapshot_id"] in listing.output
+    assert (
+        listing.exit_code == 0 and "champion" in listing.output and first["snapshot"]["snapshot_id"] in listing.output
+    )
     missing = cli.invoke(app, ["promote", "--version", "99"])
     assert missing.exit_code == 1 and "has no version 99" in missing.output
     assert str(client.get_model_version_by_alias(name, "champion").version) == expected
@@ -151,7 +186,12 @@ def test_a_failed_run_leaves_the_registry_untouched(home, quick_pipeline, monkey
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
     registered = client.get_registered_model(name)
     assert json.loads(registered.tags["champion_history"]) == ["1"]
-    failed = [run for run in _runs(client) if "mlflow.parentRunId" not in run.data.tags and run.info.run_id != first["run_id"]]
+    failed = [
+        run for run in _runs(client) if "mlflow.parentRunId" not in run.data.tags and run.info.run_id != first["run_id"]
+    ]
     assert sorted(run.info.status for run in failed) == ["FAILED", "FAILED"]
     errors = sorted(run.data.tags["error"] for run in failed)
-    assert errors == ["RuntimeError: injected failure in final training", "RuntimeError: injected failure in registration"]
+    assert errors == [
+        "RuntimeError: injected failure in final training",
+        "RuntimeError: injected failure in registration",
+    ]

@@ -1,4 +1,4 @@
-"""The recommendation API (movierec.serve) over a registered champion, through TestClient."""
+"""The recommendation API (movierec.serving) over a registered champion, through TestClient."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from registered import register_champion
 
 from movierec.data.feedback import FeedbackStore
 from movierec.serving.app import create_app
 from movierec.settings import get_settings
-from registered import register_champion
 
 USERS_ROUTE = "/users/{user_id}/recommendations"
 
@@ -28,8 +28,9 @@ def served(tmp_path_factory):
         settings = get_settings()
         app = create_app(settings, watch=False)
         with TestClient(app) as client:
-            yield SimpleNamespace(client=client, app=app, registered=registered, settings=settings,
-                                  bundle=registered.bundle)
+            yield SimpleNamespace(
+                client=client, app=app, registered=registered, settings=settings, bundle=registered.bundle
+            )
 
 
 def _metric(client: TestClient, name: str, **labels: str) -> float:
@@ -42,8 +43,14 @@ def _metric(client: TestClient, name: str, **labels: str) -> float:
 
 
 def _event(**overrides) -> dict:
-    event = {"event_id": str(uuid.uuid4()), "user_id": 1, "movie_id": 1, "type": "rating", "value": 4.0,
-             "timestamp": "2024-05-01T12:00:00+02:00"}
+    event = {
+        "event_id": str(uuid.uuid4()),
+        "user_id": 1,
+        "movie_id": 1,
+        "type": "rating",
+        "value": 4.0,
+        "timestamp": "2024-05-01T12:00:00+02:00",
+    }
     return {**event, **overrides}
 
 
@@ -90,7 +97,7 @@ def test_the_reason_is_the_users_top_rated_movie_most_similar_to_the_recommendat
     row = bundle.seen[index]
     top_rated = row.indices[row.data == row.data.max()]
     unit = bundle.item_vectors / np.linalg.norm(bundle.item_vectors, axis=1, keepdims=True)
-    titles = dict(zip(bundle.items["movie_id"], bundle.items["title"]))
+    titles = dict(zip(bundle.items["movie_id"], bundle.items["title"], strict=True))
     for item in served.client.get(f"/users/{user}/recommendations?k=5").json()["items"]:
         recommended = int(bundle.item_index([item["movie_id"]])[0])
         best = top_rated[np.argmax(unit[top_rated] @ unit[recommended])]
@@ -114,7 +121,9 @@ def test_a_new_user_by_liked_movies(served):
     response = served.client.post("/recommendations", json={"liked_movie_ids": liked, "k": 8})
     assert response.status_code == 200
     body = response.json()
-    assert body["fallback"] is False and body["source"] == "model" and body["model_version"] == served.registered.version
+    assert (
+        body["fallback"] is False and body["source"] == "model" and body["model_version"] == served.registered.version
+    )
     movies = [item["movie_id"] for item in body["items"]]
     expected, _, _ = bundle.recommend_new_user(liked, {}, 8)
     assert movies == expected.tolist() and not set(movies) & set(liked)
@@ -123,8 +132,12 @@ def test_a_new_user_by_liked_movies(served):
 
 
 def test_a_new_user_by_demographics(served):
-    body = served.client.post("/recommendations", json={"age": 25, "gender": "F", "occupation": "programmer", "k": 5}).json()
-    expected, _, fallback = served.bundle.recommend_new_user([], {"age": 25, "gender": "F", "occupation": "programmer"}, 5)
+    body = served.client.post(
+        "/recommendations", json={"age": 25, "gender": "F", "occupation": "programmer", "k": 5}
+    ).json()
+    expected, _, fallback = served.bundle.recommend_new_user(
+        [], {"age": 25, "gender": "F", "occupation": "programmer"}, 5
+    )
     assert fallback is False and body["fallback"] is False
     assert [item["movie_id"] for item in body["items"]] == expected.tolist()
 
@@ -163,9 +176,13 @@ def test_title_search_is_case_insensitive_with_exact_and_prefix_matches_first(se
     titles = items["title"]
     folded_titles = titles.str.casefold()
     # A word that starts some titles and appears inside others, in at most 100 titles.
-    word = next(w for w in titles.str.split().str[0].value_counts().index
-                if 2 <= folded_titles.str.contains(w.casefold(), regex=False).sum() <= 100
-                and folded_titles.str.startswith(w.casefold()).sum() < folded_titles.str.contains(w.casefold(), regex=False).sum())
+    word = next(
+        w
+        for w in titles.str.split().str[0].value_counts().index
+        if 2 <= folded_titles.str.contains(w.casefold(), regex=False).sum() <= 100
+        and folded_titles.str.startswith(w.casefold()).sum()
+        < folded_titles.str.contains(w.casefold(), regex=False).sum()
+    )
     body = served.client.get("/movies", params={"query": word.upper(), "limit": 100}).json()
     found = body["items"]
     expected = items[titles.str.casefold().str.contains(word.casefold(), regex=False)]
@@ -207,7 +224,9 @@ def test_feedback_is_stored_once_and_a_duplicate_is_reported(served):
     stored = FeedbackStore(served.settings.feedback_db).events()
     rows = stored[stored["event_id"] == event["event_id"]]
     assert len(rows) == 1
-    assert rows.iloc[0]["kind"] == "thumb" and rows.iloc[0]["value"] == -1 and rows.iloc[0]["user_id"] == event["user_id"]
+    assert (
+        rows.iloc[0]["kind"] == "thumb" and rows.iloc[0]["value"] == -1 and rows.iloc[0]["user_id"] == event["user_id"]
+    )
     assert rows.iloc[0]["timestamp"].isoformat() == "2024-05-01T10:00:00+00:00"
     assert _metric(served.client, "movierec_feedback_events_total", type="thumb", result="stored") == before + 1
     assert _metric(served.client, "movierec_feedback_events_total", type="thumb", result="duplicate") >= 1
@@ -233,7 +252,9 @@ def test_health_readiness_and_metrics(served):
     client.get("/users/abc/recommendations")
     text = client.get("/metrics")
     assert text.headers["content-type"].startswith("text/plain")
-    assert _metric(client, "movierec_http_requests_total", endpoint=USERS_ROUTE, method="GET", status="200") == before + 3
+    assert (
+        _metric(client, "movierec_http_requests_total", endpoint=USERS_ROUTE, method="GET", status="200") == before + 3
+    )
     assert _metric(client, "movierec_http_request_duration_seconds_count", endpoint=USERS_ROUTE) == count_before + 4
     assert _metric(client, "movierec_http_requests_total", endpoint=USERS_ROUTE, status="422") >= 1
     assert _metric(client, "movierec_model_version") == float(served.registered.version)
@@ -307,8 +328,12 @@ def test_without_a_champion_readyz_and_recommendations_are_503_and_polling_finds
         ready = client.get("/readyz")
         assert ready.status_code == 503 and "champion" in ready.json()["detail"]
         assert client.get("/healthz").status_code == 200
-        for response in (client.get("/users/1/recommendations"), client.get("/movies/1/similar"),
-                         client.get("/movies?query=a"), client.post("/recommendations", json={"liked_movie_ids": [1]})):
+        for response in (
+            client.get("/users/1/recommendations"),
+            client.get("/movies/1/similar"),
+            client.get("/movies?query=a"),
+            client.post("/recommendations", json={"liked_movie_ids": [1]}),
+        ):
             assert response.status_code == 503 and "champion" in response.json()["detail"]
         assert client.post("/feedback", json=_event()).status_code == 201  # feedback needs no model
         registered = register_champion(promote=False)
@@ -342,7 +367,7 @@ def test_a_new_champion_is_hot_swapped_and_requests_in_flight_never_fail(home):
     assert first.version != second.version
     users = first.bundle.user_ids[:20].tolist()
     expected = {
-        version: {user: items.tolist() for user, items in zip(users, bundle.recommend_users(users, 10)[0])}
+        version: {user: items.tolist() for user, items in zip(users, bundle.recommend_users(users, 10)[0], strict=True)}
         for version, bundle in ((first.version, first.bundle), (second.version, second.bundle))
     }
     assert expected[first.version] != expected[second.version]
@@ -362,7 +387,7 @@ def test_a_new_champion_is_hot_swapped_and_requests_in_flight_never_fail(home):
                         after += 1
                         if after >= 25:
                             return
-            except Exception as error:  # noqa: BLE001 - the test reports it
+            except Exception as error:
                 errors.append(error)
 
         threads = [threading.Thread(target=hammer, args=(n,)) for n in range(6)]

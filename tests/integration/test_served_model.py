@@ -16,6 +16,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from fresh_env import clean_environment, fresh_venv
+from ranking import assert_same_predictions
+from registered import register_champion
+from server import mlflow_models_serve
 
 from features.splits import user_temporal_split
 from inference.model import ServingBundle, save_bundle
@@ -24,10 +28,6 @@ from movierec.tracking import runs
 from movierec.tracking.promotion import gate
 from movierec.tracking.registry import Registry
 from movierec.tracking.served_model import IncompatibleModel, load_bundle
-from ranking import assert_same_predictions
-from fresh_env import clean_environment, fresh_venv
-from registered import register_champion
-from server import mlflow_models_serve
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +74,15 @@ def test_the_champion_runs_in_a_fresh_virtualenv_with_only_mlflow(home, tmp_path
     # In-process in that environment: the same top-k as here.
     requests = _requests(registered.bundle)
     requests.to_parquet(tmp_path / "requests.parquet", index=False)
-    command = [str(python), "-c", CHILD, uri, str(tmp_path / "requests.parquet"), str(tmp_path / "out.parquet"), str(tmp_path / "info.json")]
+    command = [
+        str(python),
+        "-c",
+        CHILD,
+        uri,
+        str(tmp_path / "requests.parquet"),
+        str(tmp_path / "out.parquet"),
+        str(tmp_path / "info.json"),
+    ]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     info = json.loads((tmp_path / "info.json").read_text())
@@ -118,7 +126,7 @@ def test_an_application_with_its_own_models_package_can_load_the_champion(home, 
     app = tmp_path / "app"
     for package in ("models", "features"):
         (app / package).mkdir(parents=True)
-        (app / package / "__init__.py").write_text(f"OWNER = 'the application'\n")
+        (app / package / "__init__.py").write_text("OWNER = 'the application'\n")
     script = textwrap.dedent(
         """
         import sys
@@ -131,8 +139,14 @@ def test_an_application_with_its_own_models_package_can_load_the_champion(home, 
         """
     )
     env = {**os.environ, "MLFLOW_TRACKING_URI": registered.tracking_uri, "PYTHONPATH": str(app)}
-    done = subprocess.run([sys.executable, "-c", script, f"models:/{registered.name}@champion", str(registered.bundle.user_ids[0])],
-                          cwd=app, env=env, capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [sys.executable, "-c", script, f"models:/{registered.name}@champion", str(registered.bundle.user_ids[0])],
+        cwd=app,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -142,10 +156,14 @@ def _log_old_format_model(bundle: ServingBundle, folder: Path) -> str:
     meta = json.loads((folder / "bundle" / "bundle.json").read_text())
     (folder / "bundle" / "bundle.json").write_text(json.dumps({**meta, "format": 2}))
     script = folder / "old_model.py"
-    script.write_text("import mlflow\n\nclass Old(mlflow.pyfunc.PythonModel):\n    def predict(self, context, model_input):\n"
-                      "        return model_input\n\nmlflow.models.set_model(Old())\n")
+    script.write_text(
+        "import mlflow\n\nclass Old(mlflow.pyfunc.PythonModel):\n    def predict(self, context, model_input):\n"
+        "        return model_input\n\nmlflow.models.set_model(Old())\n"
+    )
     with mlflow.start_run(run_name="old model"):
-        info = mlflow.pyfunc.log_model(name="model", python_model=str(script), artifacts={"bundle": str(folder / "bundle")})
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=str(script), artifacts={"bundle": str(folder / "bundle")}
+        )
     return info.model_uri
 
 

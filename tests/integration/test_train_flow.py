@@ -41,7 +41,11 @@ def test_train_flow_measures_every_model_and_stores_features(home, fast_training
 
     features = Path(result["features"])
     assert sorted(p.name for p in features.iterdir()) == [
-        "item_features.parquet", "item_vocabulary.parquet", "settings.json", "user_features.parquet", "user_vocabulary.parquet",
+        "item_features.parquet",
+        "item_vocabulary.parquet",
+        "settings.json",
+        "user_features.parquet",
+        "user_vocabulary.parquet",
     ]
     first = _digests(features)
     # Same snapshot + settings in another home: byte-identical feature files.

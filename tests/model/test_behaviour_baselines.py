@@ -61,8 +61,10 @@ def test_seen_items_are_never_recommended_and_identical_histories_match(data):
             assert not set(row[row >= 0].tolist()) & set(train[user].indices.tolist()), (model.name, user)
         assert items[first].tolist() == items[second].tolist(), model.name
         # Deterministic: a second fit gives the same lists.
-        again, _ = type(model)(**({"item_features": features} if isinstance(model, ContentBased) else {})).fit(train).recommend(
-            users[-20:], K, exclude=train
+        again, _ = (
+            type(model)(**({"item_features": features} if isinstance(model, ContentBased) else {}))
+            .fit(train)
+            .recommend(users[-20:], K, exclude=train)
         )
         np.testing.assert_array_equal(again, items[-20:])
 

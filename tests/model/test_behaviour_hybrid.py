@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from features.prepare import prepare
 from features.splits import cold_item_split, user_temporal_split
 from features.users import new_user_features
-from models.families import build_model
 from models.evaluation import evaluate
-from features.prepare import prepare
+from models.families import build_model
 from movierec.data.preprocess import canonicalize
 from movierec.data.synthetic import generate
 
@@ -24,8 +24,14 @@ def tables():
 @pytest.fixture(scope="module")
 def prepared(tables):
     chosen = user_temporal_split(tables.ratings)
-    return prepare(tables.users, tables.items, tables.tags, chosen=chosen,
-                   item_groups={"identity": 1.0, "genre": 1.0, "text": 0.5}, user_groups={"identity": 1.0, "taste": 1.0})
+    return prepare(
+        tables.users,
+        tables.items,
+        tables.tags,
+        chosen=chosen,
+        item_groups={"identity": 1.0, "genre": 1.0, "text": 0.5},
+        user_groups={"identity": 1.0, "taste": 1.0},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +53,9 @@ def test_factor_models_beat_popularity_on_held_out_data(prepared, hybrid):
 def test_a_new_user_who_likes_only_horror_gets_mostly_horror(tables, prepared, hybrid):
     horror = tables.items[tables.items["genres"] == "Horror"]["item_idx"].to_numpy()
     popular_horror = horror[np.argsort(-np.asarray(prepared.train[:, horror].sum(axis=0)).ravel())][:8]
-    row = new_user_features(prepared.user_features, tables.items, liked_items=popular_horror, groups={"identity": 1.0, "taste": 1.0})
+    row = new_user_features(
+        prepared.user_features, tables.items, liked_items=popular_horror, groups={"identity": 1.0, "taste": 1.0}
+    )
     items, _ = hybrid.recommend_new_user(popular_horror, 10, user_features=row)
     assert not set(items) & set(popular_horror)
     baseline = _genre_share(tables, np.arange(len(tables.items)), "Horror")
@@ -63,8 +71,14 @@ def test_identical_histories_give_identical_lists(prepared, hybrid):
 
 def test_a_cold_item_is_recommended_to_users_of_its_genre(tables):
     chosen = cold_item_split(tables.ratings, item_share=0.1, seed=5)
-    prepared = prepare(tables.users, tables.items, tables.tags, chosen=chosen,
-                       item_groups={"identity": 1.0, "genre": 1.0}, user_groups={"identity": 1.0, "taste": 1.0})
+    prepared = prepare(
+        tables.users,
+        tables.items,
+        tables.tags,
+        chosen=chosen,
+        item_groups={"identity": 1.0, "genre": 1.0},
+        user_groups={"identity": 1.0, "taste": 1.0},
+    )
     model = build_model("hybrid", prepared, PARAMS)
     genres = tables.items.set_index("item_idx")["genres"]
     cold_horror = [item for item in chosen.cold_items if genres[item] == "Horror"]

@@ -21,6 +21,21 @@ function el(tag, props = {}, ...children) {
   return node;
 }
 
+// A thumb drawn inline (no emoji: machines without an emoji font would show an empty box).
+const THUMB_PATH = "M2 10h4v11H2zM8 10l4-8c1.7 0 2.6 1.2 2.2 2.9L13.5 9H20c1.2 0 2.1 1.1 1.9 2.3l-1.4 8c-.2 1-1 1.7-2 1.7H8z";
+
+function thumbIcon(down) {
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", "0 0 24 24");
+  svg.setAttribute("aria-hidden", "true");
+  svg.setAttribute("class", "icon");
+  const path = document.createElementNS("http://www.w3.org/2000/svg", "path");
+  path.setAttribute("d", THUMB_PATH);
+  if (down) path.setAttribute("transform", "rotate(180 12 12)");
+  svg.append(path);
+  return svg;
+}
+
 function status(message, isError = false) {
   const node = $("status");
   node.textContent = message;
@@ -226,13 +241,13 @@ function renderRecommendations(result, who) {
 function recommendation(item) {
   const text = describe(item);
   const up = el("button", {
-    type: "button", textContent: "👍", "aria-label": `Thumbs up for ${item.title}`, "aria-pressed": "false",
+    type: "button", "aria-label": `Thumbs up for ${item.title}`, "aria-pressed": "false",
     dataset: { testid: `thumb-up-${item.movie_id}` },
-  });
+  }, thumbIcon(false), " Like");
   const down = el("button", {
-    type: "button", textContent: "👎", "aria-label": `Thumbs down for ${item.title}`, "aria-pressed": "false",
+    type: "button", "aria-label": `Thumbs down for ${item.title}`, "aria-pressed": "false",
     dataset: { testid: `thumb-down-${item.movie_id}` },
-  });
+  }, thumbIcon(true), " Dislike");
   const thumb = (button, other, value) => async () => {
     try {
       const stored = await sendFeedback(item.movie_id, "thumb", value);
