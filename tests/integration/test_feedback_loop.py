@@ -14,6 +14,7 @@ from movierec.data.feedback import FeedbackEvent, FeedbackStore
 from movierec.data.snapshot import SnapshotStore
 from movierec.errors import ValidationFailed
 from movierec.settings import get_settings
+from movierec.tracking.served_model import load_bundle
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -122,7 +123,7 @@ def test_feedback_reaches_the_next_snapshot_and_model(home, quick_pipeline):
     mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
     mlflow.set_registry_uri(f"sqlite:///{home / 'mlflow.db'}")
     version = second["registration"]["version"]
-    bundle = mlflow.pyfunc.load_model(f"models:/movierec-lightfm/{version}").unwrap_python_model().bundle
+    bundle = load_bundle(f"models:/movierec-lightfm/{version}")
     user_index = {int(u): i for i, u in enumerate(bundle.user_ids)}
     item_index = {int(m): i for i, m in enumerate(bundle.item_ids)}
     assert bundle.seen[user_index[user], item_index[movie]] == 5.0
@@ -239,11 +240,7 @@ def test_feedback_stamped_now_is_never_recommended_again(home, quick_pipeline):
 
     mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
     mlflow.set_registry_uri(f"sqlite:///{home / 'mlflow.db'}")
-    bundle = (
-        mlflow.pyfunc.load_model(f"models:/movierec-lightfm/{result['registration']['version']}")
-        .unwrap_python_model()
-        .bundle
-    )
+    bundle = load_bundle(f"models:/movierec-lightfm/{result['registration']['version']}")
     row, column = bundle.user_index([user])[0], bundle.item_index([movie])[0]
     assert bundle.seen[row, column] == 5.0 and bundle.trained[row, column] == 0
     recommended, _, _ = bundle.recommend_users([user], k=bundle.n_items)
