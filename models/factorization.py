@@ -171,9 +171,8 @@ class BiasedMF(Recommender):
         return self.mu + self.user_bias[users] + self.item_bias[items] + dot
 
     def scores(self, users: np.ndarray) -> np.ndarray:
-        users = np.asarray(users)
-        full = self.user_factors[users] @ self.item_factors.T
-        return (self.mu + self.user_bias[users, None] + self.item_bias[None, :] + full).astype(np.float32)
+        """Predicted ratings: the global mean rides on the item biases of `factor_scores`."""
+        return factor_scores(self.user_factors, self.item_factors, self.user_bias, self.item_bias + self.mu, users)
 
     def new_user_scores(self, liked_items: np.ndarray, user_features: sp.csr_matrix | None = None) -> np.ndarray:
         vector = self.item_factors[np.asarray(liked_items)].mean(axis=0) if len(liked_items) else 0.0

@@ -402,6 +402,7 @@ def promote(
 ) -> None:
     """Promote a version to champion by hand if it beats the champion on the current holdout (or --force)."""
     from movierec.tracking.promotion import gate
+    from movierec.tracking.served_model import IncompatibleModel, NotAMovierecModel, check_servable
     from movierec.training.protocol import current_holdout
 
     settings, registry = _registry()
@@ -414,6 +415,11 @@ def promote(
     if champion is not None and str(champion.version) == str(version):
         console.print(f"version {version} already is the champion")
         return
+    try:  # a version this code cannot serve is never made champion, --force or not
+        check_servable(f"models:/{registry.name}/{version}")
+    except (IncompatibleModel, NotAMovierecModel) as error:
+        console.print(f"[bold red]not promoted:[/] {escape(str(error))}", soft_wrap=True)
+        raise typer.Exit(1) from None
     try:
         held_out = current_holdout(settings, chosen.tags.get("dataset", settings.ingest.dataset))
     except DataError as error:
@@ -432,9 +438,15 @@ def promote(
 @app.command()
 def rollback() -> None:
     """Move `champion` back to the version that held it before the current one."""
+    from movierec.tracking.served_model import IncompatibleModel, NotAMovierecModel, check_servable
+
     _, registry = _registry()
     try:
+        check_servable(f"models:/{registry.name}/{registry.rollback_target()[1]}")
         was, now = registry.rollback()
+    except (IncompatibleModel, NotAMovierecModel) as error:
+        console.print(f"[bold red]not rolled back:[/] {escape(str(error))}", soft_wrap=True)
+        raise typer.Exit(1) from None
     except LookupError as error:
         console.print(f"[bold red]error:[/] {error}")
         raise typer.Exit(1) from None

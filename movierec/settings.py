@@ -13,6 +13,7 @@ key and where it came from (the file, the variable), never silently ignored.
 from __future__ import annotations
 
 import os
+import re
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
@@ -24,6 +25,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     YamlConfigSettingsSource,
 )
 
@@ -49,12 +51,18 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def config_file() -> Path:
+def config_file() -> Path | None:
+    """MOVIEREC_CONFIG (which must exist), else ./mlflow.yaml, else the checkout's mlflow.yaml;
+    None for an install used outside a checkout (the defaults below are that file's values)."""
     explicit = os.environ.get("MOVIEREC_CONFIG")
     if explicit:
+        if not Path(explicit).is_file():
+            raise ConfigError(f"MOVIEREC_CONFIG names {explicit}, which is not a file")
         return Path(explicit)
-    local = Path("mlflow.yaml")
-    return local if local.exists() else REPO_ROOT / "mlflow.yaml"
+    for candidate in (Path("mlflow.yaml"), REPO_ROOT / "mlflow.yaml"):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 class MlflowSettings(Section):
@@ -141,7 +149,7 @@ class TrainingSettings(Section):
 class TuningSettings(Section):
     # Budget per pipeline run: trials and/or seconds (None: no limit on that axis).
     trials: int | None = Field(20, ge=0)
-    timeout_seconds: float | None = Field(None, gt=0)
+    timeout_seconds: float | None = Field(420.0, gt=0)
     sampler: Literal["tpe", "random", "grid"] = "tpe"
     pruner: Literal["median", "hyperband", "none"] = "median"
     max_epochs: int = Field(30, ge=1)
@@ -210,8 +218,10 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        yaml_source = YamlConfigSettingsSource(settings_cls, yaml_file=config_file())
-        return init_settings, env_settings, yaml_source
+        path = config_file()
+        if path is None:
+            return init_settings, env_settings
+        return init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file=path)
 
     # Derived locations: everything stateful lives under `home`.
     @cached_property
@@ -268,42 +278,89 @@ class Settings(BaseSettings):
 
 def get_settings(**overrides: object) -> Settings:
     """The settings; a `ConfigError` naming each bad key and its source when they are invalid."""
+    path = config_file()
+    document = _read_document(path)
+    _check_sections(Settings)
     try:
         return Settings(**overrides)
     except ValidationError as error:
-        raise ConfigError(describe(error, config_file(), overrides)) from None
+        raise ConfigError(describe(error, path, document, overrides)) from None
+    except SettingsError as error:  # a variable whose value is not the JSON its field needs
+        field = re.search(r'field "(\w+)"', str(error))
+        prefix = ENV_PREFIX + (field.group(1).upper() if field else "")
+        variables = ", ".join(sorted(name for name in os.environ if name.startswith(prefix))) or prefix + "*"
+        raise ConfigError(
+            f"invalid settings:\n  - environment variable {variables}: {error} (is it valid JSON?)"
+        ) from None
 
 
-def describe(error: ValidationError, path: Path, overrides: dict) -> str:
-    """One line per problem: the dotted key, where its value came from, what is wrong."""
+def _read_document(path: Path | None) -> Any:
+    """The settings file's content (a ConfigError naming the file and line when it is not YAML)."""
+    if path is None:
+        return None
     try:
-        document = yaml.safe_load(path.read_text()) if path.is_file() else None
-    except (OSError, yaml.YAMLError):
-        document = None
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(error, 'problem', None) or error})") from None
+
+
+def _check_sections(settings_cls: type[BaseSettings]) -> None:
+    """`MOVIEREC_<SECTION>__<KEY>` variables name a known section (pydantic ignores the others)."""
+    for name in sorted(os.environ):
+        rest = name[len(ENV_PREFIX) :] if name.startswith(ENV_PREFIX) else ""
+        section = rest.split("__", 1)[0].lower()
+        if "__" in rest and section not in settings_cls.model_fields:
+            raise ConfigError(
+                f"invalid settings:\n  - {section} (environment variable {name}): unknown section; "
+                f"known: {', '.join(settings_cls.model_fields)}"
+            )
+
+
+def describe(error: ValidationError, path: Path | None, document: Any, overrides: dict) -> str:
+    """One line per problem: the dotted key, where its value came from, what is wrong."""
     lines = []
     for problem in error.errors():
-        location = [str(part) for part in problem["loc"]]
-        key = ".".join(location)
-        variable = ENV_PREFIX + "__".join(location).upper()
+        location = list(problem["loc"])
+        is_key = bool(location) and location[-1] == "[key]"  # a dict key (a feature group name)
+        if is_key:
+            location = location[:-1]
+        key = ".".join(str(part) for part in location)
         if location and location[0] in overrides:
             source = "given in code"
-        elif variable in os.environ:
+        elif (variable := _variable(location)) is not None:
             source = f"environment variable {variable}"
-        elif _in_document(document, location):
+        elif path is not None and _in_document(document, location):
             source = f"in {path}"
         else:
             source = "default"
         if problem["type"] == "extra_forbidden":
-            known = _known_keys(location[:-1])
+            known = _known_keys([str(part) for part in location[:-1]])
             lines.append(f"  - {key} ({source}): unknown key" + (f"; known here: {', '.join(known)}" if known else ""))
+        elif is_key:
+            lines.append(f"  - {key} ({source}): not a valid key here: {problem['msg']}")
         else:
             lines.append(f"  - {key} = {problem.get('input')!r} ({source}): {problem['msg']}")
     return "invalid settings:\n" + "\n".join(lines)
 
 
-def _in_document(document: Any, location: list[str]) -> bool:
+def _variable(location: list) -> str | None:
+    """The MOVIEREC_ variable that set `location` or a section holding it (a JSON value), if any."""
+    for end in range(len(location), 0, -1):
+        if not all(isinstance(part, str) for part in location[:end]):
+            continue
+        name = ENV_PREFIX + "__".join(location[:end]).upper()
+        if name in os.environ:
+            return name
+    return None
+
+
+def _in_document(document: Any, location: list) -> bool:
     for part in location:
-        if not isinstance(document, dict) or part not in document:
+        in_dict = isinstance(document, dict) and part in document
+        in_list = isinstance(document, list) and isinstance(part, int) and 0 <= part < len(document)
+        if not (in_dict or in_list):
             return False
         document = document[part]
     return True

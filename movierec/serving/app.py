@@ -29,6 +29,7 @@ import logging
 import sqlite3
 from contextlib import asynccontextmanager
 from datetime import datetime
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -49,7 +50,8 @@ from movierec.tracking import runs
 
 log = logging.getLogger("movierec.serving")
 
-STATIC_DIR = Path(__file__).resolve().parent / "static"
+# The page's files: package data of movierec.serving (an install ships them as plain files).
+STATIC_DIR = Path(str(resources.files("movierec.serving").joinpath("static")))
 # Ratings accepted as feedback while no model is loaded (so none tells the dataset's scale): the
 # widest MovieLens scale. Ingestion validates every merged rating against the snapshot's scale.
 WIDEST_SCALE = (0.5, 5.0)
@@ -144,7 +146,7 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
 
     @app.get("/users/{user_id}/recommendations", tags=["recommendations"])
     async def user_recommendations(user_id: UserId, k: K = 10) -> Response:
-        """Top-k for a user: the model's list without their training movies, or (unknown user)
+        """Top-k for a user: the model's list without any movie they rated, or (unknown user)
         the popularity list with `fallback: true`."""
         loaded = holder.require()
         index = loaded.user_index.get(user_id)
@@ -233,7 +235,7 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
         query: Annotated[str, Query(max_length=12, pattern=r"^\d*$", description="Leading digits of a user id.")] = "",
         limit: Annotated[int, Query(ge=1, le=MAX_K)] = 20,
     ) -> Response:
-        """Known users whose id starts with `query`, most training ratings first."""
+        """Known users whose id starts with `query`, most ratings first."""
         loaded = holder.require()
         found = []
         for user, ratings in loaded.users_by_activity:

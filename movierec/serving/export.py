@@ -6,8 +6,8 @@ atomically: into a temporary file in the target's folder, then `os.replace`, so 
 absent, the previous file, or the complete new one, and a failure leaves no temporary file.
 
 Columns: user_id (int64), movie_id (int64), rank (int32, 1-based), score (float32, the model's
-score), in the dataset's ORIGINAL ids, ordered by user (bundle order) then rank. A user's
-training items are excluded; padding (fewer than k eligible movies) is dropped, so such a user
+score), in the dataset's ORIGINAL ids, ordered by user (bundle order) then rank. Every movie a
+user rated is excluded; padding (fewer than k eligible movies) is dropped, so such a user
 has fewer than k rows.
 """
 

@@ -151,16 +151,19 @@ class Registry:
         self.client.set_registered_model_tag(self.name, HISTORY_TAG, json.dumps(history))
         self.client.set_registered_model_alias(self.name, CHAMPION, str(version))
 
-    def rollback(self) -> tuple[str, str]:
-        """Move `champion` back to the version promoted before the current one: (from, to)."""
+    def rollback_target(self) -> tuple[str, str]:
+        """(current champion, the version promoted before it): what `rollback` would do."""
         current = self.champion()
         history = self.history()
         if current is None or len(history) < 2 or history[-1] != str(current.version):
             raise LookupError(f"registered model '{self.name}' has no earlier champion to roll back to")
-        previous = history[-2]
+        return str(current.version), history[-2]
+
+    def rollback(self) -> tuple[str, str]:
+        """Move `champion` back to the version promoted before the current one: (from, to)."""
+        current, previous = self.rollback_target()
+        history = self.history()
         self.client.set_registered_model_tag(self.name, HISTORY_TAG, json.dumps(history[:-1]))
-        self.client.set_model_version_tag(
-            self.name, str(current.version), "rolled_back_at", datetime.now(UTC).isoformat()
-        )
+        self.client.set_model_version_tag(self.name, current, "rolled_back_at", datetime.now(UTC).isoformat())
         self.client.set_registered_model_alias(self.name, CHAMPION, previous)
-        return str(current.version), previous
+        return current, previous

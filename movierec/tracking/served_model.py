@@ -46,6 +46,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import yaml
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
@@ -62,8 +63,22 @@ ENTRY_POINT = "\n\n# The MLflow entry point, appended when the model is logged.\
 CODE_MODULE_PREFIX = "code_model_"
 
 
+# What the gate, the export and the API call on a loaded bundle: a model whose own code lacks
+# any of these is refused at load time, not at its first request.
+SCORING_API = (
+    "scores", "recommend", "recommend_user", "popular", "recommend_new_user_items", "similar_items", "because",
+    "because_user", "recommend_users", "recommend_new_user", "similar_movies", "predict", "user_index", "item_index",
+    "movie_ids", "trained", "seen", "rating_scale", "positive_threshold",
+)  # fmt: skip
+
+
+class NotAMovierecModel(ValueError):
+    """The URI holds no movierec model (no bundle), or not a readable one."""
+
+
 class IncompatibleModel(Exception):
-    """A registered version this code cannot load (another bundle format)."""
+    """A movierec model this code cannot serve: another bundle format, code paths, or a scoring
+    API without a method this code calls."""
 
 
 def model_script() -> str:
@@ -73,49 +88,81 @@ def model_script() -> str:
 
 @contextmanager
 def isolated_imports() -> Iterator[None]:
-    """Leave `sys.path` as it was and drop the modules MLflow made of a model's script."""
+    """Undo what loading a model does to the process: drop the modules MLflow made of the model's
+    script, reset MLflow's "model set by the script" (it would keep the last bundle alive), and
+    put `sys.path` back should anything have changed it (a self-contained model does not)."""
     path_before = list(sys.path)
     modules_before = set(sys.modules)
     try:
         yield
     finally:
-        sys.path[:] = path_before
+        if sys.path != path_before:
+            sys.path[:] = path_before
         for name in set(sys.modules) - modules_before:
             if name.startswith(CODE_MODULE_PREFIX):
                 del sys.modules[name]
+        mlflow.models.model.__mlflow_model__ = None
 
 
 def load_bundle(model_uri: str, *, tracking_uri: str | None = None, registry_uri: str | None = None) -> ServingBundle:
     """The bundle of a logged or registered movierec model (`models:/name/3`, `models:/name@champion`,
     `runs:/...`), served by the model's own code. Without explicit URIs, MLflow's current ones
-    (e.g. set by `movierec.tracking.runs.configure`). Raises `IncompatibleModel` for a model this
-    code cannot serve."""
+    (e.g. set by `movierec.tracking.runs.configure`). Raises `IncompatibleModel` for a movierec
+    model this code cannot serve and `NotAMovierecModel` for anything else."""
     with tempfile.TemporaryDirectory(prefix="movierec-load-") as temporary:
         local = Path(
             mlflow.artifacts.download_artifacts(
                 artifact_uri=model_uri, dst_path=temporary, tracking_uri=tracking_uri, registry_uri=registry_uri
             )
         )
-        _check_compatible(model_uri, local)
+        check_format(model_uri, local)
         with isolated_imports():
             loaded = mlflow.pyfunc.load_model(str(local))
-        return loaded.unwrap_python_model().bundle
+        bundle = getattr(loaded.unwrap_python_model(), "bundle", None)
+    if bundle is None:
+        raise NotAMovierecModel(f"{model_uri} loaded no movierec bundle")
+    missing = [name for name in SCORING_API if not hasattr(bundle, name)]
+    if missing:
+        raise IncompatibleModel(
+            f"{model_uri} cannot be served by this code: its bundle lacks {', '.join(missing)}{REGISTER}"
+        )
+    return bundle
 
 
-def _check_compatible(model_uri: str, local: Path) -> None:
-    meta = yaml.safe_load((local / "MLmodel").read_text()) if (local / "MLmodel").is_file() else {}
+REGISTER = "; register a new version with `movierec pipeline`"
+
+
+def check_servable(model_uri: str) -> None:
+    """Raise as `load_bundle` would for a model of another format, reading only its metadata
+    (`MLmodel` and `bundle.json`), e.g. before `movierec rollback` moves `champion` to it."""
+    with tempfile.TemporaryDirectory(prefix="movierec-check-") as temporary:
+        folder = Path(temporary)
+        try:
+            mlflow.artifacts.download_artifacts(artifact_uri=f"{model_uri}/MLmodel", dst_path=str(folder))
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{model_uri}/artifacts/bundle/bundle.json", dst_path=str(folder)
+            )
+        except MlflowException as error:
+            raise NotAMovierecModel(f"{model_uri} holds no movierec model: {error.message}") from None
+        check_format(model_uri, folder)
+
+
+def check_format(model_uri: str, local: Path) -> None:
+    """`local` (a downloaded model, or its MLmodel and artifacts/bundle/bundle.json) is a
+    self-contained movierec model of this code's bundle format."""
+    if not (local / "MLmodel").is_file():
+        raise NotAMovierecModel(f"{model_uri} is not an MLflow model (no MLmodel file)")
+    meta = yaml.safe_load((local / "MLmodel").read_text()) or {}
     pyfunc = (meta.get("flavors") or {}).get("python_function") or {}
-    artifacts = pyfunc.get("artifacts") or {}
-    found = None
-    if "bundle" in artifacts:
-        found = bundle_format(local / artifacts["bundle"]["path"])
+    bundle = (pyfunc.get("artifacts") or {}).get("bundle")
+    found = bundle_format(local / bundle["path"]) if bundle else None
+    if found is None:
+        raise NotAMovierecModel(f"{model_uri} is not a movierec model (no bundle)")
     code_paths = bool(pyfunc.get("code"))
     if found != ServingBundle.FORMAT or code_paths:
-        what = "not a movierec model" if found is None else f"bundle format {found}"
         raise IncompatibleModel(
-            f"{model_uri} cannot be served by this code ({what}{', with code paths' if code_paths else ''}; "
-            f"this code serves bundle format {ServingBundle.FORMAT}, self-contained): register a new version with "
-            f"`movierec pipeline`"
+            f"{model_uri} cannot be served by this code (bundle format {found}{', with code paths' if code_paths else ''}; "
+            f"this code serves bundle format {ServingBundle.FORMAT}, self-contained){REGISTER}"
         )
 
 

@@ -8,6 +8,7 @@ promotion gate and `movierec promote` all hold out the same ratings.
 from __future__ import annotations
 
 import hashlib
+import inspect
 from functools import cache
 from pathlib import Path
 
@@ -30,23 +31,35 @@ from models.factorization import LightFMRecommender
 from movierec.data.snapshot import Snapshot, SnapshotStore
 from movierec.settings import Settings
 
-# Code whose change must invalidate cached features (and the tuning studies built on them).
-FEATURE_CODE = (
+# Code whose change must invalidate cached features (and the tuning studies built on them): the
+# feature modules, and of the served model's file only the encoders they import, so that a
+# serving-only change does not throw away the feature cache and the studies.
+FEATURE_MODULES = (
     features.interactions,
     features.items,
     features.prepare,
     features.splits,
     features.tables,
     features.users,
-    inference.model,
+)
+ENCODERS = (
+    inference.model.age_bucket,
+    inference.model.split_values,
+    inference.model.multi_hot,
+    inference.model.l1_normalise,
+    inference.model.taste,
+    inference.model.new_user_row,
 )
 
 
 @cache
 def feature_code_hash() -> str:
     digest = hashlib.sha256()
-    for module in FEATURE_CODE:
+    for module in FEATURE_MODULES:
         digest.update(Path(module.__file__).read_bytes())
+    for encoder in ENCODERS:
+        digest.update(inspect.getsource(encoder).encode())
+    digest.update(repr((inference.model.AGE_EDGES, inference.model.AGE_LABELS)).encode())
     return digest.hexdigest()[:16]
 
 

@@ -40,7 +40,8 @@ def _imports(path: Path) -> list[tuple[str, bool]]:
 
 def _group(module: str) -> str:
     """Top-level packages are groups; inside movierec each subpackage is one, and each module at
-    its top (settings, cli, errors, ...) is one of its own."""
+    its top is one of its own: settings and errors sit below every stage, the CLI (the entry point)
+    above the flows it runs."""
     parts = module.split(".")
     if parts[0] != "movierec" or len(parts) == 1:
         return parts[0]

@@ -104,8 +104,11 @@ def test_a_value_outside_its_choices_names_the_key_and_the_choices(tmp_path, mon
         f"training.split = 'temporal' (in {config}): Input should be 'user_temporal', 'global_temporal' or 'random'"
         in message
     )
-    assert "training.item_feature_groups.genres" in message
-    assert "pipeline.baselines.1 = 'eas'" in message
+    assert (
+        f"training.item_feature_groups.genres (in {config}): not a valid key here: Input should be 'identity'"
+        in message
+    )
+    assert f"pipeline.baselines.1 = 'eas' (in {config}): Input should be 'popularity'" in message
 
 
 def test_the_cli_prints_the_problem_and_exits_1(tmp_path, monkeypatch):
@@ -139,3 +142,40 @@ def test_the_example_in_the_settings_file_names_real_keys():
     for example in examples:
         section, _, key = example.lower().partition("__")
         assert key in Settings.model_fields[section].annotation.model_fields, example
+
+
+def test_values_from_variables_name_the_variable(tmp_path, monkeypatch):
+    _bad_config(tmp_path, monkeypatch, "home: h\n")
+    monkeypatch.setenv("MOVIEREC_PIPELINE__BASELINES", '["popularity", "hybrid"]')
+    with pytest.raises(ConfigError) as error:
+        get_settings()
+    assert "pipeline.baselines.1 = 'hybrid' (environment variable MOVIEREC_PIPELINE__BASELINES)" in str(error.value)
+    monkeypatch.setenv("MOVIEREC_PIPELINE__BASELINES", '["popularity"')
+    with pytest.raises(ConfigError, match=r"environment variable MOVIEREC_PIPELINE__BASELINES: .*valid JSON"):
+        get_settings()
+
+
+def test_a_misspelt_section_in_a_variable_is_an_error(tmp_path, monkeypatch):
+    _bad_config(tmp_path, monkeypatch, "home: h\n")
+    monkeypatch.setenv("MOVIEREC_TRAINIG__K", "5")
+    with pytest.raises(ConfigError, match=r"trainig \(environment variable MOVIEREC_TRAINIG__K\): unknown section"):
+        get_settings()
+
+
+def test_a_missing_or_broken_settings_file_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOVIEREC_CONFIG", str(tmp_path / "absent.yaml"))
+    with pytest.raises(ConfigError, match=r"MOVIEREC_CONFIG names .*absent\.yaml, which is not a file"):
+        get_settings()
+    config = _bad_config(tmp_path, monkeypatch, "training:\n  k: [\n")
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(config))}, line 3: not valid YAML"):
+        get_settings()
+
+
+def test_the_defaults_are_the_settings_files_values(tmp_path, monkeypatch):
+    """An install used outside a checkout has no mlflow.yaml: it must behave as with the file."""
+    import yaml
+
+    _bad_config(tmp_path, monkeypatch, "{}\n")
+    repo_config = Path(__file__).resolve().parents[2] / "mlflow.yaml"
+    from_file = Settings.model_validate(yaml.safe_load(repo_config.read_text()))
+    assert Settings().model_dump() == from_file.model_dump()

@@ -20,14 +20,16 @@ from fresh_env import clean_environment, fresh_venv
 from ranking import assert_same_predictions
 from registered import register_champion
 from server import mlflow_models_serve
+from typer.testing import CliRunner
 
 from features.splits import user_temporal_split
 from inference.model import ServingBundle, save_bundle
+from movierec.cli import app
 from movierec.settings import get_settings
 from movierec.tracking import runs
 from movierec.tracking.promotion import gate
 from movierec.tracking.registry import Registry
-from movierec.tracking.served_model import IncompatibleModel, load_bundle
+from movierec.tracking.served_model import IncompatibleModel, NotAMovierecModel, check_servable, load_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -177,8 +179,34 @@ def test_a_version_this_code_cannot_serve_is_refused_and_replaced_by_the_gate(ho
         registry.promote(str(old.version), reason="registered before this code")
     with pytest.raises(IncompatibleModel, match="bundle format 2"):
         load_bundle(f"models:/{registry.name}@champion")
+    with pytest.raises(IncompatibleModel, match="bundle format 2"):
+        check_servable(f"models:/{registry.name}/{old.version}")
 
     decision = gate(settings, registry, "1", user_temporal_split(registered.tables.ratings))
     assert decision.promote and decision.champion_version == str(old.version) and decision.champion_score is None
     assert "cannot be loaded by this code" in decision.reason and "bundle format 2" in decision.reason
     assert decision.tags()["gate.champion_version"] == str(old.version)
+
+    # By hand: such a version is never made champion again, not by --force, not by a rollback.
+    registry.promote("1", reason=decision.reason)
+    cli = CliRunner()
+    forced = cli.invoke(app, ["promote", "--version", str(old.version), "--force"], env={"MOVIEREC_HOME": str(home)})
+    assert forced.exit_code == 1 and "not promoted" in forced.output and "bundle format 2" in forced.output
+    back = cli.invoke(app, ["rollback"], env={"MOVIEREC_HOME": str(home)})
+    assert back.exit_code == 1 and "not rolled back" in back.output
+    assert str(registry.champion().version) == "1"
+
+
+def test_a_champion_that_is_no_movierec_model_stops_the_gate(home, tmp_path):
+    registered = register_champion(promote=False)
+    settings = get_settings()
+    runs.configure(settings)
+    registry = Registry(settings.registered_model_name)
+    script = tmp_path / "other.py"
+    script.write_text("import mlflow\n\nmlflow.models.set_model(lambda model_input: model_input)\n")
+    with mlflow.start_run(run_name="someone else's model"):
+        other = mlflow.pyfunc.log_model(name="model", python_model=str(script), input_example=pd.DataFrame({"x": [1]}))
+    with registry.registration(other.model_uri, {}) as version:
+        registry.promote(str(version.version), reason="not ours")
+    with pytest.raises(NotAMovierecModel, match="not a movierec model"):
+        gate(settings, registry, registered.version, user_temporal_split(registered.tables.ratings))
