@@ -308,13 +308,15 @@ def new_user_row(
         genres, _ = multi_hot(split_values(liked_genres), "taste", vocabulary)
         liked = sp.csr_matrix(np.ones((1, len(liked_genres)), dtype=np.float32))
         row[start:stop] = taste(liked, genres).toarray().ravel() * weights.get("taste", 0.0)
-    column = {name: index for index, name in enumerate(names)}
     for group, value in (demographics or {}).items():
-        labels = age_bucket(value) if group == "age" else [str(value)]
-        for label in labels:
-            index = column.get(f"{group}:{label}")
-            if index is not None:
-                row[index] = weights.get(group, 0.0)
+        if group not in spans:  # a group the model was not trained with
+            continue
+        # Only the group's own columns are searched: the identity block holds every user.
+        start, stop = spans[group]
+        columns = names[start:stop]
+        for label in age_bucket(value) if group == "age" else [str(value)]:
+            if f"{group}:{label}" in columns:
+                row[start + columns.index(f"{group}:{label}")] = weights.get(group, 0.0)
     return l1_normalise(sp.csr_matrix(row))
 
 

@@ -78,14 +78,14 @@ def cold_user_report(
     users = tables.users
     profiles = users.set_index("user_idx").loc[cold, [c for c in DEMOGRAPHICS if c in users]]
     nobody = np.array([], dtype=np.int64)
-    popularity = build_model("popularity", prepared, setup.lightfm_params)
+    # Popularity knows nothing of a profile: one list, the same for every cold user.
+    popular = build_model("popularity", prepared, setup.lightfm_params).recommend_new_user(nobody, k)[0]
     hybrid = serving_bundle(
         build_model("hybrid", prepared, setup.lightfm_params), prepared, tables.users, tables.items, setup.user_groups
     )
-    lists = {"popularity": [], "hybrid": []}
+    lists = {"popularity": [popular] * len(profiles), "hybrid": []}
     for _user, profile in profiles.iterrows():
         demographics = {key: value for key, value in profile.items() if pd.notna(value)}
-        lists["popularity"].append(popularity.recommend_new_user(nobody, k)[0])
         lists["hybrid"].append(hybrid.recommend_new_user_items(nobody, demographics, k)[0])
     rows = [
         {"model": name, **ranking_metrics(np.vstack(found), prepared.test, k=k, users=cold, n_items=prepared.n_items)}

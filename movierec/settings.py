@@ -279,12 +279,13 @@ class Settings(BaseSettings):
 def get_settings(**overrides: object) -> Settings:
     """The settings; a `ConfigError` naming each bad key and its source when they are invalid."""
     path = config_file()
-    document = _read_document(path)
     _check_sections(Settings)
     try:
         return Settings(**overrides)
-    except ValidationError as error:
-        raise ConfigError(describe(error, path, document, overrides)) from None
+    except yaml.YAMLError as error:
+        raise _not_yaml(path, error) from None
+    except ValidationError as error:  # the file is read again only to tell where each value came from
+        raise ConfigError(describe(error, path, _read_document(path), overrides)) from None
     except SettingsError as error:  # a variable whose value is not the JSON its field needs
         field = re.search(r'field "(\w+)"', str(error))
         prefix = ENV_PREFIX + (field.group(1).upper() if field else "")
@@ -301,9 +302,13 @@ def _read_document(path: Path | None) -> Any:
     try:
         return yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f", line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(error, 'problem', None) or error})") from None
+        raise _not_yaml(path, error) from None
+
+
+def _not_yaml(path: Path | None, error: yaml.YAMLError) -> ConfigError:
+    mark = getattr(error, "problem_mark", None)
+    where = f", line {mark.line + 1}" if mark is not None else ""
+    return ConfigError(f"{path}{where}: not valid YAML ({getattr(error, 'problem', None) or error})")
 
 
 def _check_sections(settings_cls: type[BaseSettings]) -> None:

@@ -41,9 +41,12 @@ def evaluate_candidates(
     users = evaluated_users(prepared)
     rows, recommended = [], {}
     for name in (REGISTERED, *settings.pipeline.baselines):
-        started = time.perf_counter()
-        model = bundle if name == REGISTERED else build_model(name, prepared, settings.training.lightfm_params())
-        seconds = fit_seconds if name == REGISTERED else time.perf_counter() - started
+        if name == REGISTERED:
+            model, seconds = bundle, fit_seconds
+        else:
+            started = time.perf_counter()
+            model = build_model(name, prepared, settings.training.lightfm_params())
+            seconds = time.perf_counter() - started
         metrics = evaluate(model, prepared, k=k)
         recommended[name] = model.recommend(users, max(ks), exclude=prepared.seen)[0]
         rows.append({"model": name, **metrics, "train_seconds": seconds})
