@@ -1,5 +1,6 @@
-"""Benchmark: the whole pipeline (`movierec pipeline`) per dataset, wall time, peak RSS and the
-share of time per stage.
+"""Benchmark: the whole pipeline (`movierec pipeline`) per dataset: every model's validation and
+test NDCG@10, the champion chosen on validation and its ratio to EASE, wall time, peak RSS and
+the share of time per stage.
 
 Each case runs in a fresh process with an empty MOVIEREC_HOME, like `make run` on a new machine
 (with the ephemeral Prefect server the CLI starts). Stage times come from the flow's own
@@ -7,7 +8,8 @@ stopwatch; "Prefect and process overhead" is the wall time no stage accounts for
 and import start-up, the temporary Prefect API server, flow and task bookkeeping).
 
 Usage: .venv/bin/python bench/pipeline.py [DATASET ...] [--trials N]
-       (default: ml-100k ml-latest-small, 20 trials; data from MOVIEREC_DATA_DIR or ../shared/data)
+       (default: ml-100k ml-latest-small at the settings' tuning budget, as `make run`; data from
+       MOVIEREC_DATA_DIR or ../shared/data)
 """
 
 from __future__ import annotations
@@ -27,10 +29,20 @@ PEAK_RSS_WRAPPER = (
     "import resource, subprocess, sys, pathlib; code = subprocess.run(sys.argv[2:]).returncode; "
     "pathlib.Path(sys.argv[1]).write_text(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); sys.exit(code)"
 )
-STAGES = ("ingest", "validation", "features", "tuning", "final training", "evaluation", "registration", "export")
+STAGES = (
+    "ingest",
+    "validation",
+    "features",
+    "tuning",
+    "selection",
+    "evaluation",
+    "final training",
+    "registration",
+    "export",
+)
 
 
-def run_case(dataset: str, trials: int, data_dir: Path) -> dict:
+def run_case(dataset: str, trials: int | None, data_dir: Path) -> dict:
     with tempfile.TemporaryDirectory(prefix="movierec-bench-") as home:
         env = {**os.environ, "MOVIEREC_HOME": home, "MOVIEREC_DATA_DIR": str(data_dir)}
         for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PREFECT_API_URL", "PREFECT_HOME"):
@@ -48,8 +60,7 @@ def run_case(dataset: str, trials: int, data_dir: Path) -> dict:
                 "pipeline",
                 "--dataset",
                 dataset,
-                "--trials",
-                str(trials),
+                *(["--trials", str(trials)] if trials is not None else []),
                 "--json",
             ],
             env=env,
@@ -68,13 +79,25 @@ def report(dataset: str, case: dict) -> None:
     result, wall = case["result"], case["wall"]
     seconds = result["stage_seconds"]
     overhead = wall - sum(seconds.values())
-    hybrid = next(row for row in result["metrics"] if row["model"] == "hybrid")
-    tuning = result["tuning"]
+    tuning, selection = result["tuning"], result["selection"]
+    metrics = {row["model"]: row for row in result["metrics"]}
+    chosen = selection["chosen"]
+    validation = {row["model"]: row["ndcg@10"] for row in selection["validation"]}
     print(
         f"{dataset}: wall {wall:.1f} s, peak RSS {case['peak_mib']:,.0f} MiB (largest process), "
-        f"{tuning['trials_this_run']} trials ({tuning['counts']}), test NDCG@10 {hybrid['ndcg@10']:.4f}, "
+        f"{tuning['trials_this_run']} trials ({tuning['counts']}), "
         f"registered v{result['registration']['version']}, champion v{result['registration']['champion_version']}"
     )
+    weights = ", ".join(f"{name} {weight:g}" for name, weight in selection["blend_weights"].items())
+    print(f"  blend: {weights}; EASE l2 {selection['ease_l2']}; recency half-life {selection['half_life']}")
+    print(f"  {'model':<12} {'validation NDCG@10':>19} {'test NDCG@10':>13}")
+    for name, row in metrics.items():
+        mark = "  <- champion (chosen on validation)" if name == chosen else ""
+        print(f"  {name:<12} {validation.get(name, float('nan')):19.4f} {row['ndcg@10']:13.4f}{mark}")
+    if "ease" in metrics:
+        print(f"  champion / EASE test NDCG@10: {metrics[chosen]['ndcg@10'] / metrics['ease']['ndcg@10']:.3f}")
+    for name, reason in selection["skipped"].items():
+        print(f"  skipped {name}: {reason}")
     for stage in STAGES:
         print(f"  {stage:<32} {seconds.get(stage, 0.0):7.1f} s  {seconds.get(stage, 0.0) / wall:6.1%}")
     print(f"  {'Prefect and process overhead':<32} {overhead:7.1f} s  {overhead / wall:6.1%}")
@@ -83,7 +106,7 @@ def report(dataset: str, case: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("datasets", nargs="*", default=["ml-100k", "ml-latest-small"])
-    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--trials", type=int, default=None, help="default: the settings' tuning budget")
     arguments = parser.parse_args()
     data_dir = Path(os.environ.get("MOVIEREC_DATA_DIR") or REPO.parent / "shared" / "data")
     if not data_dir.is_dir():

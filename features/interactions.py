@@ -73,3 +73,21 @@ def interaction_matrix(
 def rating_matrix(ratings: pd.DataFrame, n_users: int, n_items: int) -> sp.csr_matrix:
     """Explicit ratings as a (n_users, n_items) matrix, for rating prediction (MAE / RMSE)."""
     return _csr(ratings, ratings["rating"].to_numpy(np.float32), n_users, n_items)
+
+
+def recency_ranked(
+    ratings: pd.DataFrame, n_users: int, n_items: int, *, threshold: float = 4.0, half_life: float | None = None
+) -> sp.csr_matrix:
+    """Each user's positives weighted by how recent they are among the user's own positives:
+    0.5 ** (rank / half_life), rank 0 for the latest (ties in time: lower item_idx first);
+    all 1.0 when `half_life` is None. What the item-item models of a blend read at scoring time:
+    under a per-user temporal protocol a user's latest likes say most about the next ones."""
+    liked = positives(ratings, threshold=threshold)
+    weights = np.ones(len(liked))
+    if half_life is not None:
+        if half_life <= 0:
+            raise ValueError(f"half_life must be positive, got {half_life}")
+        order = liked.sort_values(["user_idx", "timestamp", "item_idx"], ascending=[True, False, True], kind="stable")
+        rank = order.groupby("user_idx").cumcount().reindex(liked.index).to_numpy(np.float64)
+        weights = 0.5 ** (rank / half_life)
+    return _csr(liked, weights, n_users, n_items)

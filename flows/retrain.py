@@ -3,10 +3,15 @@
     ingest (subflow: locate, parse, validate, snapshot; an unchanged input is not re-ingested)
       -> features: held-out split, validation split carved from its training part
       -> tuning: Optuna study of the hybrid on the validation split (one nested run per trial)
-      -> final training: the best setting refit on train + validation, bundled as it is served
-      -> evaluation: the hybrid (through that bundle) and the baselines on the held-out test part
-      -> registration: log the pyfunc model, register it as `challenger`
-      -> promotion: `champion` moves only if the challenger beats it on the same holdout
+      -> selection: the tuned hybrid, the baselines and the blend (hybrid + EASE + item kNN,
+         weights tuned) fitted on the validation split's training part; the best on validation
+         is the candidate to register
+      -> evaluation: every candidate fitted on the holdout's training part and measured on the
+         held-out test part; the chosen one as its evaluation twin (the bundle the gate measures)
+      -> final training: the chosen candidate refit on every rating, bundled as it is served
+      -> registration: log both bundles as one pyfunc model, register it as `challenger`
+      -> promotion: `champion` moves only if the challenger's twin beats the champion's on the
+         same holdout
       -> export: the champion's top-k for every known user as Parquet (tasks/export.py)
 
 Any failure ends the MLflow run FAILED with the error and leaves the registry as it was.
@@ -22,6 +27,7 @@ from contextlib import contextmanager
 import mlflow
 from prefect import flow, runtime
 
+from features.splits import every_rating
 from flows.ingest import ingest
 from movierec.settings import get_settings
 from movierec.tracking import reports, runs
@@ -29,7 +35,7 @@ from movierec.training.tuning import setup_params
 from tasks.export import export_champion
 from tasks.features import build_features, split_holdout, split_validation, store_features
 from tasks.register import log_model, register_and_promote
-from tasks.train import bundle_final, evaluate_models, load_snapshot, train_final
+from tasks.train import evaluate_models, load_snapshot, refit_chosen, select_model
 from tasks.tune import tune_hybrid
 
 log = logging.getLogger("movierec")
@@ -54,7 +60,7 @@ class Stopwatch:
 
 @flow(
     name="retrain",
-    description="Ingest, validate, featurise, tune, train, evaluate, register and promote the LightFM hybrid.",
+    description="Ingest, validate, featurise, tune, select, evaluate, refit, register and promote the best recommender.",
     persist_result=True,
 )
 def retrain(
@@ -102,37 +108,60 @@ def retrain(
 
         with stages("tuning"):
             tuned = tune_hybrid(settings, dataset, snapshot_id, tables, held_out, validation, trials, timeout)
+            mlflow.log_params(setup_params(tuned.setup))
 
-        with stages("final training"):
-            groups = tuned.setup.item_groups, tuned.setup.user_groups
+        groups = tuned.setup.item_groups, tuned.setup.user_groups
+        with stages("selection"):
+            validation_features = build_features(settings, snapshot_id, tables, validation, "validation", *groups)
+            selection = select_model(settings, validation_features, tables, snapshot, tuned.setup)
+
+        with stages("evaluation"):
             prepared = build_features(settings, snapshot_id, tables, held_out, "holdout", *groups)
-            store_features(settings, snapshot, prepared, *groups)
-            started = time.perf_counter()
-            hybrid = train_final(settings, prepared, tuned.setup)
-            fit_seconds = time.perf_counter() - started
-            bundle = bundle_final(settings, hybrid, prepared, tables, snapshot, tuned.setup)
+            evaluation = evaluate_models(settings, prepared, tables, snapshot, tuned.setup, selection)
 
-        with stages("evaluation"):  # the hybrid through the bundle that is registered
-            evaluation = evaluate_models(settings, prepared, bundle, fit_seconds)
+        with stages("final training"):  # what is served learns every rating
+            everything = build_features(settings, snapshot_id, tables, every_rating(tables.ratings), "all", *groups)
+            store_features(settings, snapshot, everything, *groups)
+            served = refit_chosen(settings, everything, tables, snapshot, tuned.setup, selection)
 
         with stages("registration"):
-            model_info = log_model(bundle, hybrid)
+            model_info = log_model(served.bundle, evaluation.twin, served.factors)
             columns = [name.format(k=k) for name in METRICS_SHOWN]
+            chosen = selection.chosen
             card = {
                 "model_name": settings.registered_model_name,
                 "dataset": dataset,
                 "snapshot_id": snapshot_id,
                 "split": f"{held_out.kind} {held_out.params}; positives are ratings >= {settings.training.positive_threshold:g}",
-                "params": setup_params(tuned.setup),
+                "params": {
+                    **setup_params(tuned.setup),
+                    "blend_weights": selection.weights,
+                    "ease_l2": selection.ease_l2,
+                    "recency_half_life": selection.half_life,
+                },
                 "metrics": evaluation.table[columns],
                 "k": k,
-                "champion_model": "hybrid",
+                "champion_model": chosen,
                 "data_summary": snapshot_summary["rows"],
                 "limits": reports.known_limits(snapshot_summary),
                 "trials": {**tuned.counts, "best_value": round(tuned.best_value, 4), "best_trial": tuned.best_trial},
+                "served": {
+                    "candidate": chosen,
+                    "recipe": served.bundle.blend,
+                    "serving_ratings": served.bundle.about["trained_ratings"],
+                    "evaluation_ratings": evaluation.twin.about["trained_ratings"],
+                },
+                "validation": selection.table[[f"ndcg@{k}", "eligible"]],
             }
-            test_ndcg = evaluation.table.loc["hybrid", f"ndcg@{k}"]
-            version_tags = {**tags, "run_id": run.info.run_id, runs.metric_key(f"test_ndcg@{k}"): f"{test_ndcg:.6f}"}
+            test_ndcg = evaluation.table.loc[chosen, f"ndcg@{k}"]
+            version_tags = {
+                **tags,
+                "run_id": run.info.run_id,
+                runs.metric_key(f"test_ndcg@{k}"): f"{test_ndcg:.6f}",
+                "model": chosen,
+                "served_ratings": str(served.bundle.about["trained_ratings"]),
+                "evaluation_ratings": str(evaluation.twin.about["trained_ratings"]),
+            }
             registration = register_and_promote(settings, model_info, held_out, version_tags, card)
 
         with stages("export"):  # the champion's top-k for every user; never fails the run (tasks/export.py)
@@ -158,6 +187,14 @@ def retrain(
         "split": held_out.kind,
         "users_evaluated": len(evaluation.users),
         "metrics": evaluation.table.reset_index().to_dict(orient="records"),
+        "selection": {
+            "chosen": selection.chosen,
+            "blend_weights": selection.weights,
+            "ease_l2": selection.ease_l2,
+            "half_life": selection.half_life,
+            "skipped": selection.skipped,
+            "validation": selection.table.reset_index().to_dict(orient="records"),
+        },
         "tuning": {
             "study": tuned.study_name,
             "best_value": tuned.best_value,

@@ -11,9 +11,11 @@ evaluation of every model family, the promotion gate, the batch export, the API,
 serve`. Every factor model scores with `factor_scores`, and a new user's feature row is
 `new_user_row`, the encoding `features.users` trains the hybrid with.
 
-A `ServingBundle` is a fitted factor model reduced to arrays: user and item representations
-(biases included), id maps, each known user's rated movies, the popularity fallback, the movies'
-display data and, for the hybrid, the user-feature embeddings that place a new user. Its scoring
+A `ServingBundle` is a fitted model reduced to arrays: a factor model's user and item
+representations (biases included; they also define similar movies and "because you liked"),
+optional item-item weight matrices and the blend recipe that combines them, id maps, each known
+user's rated movies, the popularity fallback, the movies' display data and, for the hybrid, the
+user-feature embeddings that place a new user. Its scoring
 API, index level (the training snapshot's user_idx / item_idx, like any `models.base.Recommender`):
 `scores`, `recommend`, `recommend_user` (one known user, the API's hot path), `popular`,
 `recommend_new_user_items`, `similar_items`, `because`; id level (ORIGINAL user / movie ids):
@@ -23,16 +25,22 @@ Selection is deterministic: equal scores are ordered by lower item index, includ
 boundary; -inf (excluded items) and NaN are never returned; lists with fewer than k eligible
 items are padded with item -1 (movie id -1) and score -inf, and `predict` leaves padding out.
 
-Scores. Model scores are LightFM's `user . item + user_bias + item_bias` (float32, unbounded).
-Popularity scores are the normalised popularity: an item's number of training positives over
-that of the most popular item, in [0, 1]. The two scales are not comparable; `source` says which
-one a row uses.
+Scores. A bundle scores with a recipe, `blend`: component name -> weight. Components are
+"factors" (`user . item + user_bias + item_bias`, the factor model's representations),
+"popularity" (the normalised popularity below) and each item-item model in `item_item` (EASE,
+item kNN: a user's row of positives times an items x items weight matrix). A recipe of one
+component scores with that component's raw scores (for a LightFM model, LightFM's own scores,
+float32, unbounded); a recipe of several sums each component's per-user z-scores (`standardise`:
+minus the row's mean over the catalogue, over its standard deviation) times its weight, so no
+component's scale dominates the others. Popularity-fallback scores are the normalised
+popularity: an item's number of training positives over that of the most popular item, in
+[0, 1]. Model and fallback scales are not comparable; `source` says which one a row uses.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -46,6 +54,8 @@ PAD_MOVIE = -1
 ITEM_COLUMNS = ("movie_id", "title", "year", "genres")
 OUTPUT_COLUMNS = ("request", "user_id", "movie_id", "rank", "score", "source")
 MODEL, POPULARITY = "model", "popularity"
+# Components of a scoring recipe besides the item-item models (see the module docstring).
+FACTORS = "factors"
 # Users scored per matrix product: memory stays at BATCH_SIZE x n_items floats.
 BATCH_SIZE = 2048
 
@@ -213,6 +223,30 @@ def factor_scores(
     return scores.astype(np.float32, copy=False)
 
 
+def standardise(scores: np.ndarray) -> np.ndarray:
+    """Each row minus its mean, over its standard deviation (a constant row becomes zeros), in
+    float32: the per-user normalisation under which a blend's components are summed."""
+    scores = np.asarray(scores, dtype=np.float32)
+    mean = scores.mean(axis=1, keepdims=True, dtype=np.float64)
+    spread = scores.std(axis=1, keepdims=True, dtype=np.float64)
+    spread[spread == 0] = 1.0
+    return ((scores - mean) / spread).astype(np.float32, copy=False)
+
+
+def blended(component_scores: Callable[[str], np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
+    """A scoring recipe applied: `component_scores(name)` gives each component's (n, n_items)
+    scores. One component: its raw scores. Several: the weighted sum of their `standardise`d
+    scores, float32."""
+    if len(weights) == 1:
+        return np.array(component_scores(next(iter(weights))), dtype=np.float32)
+    total = None
+    for name, weight in weights.items():
+        part = standardise(component_scores(name))
+        part *= np.float32(weight)
+        total = part if total is None else total + part
+    return total
+
+
 def unit_rows(vectors: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (zero rows stay zero): cosine becomes a dot product."""
     vectors = np.asarray(vectors)
@@ -330,7 +364,7 @@ class ServingBundle:
     Arrays are indexed by the training snapshot's user_idx / item_idx.
     """
 
-    FORMAT = 3  # the bundle format this code writes and reads (see `save_bundle`)
+    FORMAT = 4  # the bundle format this code writes and reads (see `save_bundle`)
 
     user_ids: np.ndarray  # int64 (n_users,): user_id of each user_idx
     item_ids: np.ndarray  # int64 (n_items,): movie_id of each item_idx
@@ -357,6 +391,15 @@ class ServingBundle:
     # positive: what the API accepts as feedback and reads as "liked".
     rating_scale: tuple[float, float, float] | None = None
     positive_threshold: float = 4.0
+    # The scoring recipe (component -> weight, see the module docstring; None: the factors alone)
+    # and the item-item models it names, each n_items x n_items: scores = positives row @ matrix.
+    blend: dict[str, float] | None = None
+    item_item: dict[str, sp.csr_matrix] = field(default_factory=dict)
+    # What the bundle is, for people: e.g. {"role": "serving", "candidate": "blend", "ratings": n}.
+    about: dict = field(default_factory=dict)
+    # users x items, each user's positives as the item-item models read them (1.0, or weighted by
+    # recency); None: the positives (ratings >= the threshold) of `trained`, as 1.0.
+    positives: sp.csr_matrix | None = None
 
     def __post_init__(self) -> None:
         self.user_ids = np.asarray(self.user_ids, dtype=np.int64)
@@ -419,6 +462,25 @@ class ServingBundle:
         top = self.popularity_counts.max() if n_items else 0
         # Normalised popularity, the fallback's score: positives over the most popular item's.
         self.popularity_score = (self.popularity_counts / top if top else np.zeros(n_items)).astype(np.float32)
+        self.item_item = {name: sp.csr_matrix(matrix, dtype=np.float32) for name, matrix in self.item_item.items()}
+        for name, matrix in self.item_item.items():
+            if matrix.shape != (n_items, n_items):
+                raise ValueError(
+                    f"ServingBundle.item_item[{name!r}] has shape {matrix.shape}, expected {(n_items,) * 2}"
+                )
+        self.blend = {FACTORS: 1.0} if self.blend is None else {name: float(w) for name, w in self.blend.items()}
+        known = {FACTORS, POPULARITY, *self.item_item}
+        unknown = sorted(set(self.blend) - known)
+        if unknown or not self.blend or min(self.blend.values()) <= 0:
+            raise ValueError(f"blend must give positive weights to components among {sorted(known)}, got {self.blend}")
+        if self.positives is None:
+            positives = self.trained.copy()
+            positives.data = (positives.data >= self.positive_threshold).astype(np.float32)
+            positives.eliminate_zeros()
+            self.positives = positives
+        self.positives = sp.csr_matrix(self.positives, dtype=np.float32)
+        if self.positives.shape != (n_users, n_items):
+            raise ValueError(f"ServingBundle.positives has shape {self.positives.shape}, expected {(n_users, n_items)}")
 
     # ------------------------------------------------------------------ basic facts
 
@@ -455,8 +517,19 @@ class ServingBundle:
     # ------------------------------------------------------------------ scoring, by index
 
     def scores(self, users: np.ndarray) -> np.ndarray:
-        """(len(users), n_items) float32 model scores of user_idx `users`."""
-        return factor_scores(self.user_vectors, self.item_vectors, self.user_bias, self.item_bias, users)
+        """(len(users), n_items) float32 scores of user_idx `users` by the bundle's recipe."""
+        users = np.asarray(users, dtype=np.int64)
+        return blended(lambda name: self.component_scores(name, users), self.blend)
+
+    def component_scores(self, name: str, users: np.ndarray) -> np.ndarray:
+        """(len(users), n_items) raw scores of one component ("factors", "popularity" or an
+        item-item model's name, whether or not the recipe uses it) for user_idx `users`."""
+        users = np.asarray(users, dtype=np.int64)
+        if name == FACTORS:
+            return factor_scores(self.user_vectors, self.item_vectors, self.user_bias, self.item_bias, users)
+        if name == POPULARITY:
+            return np.broadcast_to(self.popularity_score, (len(users), self.n_items))
+        return np.asarray((self.positives[users] @ self.item_item[name]).toarray(), dtype=np.float32)
 
     def recommend(
         self,
@@ -543,14 +616,44 @@ class ServingBundle:
         exclude = sp.csr_matrix(
             (np.ones(len(liked), np.float32), (np.zeros(len(liked), np.int64), liked)), shape=(1, self.n_items)
         )
-        representation = self.new_user_representation(liked, demographics)
-        if representation is None:
+        scores = self.new_user_scores(liked, demographics)
+        if scores is None:
             items, values = self.popular(1, k, exclude, np.zeros(1, np.int64))
             return items[0], values[0], True
-        vector, bias = representation
-        scores = (self.item_vectors @ vector + self.item_bias + np.float32(bias)).astype(np.float32)
         items, values = top_k(scores[None, :], k, exclude, in_place=True)
         return items[0], values[0], False
+
+    def new_user_scores(self, liked_items: np.ndarray, demographics: Mapping[str, object] | None) -> np.ndarray | None:
+        """(n_items,) scores of a new user by the recipe's components that can score them: the
+        factors when `new_user_representation` places the user, item-item models when some items
+        are liked (popularity only beside one of those). When none of the recipe's model
+        components can, the factors alone if they place the user; None when nothing does."""
+        liked = np.unique(np.asarray(liked_items, dtype=np.int64))
+        representation = self.new_user_representation(liked, demographics)
+        row = sp.csr_matrix(
+            (np.ones(len(liked), np.float32), (np.zeros(len(liked), np.int64), liked)), shape=(1, self.n_items)
+        )
+
+        def component_scores(name: str) -> np.ndarray:
+            if name == FACTORS:
+                vector, bias = representation
+                return (self.item_vectors @ vector + self.item_bias + np.float32(bias)).astype(np.float32)[None, :]
+            if name == POPULARITY:
+                return self.popularity_score[None, :]
+            return np.asarray((row @ self.item_item[name]).toarray(), dtype=np.float32)
+
+        usable = {
+            name: weight
+            for name, weight in self.blend.items()
+            if (name == FACTORS and representation is not None) or (name in self.item_item and len(liked))
+        }
+        if usable and POPULARITY in self.blend:
+            usable[POPULARITY] = self.blend[POPULARITY]
+        if not usable:
+            if representation is None:
+                return None
+            usable = {FACTORS: 1.0}
+        return blended(component_scores, usable)[0]
 
     def similar_items(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k item_idx whose item vectors are most cosine-similar to `item`'s, itself excluded."""
@@ -607,15 +710,17 @@ class ServingBundle:
         """Top-k movies for a user the model never saw. Liked movies are never recommended back;
         movie ids the bundle does not know are ignored.
 
-        Rule, in order:
+        The user's place in the factor model (`new_user_representation`), in order:
         1. hybrid model (user features): build the user's feature row with `new_user_row`
            (taste from the liked movies' genres, demographic columns for values in the fitted
            vocabulary; no identity column) and use its representation,
            `row @ user_feature_embeddings` and `row @ user_feature_biases` (exactly LightFM's
            `get_user_representations(row)`);
         2. if there is no usable feature (pure MF, or an empty row) but some liked movies are
-           known: fold the user in as the mean of those movies' item vectors, user bias 0;
-        3. otherwise (nothing usable): the popularity list, `fallback` True.
+           known: fold the user in as the mean of those movies' item vectors, user bias 0.
+        The scores are then the recipe's over the components that can score the user
+        (`new_user_scores`: the factors if placed, item-item models if some movies are liked);
+        with nothing usable, the popularity list, `fallback` True.
         Returns (movie_ids int64 (k,), scores float32 (k,), fallback).
         """
         liked = self.item_index(_int_array(liked_movie_ids))
@@ -784,9 +889,11 @@ def save_bundle(bundle: ServingBundle, folder: Path | str) -> Path:
     arrays.npz    ids, representations, popularity, user feature embeddings/biases (hybrid)
     seen.npz      users x items, every rating of the snapshot (never recommended)
     trained.npz   users x items, the ratings the model was trained on (holdout evaluation)
+    positives.npz users x items, the positives as the item-item models read them
+    item_item-<name>.npz   each item-item model's items x items weights
     items.parquet display metadata in item_idx order
     bundle.json   format, rating scale, positive threshold, user feature names, group column
-                  ranges and weights
+                  ranges and weights, the blend recipe, the item-item model names, `about`
     """
     if bundle.rating_scale is None:
         raise ValueError("a bundle needs its rating_scale to be saved (the API validates feedback with it)")
@@ -798,7 +905,10 @@ def save_bundle(bundle: ServingBundle, folder: Path | str) -> Path:
     np.savez(folder / "arrays.npz", **arrays)
     sp.save_npz(folder / "seen.npz", bundle.seen.tocsr(), compressed=True)
     sp.save_npz(folder / "trained.npz", bundle.trained.tocsr(), compressed=True)
+    sp.save_npz(folder / "positives.npz", bundle.positives.tocsr(), compressed=True)
     bundle.items.to_parquet(folder / "items.parquet", index=False)
+    for name, matrix in bundle.item_item.items():
+        sp.save_npz(folder / f"item_item-{name}.npz", matrix.tocsr(), compressed=False)
     low, high, step = bundle.rating_scale
     meta = {
         "format": ServingBundle.FORMAT,
@@ -807,6 +917,9 @@ def save_bundle(bundle: ServingBundle, folder: Path | str) -> Path:
         "user_feature_names": list(bundle.user_feature_names),
         "user_feature_groups": {group: list(span) for group, span in bundle.user_feature_groups.items()},
         "user_groups": bundle.user_groups,
+        "blend": bundle.blend,
+        "item_item": sorted(bundle.item_item),
+        "about": bundle.about,
     }
     (folder / "bundle.json").write_text(json.dumps(meta, indent=2) + "\n")
     return folder
@@ -831,6 +944,7 @@ def load_bundle(folder: Path | str) -> ServingBundle:
         **{name: arrays[name] for name in ARRAYS},
         seen=sp.load_npz(folder / "seen.npz").tocsr(),
         trained=sp.load_npz(folder / "trained.npz").tocsr(),
+        positives=sp.load_npz(folder / "positives.npz").tocsr(),
         items=pd.read_parquet(folder / "items.parquet"),
         **{name: arrays.get(name) for name in FEATURE_ARRAYS},
         user_feature_names=list(meta["user_feature_names"]),
@@ -838,6 +952,9 @@ def load_bundle(folder: Path | str) -> ServingBundle:
         user_groups=meta["user_groups"],
         rating_scale=(scale["min"], scale["max"], scale["step"]),
         positive_threshold=meta["positive_threshold"],
+        blend=meta["blend"],
+        item_item={name: sp.load_npz(folder / f"item_item-{name}.npz").tocsr() for name in meta["item_item"]},
+        about=meta["about"],
     )
 
 
@@ -851,14 +968,24 @@ def pyfunc_model():
     import mlflow.pyfunc
 
     class MovieRecModel(mlflow.pyfunc.PythonModel):
-        """`bundle` is the loaded `ServingBundle`, for a server that calls its scoring API
-        directly (`loaded.unwrap_python_model().bundle`)."""
+        """`bundle` is the loaded `ServingBundle` (artifact "bundle": what is served, trained on
+        every rating), for a server that calls its scoring API directly
+        (`loaded.unwrap_python_model().bundle`). `evaluation_bundle()` loads its twin (artifact
+        "evaluation_bundle": the same configuration trained on the holdout's training part
+        only), which the promotion gate measures; serving never loads it."""
 
         def __init__(self) -> None:
             self.bundle: ServingBundle | None = None
+            self.artifacts: dict[str, str] = {}
 
         def load_context(self, context) -> None:
-            self.bundle = load_bundle(context.artifacts["bundle"])
+            self.artifacts = dict(context.artifacts)
+            self.bundle = load_bundle(self.artifacts["bundle"])
+
+        def evaluation_bundle(self) -> ServingBundle:
+            if "evaluation_bundle" not in self.artifacts:
+                raise ValueError("this model has no evaluation bundle")
+            return load_bundle(self.artifacts["evaluation_bundle"])
 
         # A DataFrame hint is one MLflow infers no schema from: the logged signature applies.
         def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:

@@ -9,7 +9,7 @@ matrix's item columns (items x users): cosine between those columns is exactly i
 (unshrunk) similarity, and unlike dense rows of an item-item matrix it stays n_users wide. When
 that dense matrix would exceed `MAX_DENSE_VECTOR_CELLS` it is replaced by a seeded truncated SVD
 (`SVD_COMPONENTS` dimensions, item vectors V * sigma, whose inner products approximate the
-columns'). ContentBased uses its L2-normalised feature rows the same way.
+columns'). ContentBased uses its per-group L2-normalised feature rows the same way.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
+from scipy.sparse.linalg import lsqr
 from sklearn.utils.extmath import randomized_svd
 
-from inference.model import l1_normalise
 from models.base import Recommender
 
 # Dense item vectors up to 16M cells (64 MB float32); beyond, a truncated SVD.
@@ -29,6 +29,12 @@ SVD_SEED = 0
 # EASE inverts a dense items x items matrix: 20k items is 3.2 GB in float64 (and more during
 # the factorisation), the most we accept.
 EASE_MAX_ITEMS = 20_000
+# Weights per item EASE keeps when served (`EASE.item_item`): measured on ml-latest-small, the
+# pruned model's NDCG@10 is within 0.2% of the dense one's (0.1277 vs 0.1279, l2 = 200).
+EASE_SERVED_ENTRIES_PER_ITEM = 512
+# ContentBased: weight of each feature group in the taste score, groups not named weigh 1 (see
+# the class docstring for how it was chosen).
+CONTENT_GROUP_WEIGHTS = {"genre": 2.0}
 # Rows of the item-item (item-kNN) or user-user (user-kNN) similarity computed per block.
 _BLOCK = 1024
 
@@ -57,6 +63,27 @@ def _l2_rows(matrix: sp.csr_matrix) -> sp.csr_matrix:
     norms = _row_norms(matrix)
     norms[norms == 0] = 1.0
     return (sp.diags((1.0 / norms).astype(np.float32)) @ matrix).tocsr().astype(np.float32)
+
+
+def _group_unit_rows(matrix: sp.csr_matrix, spans: list[tuple[int, int]], weights: np.ndarray) -> sp.csr_matrix:
+    """Each row's block of columns [start, stop), for every span, L2-normalised on its own (zero
+    blocks stay zero), then times the span's weight; columns outside every span become 0."""
+    matrix = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
+    matrix.sum_duplicates()
+    group_of = np.full(matrix.shape[1], -1, dtype=np.int64)
+    for group, (start, stop) in enumerate(spans):
+        group_of[start:stop] = group
+    rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+    groups = group_of[matrix.indices]
+    inside = groups >= 0
+    squares = np.zeros((max(len(spans), 1), matrix.shape[0]), dtype=np.float64)
+    np.add.at(squares, (groups[inside], rows[inside]), np.square(matrix.data[inside], dtype=np.float64))
+    norms = np.sqrt(squares)
+    norms[norms == 0] = 1.0
+    scale = np.append(np.asarray(weights, dtype=np.float64), 0.0)[groups] / norms[np.maximum(groups, 0), rows]
+    matrix.data = np.where(inside, matrix.data * scale, 0.0).astype(np.float32)
+    matrix.eliminate_zeros()
+    return matrix
 
 
 def _dense_or_svd(matrix: sp.csr_matrix) -> np.ndarray:
@@ -185,6 +212,11 @@ class ItemKNN(_Neighbourhood):
         matrix = self._check_fitted()
         return np.asarray((matrix[np.asarray(users, dtype=np.int64)] @ self.similarity).toarray(), dtype=np.float32)
 
+    def item_item(self) -> sp.csr_matrix:
+        """The pruned similarity S (n_items x n_items) the model scores with: scores = X @ S."""
+        self._check_fitted()
+        return self.similarity
+
     def new_user_scores(self, liked_items, user_features=None) -> np.ndarray:
         row = _liked_row(liked_items, self.n_items)
         return np.asarray((row @ self.similarity).toarray().ravel(), dtype=np.float32)
@@ -247,6 +279,23 @@ class EASE(_Fitted):
         full[np.ix_(self.active, self.active)] = self.weights
         return full
 
+    def item_item(self, entries_per_item: int = EASE_SERVED_ENTRIES_PER_ITEM) -> sp.csr_matrix:
+        """B as a sparse n_items x n_items matrix for serving (scores = X @ B), pruned to its
+        `entries_per_item` x (active items) largest weights by magnitude: a dense B grows with
+        the square of the catalogue, the pruned one linearly."""
+        self._check_fitted()
+        weights = self.weights
+        budget = entries_per_item * len(self.active)
+        if budget < weights.size:
+            magnitude = np.abs(weights).ravel()
+            threshold = np.partition(magnitude, magnitude.size - budget)[magnitude.size - budget]
+            rows, cols = np.nonzero(np.abs(weights) >= threshold)
+        else:
+            rows, cols = np.nonzero(weights)
+        return sp.csr_matrix(
+            (weights[rows, cols], (self.active[rows], self.active[cols])), shape=(self.n_items,) * 2, dtype=np.float32
+        )
+
     def _scores_of(self, active_rows: sp.csr_matrix) -> np.ndarray:
         out = np.zeros((active_rows.shape[0], self.n_items), dtype=np.float32)
         out[:, self.active] = active_rows @ self.weights
@@ -299,35 +348,137 @@ class UserKNN(_Neighbourhood):
 
 
 class ContentBased(_Fitted):
-    """Profile = interaction-weighted mean of the user's liked items' L1-normalised feature rows;
-    scores = cosine(profile, each item's feature row). Cold items with metadata get scores too.
+    """Content-based: a user's taste in each metadata group, blended with a popularity prior.
 
-    `item_features` (items x features, e.g. `features.items.item_features(...).matrix`, or the
-    FeatureMatrix itself) is given here or to `fit`; the one given to `fit` wins."""
+    score(u, i) = (1 - prior_weight) * sum_g w_g cos(p_ug, f_ig) / sum_g w_g  +  prior_weight * prior(i)
+
+    - f_ig: item i's block of feature group g (genre, year, tag, keyword, director, text, ... as
+      in `FeatureMatrix.groups`; a plain matrix is one group), L2-normalised on its own, so a
+      group counts by its weight w_g (`group_weights`, default `CONTENT_GROUP_WEIGHTS`: genre 2,
+      every other group 1), not by its width or the builder's L1 weighting. A group the item
+      lacks (no TMDB match, no tags) contributes 0: no evidence of a match.
+    - p_ug: the user's profile, centred: the interaction-weighted mean of the liked items' rows
+      minus the same mean over all training interactions (the "average liked item"), then
+      L2-normalised per group. Centring keeps what sets the user's taste apart; the plain mean
+      is dominated by what everybody likes (Drama, the 1990s), which the prior carries already.
+      A user with no liked item has no profile (0) and gets the prior alone.
+    - prior(i): log(1 + training users who liked i) for items with training data; for the rest
+      (cold items) a ridge regression (`ridge`) of that log-popularity on the per-group unit
+      feature rows (unweighted), fitted on the items with training data. Clipped at 0 and divided
+      by the largest training log-popularity, so it lies in [0, ~1] like the taste term. An item
+      without training data is thus scored from its metadata alone: never 0 by default, nor NaN.
+
+    Items with training data are those with a positive in `interactions`, or with any rating
+    when `ratings` (users x items, every stored entry counts; `models.families` passes
+    `prepared.seen`) is given to `fit`: an item rated only below the threshold has prior 0.
+    `new_user_scores` builds the same profile from the liked items alone.
+
+    Why. Measured on ml-100k / ml-latest-small (per-user temporal 80/20, positives >= 4, k = 10,
+    the settings' feature groups; cold-item AUC by `models.cold_start.cold_item_report`, 10% of
+    the items held out, seed 0). The former model, cosine of the mean liked L1-normalised row
+    with each item's row, scored NDCG@10 0.013 / 0.007 and cold-item AUC 0.497 / 0.562: its
+    cosine over one concatenated row favoured items with little metadata, whose mass sits on the
+    genre and decade columns every profile shares, while a well-documented (and typically
+    popular) movie spreads it over keywords and words. Per-group normalisation alone (equal
+    weights, no prior): NDCG@10 0.050 / 0.043, AUC 0.651 / 0.792; centred: 0.047 / 0.031, 0.672 /
+    0.761; the prior alone: 0.095 / 0.078, 0.756 / 0.796. Blended, centring helps (the average
+    taste is left to the prior): prior_weight 0.5 with equal weights gives 0.114 / 0.102, AUC
+    0.802 / 0.863, but then a genre fan's list is mostly popular films of other genres. So the
+    defaults are the best NDCG@10 on validation splits carved from the training parts, over
+    prior_weight 0.2-0.5 x genre weight 1-3, among the settings where a new user who liked the
+    10 most popular single-genre films of a genre gets >= 95% of that genre in the top 10 (on
+    both datasets): prior_weight 0.3, genre 2 (genre share 1.00 / 0.96). Test figures: NDCG@10
+    0.097 / 0.085, recall@10 0.077 / 0.062, cold-item AUC 0.754 / 0.835 (0.71-0.76 / 0.83 over
+    cold-split seeds 1-3); popularity 0.095 / 0.078, random 0.006 / 0.002. IDF weighting of the
+    columns, rating-weighted or rating-centred profiles and subtracting disliked items were
+    measured and did not help consistently, so they are not used. Part of the cold-item AUC is
+    metadata coverage: films with TMDB data are the more popular ones, which the prior learns.
+
+    `item_features` (items x features: a `FeatureMatrix`, whose `groups` are used, or a plain
+    matrix) is given here or to `fit`; the one given to `fit` wins."""
 
     name = "content"
 
-    def __init__(self, item_features: sp.spmatrix | None = None) -> None:
+    def __init__(
+        self,
+        item_features=None,
+        prior_weight: float = 0.3,
+        ridge: float = 1.0,
+        group_weights: dict[str, float] | None = None,
+    ) -> None:
+        if not 0.0 <= prior_weight <= 1.0:
+            raise ValueError(f"prior_weight must be in [0, 1], got {prior_weight}")
+        if ridge <= 0:
+            raise ValueError(f"ridge must be positive, got {ridge}")
         self.item_features = item_features
+        self.prior_weight = prior_weight
+        self.ridge = ridge
+        self.group_weights = dict(CONTENT_GROUP_WEIGHTS if group_weights is None else group_weights)
+        if any(weight < 0 for weight in self.group_weights.values()):
+            raise ValueError(f"group weights must be >= 0, got {self.group_weights}")
 
-    def fit(self, interactions, *, item_features=None, user_features=None) -> ContentBased:
-        features = item_features if item_features is not None else self.item_features
-        if features is None:
+    def fit(self, interactions, *, item_features=None, user_features=None, ratings=None) -> ContentBased:
+        given = item_features if item_features is not None else self.item_features
+        if given is None:
             raise ValueError("ContentBased needs item_features (items x features), in the constructor or in fit()")
-        features = getattr(features, "matrix", features)  # a FeatureMatrix
+        features = sp.csr_matrix(getattr(given, "matrix", given), dtype=np.float32)  # a FeatureMatrix or a matrix
         matrix = self._store(interactions)
-        features = sp.csr_matrix(features, dtype=np.float32)
-        if features.shape[0] != matrix.shape[1]:
-            raise ValueError(f"item_features has {features.shape[0]} rows, interactions have {matrix.shape[1]} items")
-        self.features = l1_normalise(features)
-        self._unit_features_t = _l2_rows(self.features).T.tocsr()
+        n_items = matrix.shape[1]
+        if features.shape[0] != n_items:
+            raise ValueError(f"item_features has {features.shape[0]} rows, interactions have {n_items} items")
+        groups = getattr(given, "groups", None) or {"all": (0, features.shape[1])}
+        spans = sorted((span, self.group_weights.get(group, 1.0)) for group, span in groups.items())
+        self.spans = [(start, stop) for (start, stop), weight in spans if stop > start and weight > 0]
+        self.span_weights = np.array(
+            [weight for (start, stop), weight in spans if stop > start and weight > 0], dtype=np.float32
+        )
+        self.features = _group_unit_rows(features, self.spans, self.span_weights)
+        unit = _group_unit_rows(features, self.spans, np.ones(len(self.spans), dtype=np.float32))
+        # The average liked item: every training interaction's feature row, weighted like profiles.
+        column_weight = np.asarray(matrix.sum(axis=0), dtype=np.float64).ravel()
+        total = column_weight.sum() or 1.0
+        self.mean_profile = (self.features.T @ column_weight / total).astype(np.float32)
+        self.prior = self._prior(matrix, ratings, unit)
         return self
+
+    def _prior(self, matrix: sp.csr_matrix, ratings, unit: sp.csr_matrix) -> np.ndarray:
+        """log(1 + training users who liked each item), ridge-predicted from the (unweighted,
+        per-group unit) feature rows `unit` for items without training data; clipped at 0 and
+        scaled by the largest training value."""
+        n_items = matrix.shape[1]
+        log_popularity = np.log1p(np.bincount(matrix.indices, minlength=n_items).astype(np.float64))
+        known = log_popularity > 0
+        if ratings is not None:
+            ratings = sp.csr_matrix(ratings)
+            if ratings.shape != matrix.shape:
+                raise ValueError(f"ratings are {ratings.shape}, interactions {matrix.shape}")
+            known |= np.bincount(ratings.indices, minlength=n_items) > 0
+        prior = log_popularity.copy()
+        if known.any() and not known.all():
+            target = log_popularity[known]
+            offset = target.mean()
+            design = unit[known].astype(np.float64)
+            # min |design w - (target - offset)|^2 + ridge |w|^2
+            weights = lsqr(design, target - offset, damp=np.sqrt(self.ridge), atol=1e-10, btol=1e-10)[0]
+            prior[~known] = unit[~known].astype(np.float64) @ weights + offset
+        top = log_popularity.max()
+        return (np.clip(prior, 0.0, None) / (top if top > 0 else 1.0)).astype(np.float32)
 
     def _scores_of(self, rows: sp.csr_matrix) -> np.ndarray:
         weight = np.asarray(rows.sum(axis=1), dtype=np.float64).ravel()
-        weight[weight == 0] = 1.0
-        profiles = sp.diags((1.0 / weight).astype(np.float32)) @ (rows @ self.features)
-        return np.asarray((_l2_rows(profiles.tocsr()) @ self._unit_features_t).toarray(), dtype=np.float32)
+        has_profile = weight != 0
+        weight[~has_profile] = 1.0
+        profiles = np.asarray((rows @ self.features).toarray(), dtype=np.float32) / weight[:, None].astype(np.float32)
+        profiles[has_profile] -= self.mean_profile
+        for start, stop in self.spans:
+            block = profiles[:, start:stop]
+            norms = np.linalg.norm(block, axis=1, keepdims=True)
+            norms[norms == 0] = 1.0
+            block /= norms
+        # Item blocks carry their group's weight, profile blocks are unit: sum of w_g cos_g, / sum of w_g.
+        taste = np.asarray(self.features @ profiles.T, dtype=np.float32).T / np.float32(self.span_weights.sum() or 1.0)
+        blended = np.float32(1.0 - self.prior_weight) * taste + np.float32(self.prior_weight) * self.prior[None, :]
+        return np.ascontiguousarray(blended, dtype=np.float32)
 
     def scores(self, users: np.ndarray) -> np.ndarray:
         matrix = self._check_fitted()
@@ -337,8 +488,9 @@ class ContentBased(_Fitted):
         return self._scores_of(_liked_row(liked_items, self.n_items))[0]
 
     def item_vectors(self) -> np.ndarray:
-        """L2-normalised feature rows (dense, or their truncated SVD when too large)."""
+        """Feature rows, each group's block unit-length times its weight (dense, or their truncated
+        SVD when too large): cosine is then a weighted mean of the per-group cosines."""
         self._check_fitted()
         if getattr(self, "_vectors", None) is None:
-            self._vectors = _dense_or_svd(_l2_rows(self.features))
+            self._vectors = _dense_or_svd(self.features)
         return self._vectors

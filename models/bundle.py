@@ -22,12 +22,20 @@ def serving_bundle(
     *,
     rating_scale: tuple[float, float, float] | None = None,
     positive_threshold: float = 4.0,
+    blend: dict[str, float] | None = None,
+    item_item: dict[str, sp.spmatrix] | None = None,
+    about: dict | None = None,
+    positives: sp.spmatrix | None = None,
 ) -> ServingBundle:
-    """Bundle a fitted `LightFMRecommender` with the split it was trained on.
+    """Bundle a fitted `LightFMRecommender` (and item-item models) with the split they were
+    trained on.
 
     `users` / `items` are the canonical tables (all user_idx / item_idx of the snapshot);
     `user_groups` the user feature group weights given to `prepare` (None: the defaults);
-    `rating_scale` (min, max, step) and `positive_threshold` those of the data it learned from.
+    `rating_scale` (min, max, step) and `positive_threshold` those of the data it learned from;
+    `blend` the scoring recipe over "factors" (`model`), "popularity" and the `item_item`
+    matrices (None: `model` alone), `positives` what those read per user (None: the binary
+    positives of `prepared.seen`), `about` a description kept with the bundle.
     Popularity counts the positives of `prepared.train`; `trained` is `prepared.seen`, and
     `seen` adds the split's held-out ratings, so serving never recommends a rated movie.
     """
@@ -70,6 +78,10 @@ def serving_bundle(
         items=items[list(ITEM_COLUMNS)].reset_index(drop=True),
         rating_scale=rating_scale,
         positive_threshold=positive_threshold,
+        blend=blend,
+        item_item=dict(item_item or {}),
+        about=dict(about or {}),
+        positives=positives,
         **features,
     )
 

@@ -22,7 +22,9 @@ def build_model(name: str, prepared: Prepared, lightfm_params: dict | None = Non
     if name == "user_knn":
         return baselines.UserKNN().fit(prepared.train)
     if name == "content":
-        return baselines.ContentBased(prepared.metadata_features.matrix).fit(prepared.train)
+        # The FeatureMatrix (its groups are normalised one by one); the ratings tell which items
+        # have training data even when nobody liked them (the popularity prior).
+        return baselines.ContentBased(prepared.metadata_features).fit(prepared.train, ratings=prepared.seen)
     if name == "mf":
         return LightFMRecommender(name="mf", **lightfm_params).fit(prepared.train)
     if name == "hybrid":
@@ -32,3 +34,13 @@ def build_model(name: str, prepared: Prepared, lightfm_params: dict | None = Non
     if name == "biased_mf":
         return BiasedMF().fit(prepared.seen)
     raise ValueError(f"unknown model '{name}'; choose from {', '.join(MODEL_NAMES)}")
+
+
+def unscalable(name: str, n_items: int) -> str | None:
+    """Why family `name` is not fitted on a catalogue of `n_items` items, or None if it is."""
+    if name == "ease" and n_items > baselines.EASE_MAX_ITEMS:
+        return (
+            f"ease skipped: {n_items} items exceed its limit of {baselines.EASE_MAX_ITEMS} "
+            f"(a dense {n_items} x {n_items} inverse)"
+        )
+    return None

@@ -136,7 +136,7 @@ def auc(
 
 
 def rating_errors(predicted: np.ndarray, actual: np.ndarray) -> dict:
-    """Mean absolute and root mean squared error of rating predictions: {"mae", "rmse"}."""
+    """{"mae", "mse", "rmse", "n"} of `predicted` against `actual` (aligned 1-D arrays), in float64."""
     predicted = np.asarray(predicted, dtype=np.float64)
     actual = np.asarray(actual, dtype=np.float64)
     if predicted.shape != actual.shape:
@@ -144,7 +144,8 @@ def rating_errors(predicted: np.ndarray, actual: np.ndarray) -> dict:
     if predicted.size == 0:
         raise ValueError("no ratings to compare")
     errors = predicted - actual
-    return {"mae": float(np.abs(errors).mean()), "rmse": float(np.sqrt((errors**2).mean()))}
+    mse = float(np.mean(errors**2))
+    return {"mae": float(np.mean(np.abs(errors))), "mse": mse, "rmse": float(np.sqrt(mse)), "n": int(errors.size)}
 
 
 def segment_metrics(

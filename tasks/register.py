@@ -15,8 +15,8 @@ from movierec.tracking import promotion, served_model
 
 
 @task(name="log model to MLflow", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def log_model(bundle: ServingBundle, model: LightFMRecommender) -> ModelInfo:
-    return served_model.log_model(bundle, model, name="model")
+def log_model(bundle: ServingBundle, evaluation_bundle: ServingBundle, model: LightFMRecommender) -> ModelInfo:
+    return served_model.log_model(bundle, evaluation_bundle, model, name="model")
 
 
 @task(name="register challenger and run promotion gate", cache_policy=NO_CACHE)

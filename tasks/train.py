@@ -10,17 +10,15 @@ from prefect.cache_policies import NO_CACHE
 
 from features.prepare import Prepared, prepare
 from features.tables import CanonicalTables
-from inference.model import ServingBundle
 from models.cold_start import cold_item_report, cold_user_report
 from models.evaluation import compare
-from models.factorization import LightFMRecommender
 from models.tune import TrialSetup
 from movierec.data.feature_store import write_features
 from movierec.data.snapshot import Snapshot, SnapshotStore
 from movierec.settings import Settings
 from movierec.training import protocol
-from movierec.training.evaluation import Evaluation, evaluate_candidates
-from movierec.training.tuning import fit_best
+from movierec.training.evaluation import Evaluation, Served, evaluate_candidates, refit_for_serving
+from movierec.training.selection import Selection, select
 
 
 @task(name="load snapshot", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
@@ -66,23 +64,32 @@ def evaluate_cold_users(settings: Settings, tables: CanonicalTables) -> pd.DataF
     )
 
 
-@task(name="train final hybrid on train + validation", cache_policy=NO_CACHE)
-def train_final(settings: Settings, prepared: Prepared, setup: TrialSetup) -> LightFMRecommender:
-    return fit_best(settings, prepared, setup)
+@task(name="select the model on validation", cache_policy=NO_CACHE)
+def select_model(
+    settings: Settings, prepared: Prepared, tables: CanonicalTables, snapshot: Snapshot, setup: TrialSetup
+) -> Selection:
+    return select(settings, prepared, tables, snapshot, setup)
 
 
-@task(name="bundle the final hybrid", cache_policy=NO_CACHE)
-def bundle_final(
+@task(name="fit and evaluate candidates on held-out test data", cache_policy=NO_CACHE)
+def evaluate_models(
     settings: Settings,
-    model: LightFMRecommender,
     prepared: Prepared,
     tables: CanonicalTables,
     snapshot: Snapshot,
     setup: TrialSetup,
-) -> ServingBundle:
-    return protocol.bundle_model(settings, model, prepared, tables, snapshot, setup.user_groups)
+    selection: Selection,
+) -> Evaluation:
+    return evaluate_candidates(settings, prepared, tables, snapshot, setup, selection)
 
 
-@task(name="evaluate on held-out test data", cache_policy=NO_CACHE)
-def evaluate_models(settings: Settings, prepared: Prepared, bundle: ServingBundle, fit_seconds: float) -> Evaluation:
-    return evaluate_candidates(settings, prepared, bundle, fit_seconds)
+@task(name="refit the chosen model on every rating", cache_policy=NO_CACHE)
+def refit_chosen(
+    settings: Settings,
+    prepared: Prepared,
+    tables: CanonicalTables,
+    snapshot: Snapshot,
+    setup: TrialSetup,
+    selection: Selection,
+) -> Served:
+    return refit_for_serving(settings, prepared, tables, snapshot, setup, selection)

@@ -1,5 +1,6 @@
 """A registered champion in a test's MOVIEREC_HOME, without Prefect or tuning: a small hybrid
-fitted on generated data, logged as the pyfunc model and promoted through the real registry."""
+fitted on generated data (on every rating, and its evaluation twin on the holdout's training
+part), logged as the pyfunc model and promoted through the real registry."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 import mlflow
 
 from features.prepare import prepare
-from features.splits import user_temporal_split
+from features.splits import every_rating, user_temporal_split
 from features.tables import CanonicalTables
 from inference.model import ServingBundle
 from models.bundle import serving_bundle
@@ -36,19 +37,26 @@ def register_champion(n_ratings: int = 6_000, seed: int = 7, *, epochs: int = 5,
     each call adds a version, made champion when `promote`. Different `epochs` give a different model."""
     raw = generate(n_ratings, seed=seed)
     tables = canonicalize(raw, None)[0]
-    prepared = prepare(
-        tables.users, tables.items, tables.tags, chosen=user_temporal_split(tables.ratings), user_groups=USER_GROUPS
-    )
-    model = LightFMRecommender(name="hybrid", epochs=epochs, no_components=16).fit(
-        prepared.train, item_features=prepared.item_features.matrix, user_features=prepared.user_features.matrix
-    )
     scale = (raw.rating_scale.min, raw.rating_scale.max, raw.rating_scale.step)
-    bundle = serving_bundle(model, prepared, tables.users, tables.items, USER_GROUPS, rating_scale=scale)
+    bundles, models = {}, {}
+    # The evaluation twin learns the holdout's training part; the served bundle every rating.
+    for role, chosen in (
+        ("evaluation", user_temporal_split(tables.ratings)),
+        ("serving", every_rating(tables.ratings)),
+    ):
+        prepared = prepare(tables.users, tables.items, tables.tags, chosen=chosen, user_groups=USER_GROUPS)
+        models[role] = LightFMRecommender(name="hybrid", epochs=epochs, no_components=16).fit(
+            prepared.train, item_features=prepared.item_features.matrix, user_features=prepared.user_features.matrix
+        )
+        bundles[role] = serving_bundle(
+            models[role], prepared, tables.users, tables.items, USER_GROUPS, rating_scale=scale, about={"role": role}
+        )
+    bundle = bundles["serving"]
     settings = get_settings()
     runs.configure(settings)
     registry = Registry(settings.registered_model_name)
     with mlflow.start_run(run_name="test model"):
-        info = served_model.log_model(bundle, model, name="model")
+        info = served_model.log_model(bundle, bundles["evaluation"], models["serving"], name="model")
     with registry.registration(info.model_uri, {"dataset": "synthetic"}) as version:
         if promote:
             registry.promote(str(version.version), reason="test")

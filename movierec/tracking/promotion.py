@@ -2,6 +2,10 @@
 the one loader (`served_model.load_bundle`), measured by the same code on the same holdout; and
 the registry stage of a pipeline run around it (`register_and_promote`).
 
+Each version is measured through its evaluation twin (`evaluation=True`): the configuration it
+serves, trained on the holdout's training part only. The served bundle has learned every rating,
+the held-out ones included, so it could not be measured on them honestly.
+
 `models.evaluation.holdout_metrics` measures each model as it is served: its own training items
 and the holdout's training part are excluded from its rankings, and users it does not know get
 its popularity fallback. The holdout is the held-out split of the dataset's current snapshot.
@@ -26,7 +30,11 @@ from movierec.tracking.served_model import IncompatibleModel, load_bundle
 def holdout_score(settings: Settings, model_uri: str, held_out: Split) -> float:
     k = settings.training.k
     metrics = holdout_metrics(
-        load_bundle(model_uri), held_out.train, held_out.test, k=k, threshold=settings.training.positive_threshold
+        load_bundle(model_uri, evaluation=True),
+        held_out.train,
+        held_out.test,
+        k=k,
+        threshold=settings.training.positive_threshold,
     )
     return metrics[f"ndcg@{k}"]
 

@@ -238,11 +238,15 @@ def model_card(
     limits: list[str],
     version: str | None = None,
     trials: dict | None = None,
+    served: dict | None = None,
+    validation: pd.DataFrame | None = None,
 ) -> str:
     """A Markdown model card. `metrics` has one row per model (index = model name) and one
     column per metric; the `champion_model` row is set in bold. `split` describes the held-out
-    protocol including the rating threshold that makes a positive. Raises ValueError when the
-    champion is not a row of `metrics`."""
+    protocol including the rating threshold that makes a positive. `served` describes the
+    version's two bundles (keys candidate, recipe, serving_ratings, evaluation_ratings);
+    `validation` holds each candidate's validation NDCG@k, on which the champion was chosen.
+    Raises ValueError when the champion is not a row of `metrics`."""
     if champion_model not in metrics.index:
         raise ValueError(
             f"champion '{champion_model}' is not a row of the metrics table ({', '.join(map(str, metrics.index))})"
@@ -274,6 +278,37 @@ def model_card(
         f"- Every model ranks the full catalogue for each test user with the user's training items excluded; "
         f"metrics are computed on the top {k} and averaged over users with at least one held-out positive.",
         "",
+    ]
+    if served:
+        lines += [
+            "## What is served",
+            "",
+            f"- Model: **{served['candidate']}**, scoring recipe {_format_value(served['recipe'])}.",
+            f"- Served (API, batch export, `mlflow models serve`): refit on all {served['serving_ratings']:,} ratings "
+            "of the snapshot (feedback included), with the same hyperparameters, epochs and blend weights.",
+            f"- Evaluation twin: the same configuration trained on the holdout's training part only "
+            f"({served['evaluation_ratings']:,} ratings). The held-out metrics below and the promotion gate are the "
+            "twin's: the served model has learned the held-out ratings.",
+            "",
+        ]
+    if validation is not None:
+        metric = f"ndcg@{k}"
+        lines += [
+            "## Selection",
+            "",
+            f"Chosen on the validation split (carved from the training part) by {metric}, before any test metric:",
+            "",
+            _markdown_table(
+                ["model", f"validation {metric}", "eligible"],
+                [
+                    [str(name), _format_cell(row[metric]), "yes" if row["eligible"] else "no (not servable)"]
+                    for name, row in validation.iterrows()
+                ],
+                [False, True, False],
+            ),
+            "",
+        ]
+    lines += [
         "## Metrics",
         "",
         f"Held-out metrics at k = {k}; the champion (**{champion_model}**) is in bold.",
@@ -303,7 +338,8 @@ def gate_section(decision) -> str:
         "",
         "## Promotion gate",
         "",
-        f"- Metric: {decision.metric} on the current held-out split, both models as served.",
+        f"- Metric: {decision.metric} on the current held-out split, each model's evaluation twin (its served "
+        "configuration trained on the holdout's training part).",
         f"- Challenger v{decision.challenger_version}: {decision.challenger_score:.4f}",
     ]
     if decision.champion_version and decision.champion_score is not None:

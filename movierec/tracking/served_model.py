@@ -4,7 +4,10 @@ one loader every consumer uses (the promotion gate, the batch export, the API, t
 What is logged (MLflow models-from-code, nothing pickled, no code paths):
   movierec_model.py  `inference/model.py` verbatim plus `mlflow.models.set_model(pyfunc_model())`:
                      the model's only code; it imports numpy, pandas, scipy and mlflow
-  artifacts/bundle/  the bundle's plain files (`inference.model.save_bundle`)
+  artifacts/bundle/  the served bundle's plain files (`inference.model.save_bundle`): the chosen
+                     configuration refit on every rating of the snapshot
+  artifacts/evaluation_bundle/  its twin, the same configuration trained on the holdout's
+                     training part only: what the promotion gate measures (`evaluation=True`)
   requirements       exact pins of numpy, pandas, scipy, pyarrow and mlflow (no lightfm, no
                      scikit-learn, not this project; MLflow's copy of the project's uv.lock is
                      switched off)
@@ -44,6 +47,7 @@ from importlib import metadata
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import yaml
 from mlflow.exceptions import MlflowException
@@ -104,11 +108,14 @@ def isolated_imports() -> Iterator[None]:
         mlflow.models.model.__mlflow_model__ = None
 
 
-def load_bundle(model_uri: str, *, tracking_uri: str | None = None, registry_uri: str | None = None) -> ServingBundle:
-    """The bundle of a logged or registered movierec model (`models:/name/3`, `models:/name@champion`,
-    `runs:/...`), served by the model's own code. Without explicit URIs, MLflow's current ones
-    (e.g. set by `movierec.tracking.runs.configure`). Raises `IncompatibleModel` for a movierec
-    model this code cannot serve and `NotAMovierecModel` for anything else."""
+def load_bundle(
+    model_uri: str, *, evaluation: bool = False, tracking_uri: str | None = None, registry_uri: str | None = None
+) -> ServingBundle:
+    """The served bundle of a logged or registered movierec model (`models:/name/3`,
+    `models:/name@champion`, `runs:/...`), or with `evaluation=True` its holdout-trained twin,
+    scoring with the model's own code. Without explicit URIs, MLflow's current ones (e.g. set by
+    `movierec.tracking.runs.configure`). Raises `IncompatibleModel` for a movierec model this code
+    cannot serve and `NotAMovierecModel` for anything else."""
     with tempfile.TemporaryDirectory(prefix="movierec-load-") as temporary:
         local = Path(
             mlflow.artifacts.download_artifacts(
@@ -117,8 +124,8 @@ def load_bundle(model_uri: str, *, tracking_uri: str | None = None, registry_uri
         )
         check_format(model_uri, local)
         with isolated_imports():
-            loaded = mlflow.pyfunc.load_model(str(local))
-        bundle = getattr(loaded.unwrap_python_model(), "bundle", None)
+            python_model = mlflow.pyfunc.load_model(str(local)).unwrap_python_model()
+            bundle = python_model.evaluation_bundle() if evaluation else getattr(python_model, "bundle", None)
     if bundle is None:
         raise NotAMovierecModel(f"{model_uri} loaded no movierec bundle")
     missing = [name for name in SCORING_API if not hasattr(bundle, name)]
@@ -154,12 +161,13 @@ def check_format(model_uri: str, local: Path) -> None:
         raise NotAMovierecModel(f"{model_uri} is not an MLflow model (no MLmodel file)")
     meta = yaml.safe_load((local / "MLmodel").read_text()) or {}
     pyfunc = (meta.get("flavors") or {}).get("python_function") or {}
-    bundle = (pyfunc.get("artifacts") or {}).get("bundle")
+    artifacts = pyfunc.get("artifacts") or {}
+    bundle = artifacts.get("bundle")
     found = bundle_format(local / bundle["path"]) if bundle else None
     if found is None:
         raise NotAMovierecModel(f"{model_uri} is not a movierec model (no bundle)")
     code_paths = bool(pyfunc.get("code"))
-    if found != ServingBundle.FORMAT or code_paths:
+    if found != ServingBundle.FORMAT or code_paths or "evaluation_bundle" not in artifacts:
         raise IncompatibleModel(
             f"{model_uri} cannot be served by this code (bundle format {found}{', with code paths' if code_paths else ''}; "
             f"this code serves bundle format {ServingBundle.FORMAT}, self-contained){REGISTER}"
@@ -227,19 +235,26 @@ def pip_requirements() -> list[str]:
     return [f"{name}=={metadata.version(name)}" for name in REQUIREMENTS]
 
 
-def log_model(bundle: ServingBundle, lightfm_model=None, *, name: str = "model") -> ModelInfo:
-    """Log `bundle` as a pyfunc model of the active run (not registered).
+def log_model(
+    bundle: ServingBundle, evaluation_bundle: ServingBundle, lightfm_model=None, *, name: str = "model"
+) -> ModelInfo:
+    """Log `bundle` (served) and `evaluation_bundle` (its holdout-trained twin, for the gate) as
+    one pyfunc model of the active run (not registered).
 
-    `lightfm_model`, the fitted `LightFMRecommender` (or its `LightFM` object), is pickled beside
-    the model as the run artifact `raw_model/lightfm.pkl`; the model never loads it.
+    `lightfm_model`, the served bundle's fitted `LightFMRecommender` (or its `LightFM` object), is
+    pickled beside the model as the run artifact `raw_model/lightfm.pkl`; the model never loads it.
     """
     if mlflow.active_run() is None:
         raise RuntimeError("log_model needs an active MLflow run (mlflow.start_run())")
+    if not np.array_equal(bundle.item_ids, evaluation_bundle.item_ids):
+        raise ValueError("a model's served and evaluation bundles must cover the same movies")
     example = input_example(bundle)
-    bundle.predict(example)  # fail here, loudly, rather than in MLflow's warning-only check
+    for each in (bundle, evaluation_bundle):
+        each.predict(example)  # fail here, loudly, rather than in MLflow's warning-only check
     with tempfile.TemporaryDirectory(prefix="movierec-model-") as temporary:
         folder = Path(temporary)
         save_bundle(bundle, folder / "bundle")
+        save_bundle(evaluation_bundle, folder / "evaluation_bundle")
         script = folder / SCRIPT_NAME
         script.write_text(model_script(), encoding="utf-8")
         # MLflow validates the input example by loading the model in this process. It would also
@@ -249,7 +264,7 @@ def log_model(bundle: ServingBundle, lightfm_model=None, *, name: str = "model")
             info = mlflow.pyfunc.log_model(
                 name=name,
                 python_model=str(script),
-                artifacts={"bundle": str(folder / "bundle")},
+                artifacts={"bundle": str(folder / "bundle"), "evaluation_bundle": str(folder / "evaluation_bundle")},
                 signature=signature(),
                 input_example=example,
                 pip_requirements=pip_requirements(),

@@ -1,8 +1,11 @@
-"""The evaluation stage: the tuned hybrid, measured through the bundle it will be registered as,
-and every baseline of `pipeline.baselines`, on the same held-out split, tracked in MLflow.
+"""The evaluation stage: every candidate fitted on the holdout's training part and measured on its
+held-out test part, tracked in MLflow; and the final stage, the chosen candidate refit on every
+rating for serving.
 
-The hybrid's metrics go on the parent run (prefix `test_`), each baseline's in a nested run;
-metric@k curves, the long-tail exposure plot and the tables are artifacts of the parent run.
+The candidate chosen on validation (`selection`) is measured through its evaluation twin, the
+bundle the registered version carries for the promotion gate: its test metrics go on the parent
+run (prefix `test_`), every other model's in a nested run. Metric@k curves, the long-tail
+exposure plot and the tables are artifacts of the parent run.
 """
 
 from __future__ import annotations
@@ -15,52 +18,120 @@ import numpy as np
 import pandas as pd
 
 from features.prepare import Prepared
+from features.tables import CanonicalTables
 from inference.model import ServingBundle
 from models.evaluation import evaluate, evaluated_users
-from models.families import build_model
+from models.factorization import LightFMRecommender
+from models.families import build_model, unscalable
+from models.tune import TrialSetup
+from movierec.data.snapshot import Snapshot
 from movierec.settings import Settings
 from movierec.tracking import reports, runs
-
-REGISTERED = "hybrid"
+from movierec.training import candidates
+from movierec.training.candidates import BLEND, HYBRID
+from movierec.training.selection import Selection
 
 
 @dataclass
 class Evaluation:
-    table: pd.DataFrame  # one row per model, test metrics
+    table: pd.DataFrame  # one row per model, test metrics; `registered` marks the chosen one
     curves: pd.DataFrame  # metric@k per model
     recommended: dict[str, np.ndarray]  # each model's top lists for `users`
     users: np.ndarray  # evaluated test users (at least one held-out positive)
+    twin: ServingBundle  # the chosen candidate trained on the holdout's training part
+
+
+@dataclass
+class Served:
+    bundle: ServingBundle  # the chosen candidate trained on every rating
+    factors: LightFMRecommender  # its factor model (the raw model logged beside it)
 
 
 def evaluate_candidates(
-    settings: Settings, prepared: Prepared, bundle: ServingBundle, fit_seconds: float
+    settings: Settings,
+    prepared: Prepared,
+    tables: CanonicalTables,
+    snapshot: Snapshot,
+    setup: TrialSetup,
+    selection: Selection,
 ) -> Evaluation:
-    """The hybrid (as `bundle`, fitted in `fit_seconds`) and every baseline on `prepared`'s
-    held-out part, logged to the active run."""
+    """The hybrid, the blend (with the weights chosen on validation) and every baseline of
+    `pipeline.baselines` fitted on `prepared.train` and measured on `prepared.test`, logged to
+    the active run; the chosen candidate through its evaluation twin."""
     k, ks = settings.training.k, sorted(set(settings.pipeline.curve_ks) | {settings.training.k})
     users = evaluated_users(prepared)
+    started = time.perf_counter()
+    hybrid = candidates.fit_hybrid(settings, prepared, setup)
+    hybrid_seconds = time.perf_counter() - started
+
+    models, seconds = {}, {}
+    for name in settings.pipeline.baselines:
+        if unscalable(name, prepared.n_items):
+            continue
+        started = time.perf_counter()
+        models[name] = build_model(name, prepared, settings.training.lightfm_params())
+        seconds[name] = time.perf_counter() - started
+    # The hybrid, the blend and the chosen candidate are measured as bundles, as they are served
+    # (a chosen baseline reuses its fit above).
+    for name in dict.fromkeys((HYBRID, BLEND, selection.chosen)):
+        fitted = candidates.fit_candidate(
+            settings,
+            name,
+            prepared,
+            hybrid,
+            hybrid_seconds=hybrid_seconds,
+            weights=selection.weights,
+            ease_l2=selection.ease_l2,
+            half_life=selection.half_life,
+            fitted=models,
+        )
+        seconds.setdefault(name, fitted.seconds)
+        models[name] = candidates.bundle(settings, fitted, prepared, tables, snapshot, setup, "evaluation")
+
     rows, recommended = [], {}
-    for name in (REGISTERED, *settings.pipeline.baselines):
-        if name == REGISTERED:
-            model, seconds = bundle, fit_seconds
-        else:
-            started = time.perf_counter()
-            model = build_model(name, prepared, settings.training.lightfm_params())
-            seconds = time.perf_counter() - started
+    for name in dict.fromkeys((HYBRID, BLEND, *models)):
+        model = models[name]
         metrics = evaluate(model, prepared, k=k)
         recommended[name] = model.recommend(users, max(ks), exclude=prepared.seen)[0]
-        rows.append({"model": name, **metrics, "train_seconds": seconds})
-        if name == REGISTERED:
+        rows.append({"model": name, **metrics, "train_seconds": seconds[name], "registered": name == selection.chosen})
+        if name == selection.chosen:
             mlflow.log_metrics(runs.finite_metrics(metrics, prefix="test_"))
             continue
-        with mlflow.start_run(run_name=f"baseline {name}", nested=True, tags={"kind": "baseline", "model": name}):
+        kind = "candidate" if name in (HYBRID, BLEND) else "baseline"
+        with mlflow.start_run(run_name=f"{kind} {name}", nested=True, tags={"kind": kind, "model": name}):
             params = {"model": name, **(settings.training.lightfm_params() if name == "mf" else {})}
             mlflow.log_params(params)
-            mlflow.log_metrics({**runs.finite_metrics(metrics, prefix="test_"), "train_seconds": seconds})
+            mlflow.log_metrics({**runs.finite_metrics(metrics, prefix="test_"), "train_seconds": seconds[name]})
     curves = reports.metric_curves(recommended, prepared.test, users, prepared.n_items, ks=tuple(ks))
     mlflow.log_figure(reports.plot_metric_curves(curves), "plots/metric_at_k.png")
     mlflow.log_figure(reports.plot_popularity_coverage(recommended, prepared.train), "plots/popularity_coverage.png")
     table = pd.DataFrame(rows).set_index("model")
     mlflow.log_table(table.reset_index(), "metrics/test_metrics.json")
     mlflow.log_table(curves, "metrics/metric_at_k.json")
-    return Evaluation(table=table, curves=curves, recommended=recommended, users=users)
+    return Evaluation(table=table, curves=curves, recommended=recommended, users=users, twin=models[selection.chosen])
+
+
+def refit_for_serving(
+    settings: Settings,
+    prepared: Prepared,
+    tables: CanonicalTables,
+    snapshot: Snapshot,
+    setup: TrialSetup,
+    selection: Selection,
+) -> Served:
+    """The chosen candidate, with the same hyperparameters, epochs and blend weights, fitted on
+    `prepared.train` (every rating of the snapshot): the bundle the registered version serves."""
+    started = time.perf_counter()
+    hybrid = candidates.fit_hybrid(settings, prepared, setup)
+    fitted = candidates.fit_candidate(
+        settings,
+        selection.chosen,
+        prepared,
+        hybrid,
+        hybrid_seconds=time.perf_counter() - started,
+        weights=selection.weights,
+        ease_l2=selection.ease_l2,
+        half_life=selection.half_life,
+    )
+    bundle = candidates.bundle(settings, fitted, prepared, tables, snapshot, setup, "serving")
+    return Served(bundle=bundle, factors=fitted.factors)

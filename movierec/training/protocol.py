@@ -115,9 +115,10 @@ def bundle_model(
     tables: CanonicalTables,
     snapshot: Snapshot,
     user_groups: dict[str, float] | None,
+    **recipe,
 ) -> ServingBundle:
-    """The bundle the registered model serves: `model` with its split, the snapshot's rating
-    scale and the settings' positive threshold."""
+    """A bundle of `model` with its split, the snapshot's rating scale and the settings' positive
+    threshold; `recipe`: `blend`, `item_item` and `about` of `models.bundle.serving_bundle`."""
     scale = snapshot.lineage["preprocessing"]["rating_scale"]
     return serving_bundle(
         model,
@@ -127,4 +128,5 @@ def bundle_model(
         user_groups,
         rating_scale=(scale["min"], scale["max"], scale["step"]),
         positive_threshold=settings.training.positive_threshold,
+        **recipe,
     )

@@ -25,7 +25,6 @@ import models.tune
 from features.prepare import Prepared
 from features.splits import Split
 from features.tables import CanonicalTables
-from models.factorization import LightFMRecommender
 from models.tune import (
     TUNABLE_ITEM_GROUPS,
     TUNABLE_USER_GROUPS,
@@ -177,14 +176,3 @@ def tune(
     if importances is not None:
         mlflow.log_figure(importances, "plots/optuna_param_importances.png")
     return tuned
-
-
-def fit_best(settings: Settings, prepared: Prepared, setup: TrialSetup) -> LightFMRecommender:
-    """The tuned setting refit on the whole training part (validation included), for as many
-    epochs as its best validation epoch; the held-out test part stays unseen. Its parameters are
-    logged on the active run."""
-    mlflow.log_params(setup_params(setup))
-    lightfm = {**setup.lightfm, "num_threads": settings.training.num_threads, "random_state": settings.training.seed}
-    return LightFMRecommender(name="hybrid", **lightfm).fit(
-        prepared.train, item_features=prepared.item_features.matrix, user_features=prepared.user_features.matrix
-    )

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from features.items import FeatureMatrix
 from models.baselines import EASE, ContentBased, ItemKNN, Popularity, UserKNN
 
 # 4 users x 5 items; item 4 has no interactions.
@@ -120,30 +121,103 @@ def test_user_knn_batches_give_the_same_scores(monkeypatch):
     np.testing.assert_array_equal(UserKNN(k_neighbors=5).fit(matrix).scores(np.arange(50)), whole)
 
 
-def test_content_based_profiles_and_cosine_scores():
-    # Features: 3 columns (e.g. genres). Item 4 is cold but has metadata.
-    features = sp.csr_matrix(np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]], dtype=np.float32))
-    weighted = X.copy()
-    weighted[0, 1] = 3.0  # u0 likes i1 three times as much as i0
-    model = ContentBased(features).fit(weighted)
-    l1 = features.toarray() / features.toarray().sum(axis=1, keepdims=True)
-    unit = l1 / np.linalg.norm(l1, axis=1, keepdims=True)
-    profile = (1 * l1[0] + 3 * l1[1]) / 4  # = [0.625, 0.375, 0]
-    expected = unit @ (profile / np.linalg.norm(profile))
-    np.testing.assert_allclose(model.scores(np.array([0]))[0], expected, rtol=1e-6)
-    # The cold item 4 shares i0's features, so it scores like i0 for u0.
-    assert model.scores(np.array([0]))[0, 4] == pytest.approx(expected[0])
-    # A new user who likes i3 only: i3's feature is unique to it.
-    np.testing.assert_allclose(model.new_user_scores(np.array([3])), [0, 0, 0, 1, 0], atol=1e-7)
+# A toy FeatureMatrix: 4 items, a genre group (3 columns) and a decade group (2 columns). Per-group
+# unit rows: i0 = [1 0 0 | 1 0], i1 = [0 1 0 | 0 1], i2 = [0 0 1 | - -] (no decade),
+# i3 = [1 1 0]/sqrt(2) | [1 0]. Raw values differ in scale on purpose: each block is normalised.
+TOY = FeatureMatrix(
+    sp.csr_matrix(np.array([[2, 0, 0, 1, 0], [0, 3, 0, 0, 1], [0, 0, 1, 0, 0], [1, 1, 0, 2, 0]], dtype=np.float32)),
+    ["genre:a", "genre:b", "genre:c", "year:1980s", "year:1990s"],
+    {"genre": (0, 3), "year": (3, 5)},
+)
 
-    # item_features given to fit win over the constructor's; a FeatureMatrix-like object works.
-    class Holder:
-        matrix = features
+# u0 likes i0; u1 likes i0, i1; u2 likes i2. Item 3 has no training data at all.
+LIKES = sp.csr_matrix(np.array([[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0]], dtype=np.float32))
 
-    again = ContentBased().fit(weighted, item_features=Holder())
-    np.testing.assert_allclose(again.scores(np.array([0])), model.scores(np.array([0])))
+
+def test_content_based_hand_computed_scores():
+    # Defaults: genre weighs 2, year (decade) 1; score = 0.7 * taste + 0.3 * prior.
+    model = ContentBased(TOY).fit(LIKES)
+    s2 = np.sqrt(2.0)
+    # Prior: log(1 + likes) = [ln 3, ln 2, ln 2] over ln 3 for the items with data. Item 3: ridge
+    # (lambda 1) on the unit rows of i0..i2, which are orthogonal (|a0|^2 = |a1|^2 = 2, |a2|^2 = 1),
+    # so w = sum_j a_j r_j / (|a_j|^2 + 1) with r = y - mean(y) = [2, -1, -1] ln(1.5) / 3, and
+    # prior_3 = mean(y) + a3.w = ln(12) / 3 + (2/3 + 1 / (3 sqrt 2)) ln(1.5) / 3, over ln 3.
+    prior_3 = (np.log(12) / 3 + (2 / 3 + 1 / (3 * s2)) * np.log(1.5) / 3) / np.log(3)
+    prior = np.array([1.0, np.log(2) / np.log(3), np.log(2) / np.log(3), prior_3])
+    np.testing.assert_allclose(model.prior, prior, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(prior_3, 0.864966, atol=1e-6)
+    # Average liked item: (2 a0 + a1 + a2) / 4 = [0.5 0.25 0.25 | 0.5 0.25]; genre blocks weigh 2.
+    np.testing.assert_allclose(model.mean_profile, [1.0, 0.5, 0.5, 0.5, 0.25], rtol=1e-5, atol=1e-6)
+
+    # u1: mean of a0, a1 = [.5 .5 0 | .5 .5], centred [0 .25 -.25 | 0 .25], per-group unit:
+    # genre [0 1 -1]/sqrt 2, decade [0 1]. Genre cosines [0, 1/sqrt 2, -1/sqrt 2, 1/2], decade
+    # [0, 1, 0, 0]; taste = (2 genre + decade) / 3.
+    taste_1 = np.array([0.0, (2 / s2 + 1) / 3, -2 / s2 / 3, 1 / 3])
+    # u2: a2 minus the average = [-.5 -.25 .75 | -.5 -.25]; genre cosines
+    # [-2, -1, 3, -3/sqrt 2] / sqrt 14, decade cosines [-2, -1, 0, -2] / sqrt 5.
+    genre_2 = np.array([-2.0, -1.0, 3.0, -3 / s2]) / np.sqrt(14)
+    decade_2 = np.array([-2.0, -1.0, 0.0, -2.0]) / np.sqrt(5)
+    taste_2 = (2 * genre_2 + decade_2) / 3
+    expected = 0.7 * np.vstack([taste_1, taste_2]) + 0.3 * prior
+    scores = model.scores(np.array([1, 2]))
+    assert scores.dtype == np.float32
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        scores, [[0.3, 0.752596, -0.140704, 0.492823], [-0.158144, -0.039793, 0.563445, -0.213785]], atol=2e-6
+    )
+    # The item nobody rated is scored from its metadata: finite, not 0; u1 (who liked i0, which
+    # shares its genre and decade) ranks it above i2.
+    assert np.isfinite(scores).all() and scores[0, 3] > scores[0, 2]
+
+    # A new user who likes i2 is scored like u2; one who likes nothing gets the prior alone.
+    np.testing.assert_allclose(model.new_user_scores(np.array([2])), expected[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.new_user_scores(np.array([], dtype=np.int64)), 0.3 * prior, rtol=1e-5, atol=1e-6)
+
+
+def test_content_based_options_and_inputs():
+    s2 = np.sqrt(2.0)
+    # Ratings tell that item 3 was rated (below the positive threshold): its prior is log(1 + 0) = 0.
+    ratings = sp.csr_matrix(np.array([[5, 0, 0, 2], [4, 4, 0, 0], [0, 0, 4, 0]], dtype=np.float32))
+    rated = ContentBased(TOY).fit(LIKES, ratings=ratings)
+    assert rated.prior[3] == 0.0
+    np.testing.assert_allclose(rated.scores(np.array([1]))[0, 3], 0.7 / 3, rtol=1e-5)
+    with pytest.raises(ValueError, match="ratings are"):
+        ContentBased(TOY).fit(LIKES, ratings=ratings[:, :3])
+
+    # Equal group weights and a 50/50 blend: u1's taste is (genre + decade) / 2.
+    equal = ContentBased(TOY, prior_weight=0.5, group_weights={}).fit(LIKES)
+    np.testing.assert_allclose(
+        equal.scores(np.array([1]))[0],
+        0.5 * np.array([0.0, (1 / s2 + 1) / 2, -1 / s2 / 2, 0.25]) + 0.5 * equal.prior,
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    # prior_weight 0: taste alone; 1: the prior alone, the same for everybody.
+    taste_only = ContentBased(TOY, prior_weight=0.0).fit(LIKES).scores(np.array([1]))[0]
+    np.testing.assert_allclose(taste_only, [0.0, (2 / s2 + 1) / 3, -2 / s2 / 3, 1 / 3], rtol=1e-5, atol=1e-6)
+    prior_only = ContentBased(TOY, prior_weight=1.0).fit(LIKES).scores(ALL[:3])
+    np.testing.assert_array_equal(prior_only, np.tile(prior_only[0], (3, 1)))
+
+    # A plain matrix is one group. Identity features: u2's centred profile is e2 - (2 e0 + e1 + e2) / 4
+    # = [-2, -1, 3, 0] / 4; item 3's row is orthogonal to every rated item's, so its ridge prior is
+    # the mean training log-popularity ln(12) / 3.
+    plain = ContentBased(sp.csr_matrix(np.eye(4, dtype=np.float32))).fit(LIKES)
+    plain_prior = np.array([np.log(3), np.log(2), np.log(2), np.log(12) / 3]) / np.log(3)
+    np.testing.assert_allclose(
+        plain.scores(np.array([2]))[0],
+        0.7 * np.array([-2.0, -1.0, 3.0, 0.0]) / np.sqrt(14) + 0.3 * plain_prior,
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    again = ContentBased(sp.identity(4, format="csr")).fit(LIKES, item_features=TOY)
+    np.testing.assert_allclose(again.scores(ALL[:3]), ContentBased(TOY).fit(LIKES).scores(ALL[:3]))
     with pytest.raises(ValueError, match="needs item_features"):
         ContentBased().fit(X)
+    with pytest.raises(ValueError, match="rows"):
+        ContentBased(TOY).fit(X)
+    for bad in ({"prior_weight": 1.5}, {"ridge": 0.0}, {"group_weights": {"genre": -1.0}}):
+        with pytest.raises(ValueError):
+            ContentBased(TOY, **bad)
 
 
 @pytest.mark.parametrize(

@@ -53,19 +53,109 @@ def test_recommend_never_returns_seen_items_and_new_users_fold_in():
     )
 
 
+def _low_rank(seed=0, users=60, items=50, observed=0.5):
+    generator = np.random.default_rng(seed)
+    user_vectors, item_vectors = generator.normal(size=(users, 2)), generator.normal(size=(items, 2))
+    truth = 3.5 + 0.3 * generator.normal(size=(users, 1)) + user_vectors @ item_vectors.T * 0.5
+    mask = generator.random(truth.shape) < observed
+    return truth, mask, sp.csr_matrix(np.where(mask, truth, 0.0))
+
+
 def test_biased_mf_recovers_a_low_rank_rating_matrix():
-    generator = np.random.default_rng(0)
-    users, items = generator.normal(size=(60, 2)), generator.normal(size=(50, 2))
-    truth = 3.5 + 0.3 * generator.normal(size=(60, 1)) + users @ items.T * 0.5
-    mask = generator.random(truth.shape) < 0.5
-    observed = sp.csr_matrix(np.where(mask, truth, 0.0))
-    model = BiasedMF(factors=4, l2=0.1, iterations=30).fit(observed)
+    truth, mask, observed = _low_rank()
+    model = BiasedMF(factors=4, l2=0.1, bias_l2=0.1, iterations=30, clip=None).fit(observed)
     held_users, held_items = np.nonzero(~mask)
     error = model.predict(held_users, held_items) - truth[held_users, held_items]
     assert np.sqrt(np.mean(error**2)) < 0.15
     # A baseline that only knows the mean is far worse: the fit learned the structure.
     assert np.sqrt(np.mean((truth[held_users, held_items] - truth[mask].mean()) ** 2)) > 0.5
-    np.testing.assert_allclose(model.scores(np.array([3]))[0, 7], model.predict([3], [7])[0], rtol=1e-5)
+    np.testing.assert_allclose(model.scores(np.array([3]))[0, 7], model.predict([3], [7])[0], rtol=1e-5, atol=1e-6)
+
+
+def _ridge(design, target, penalty):
+    return np.linalg.solve(design.T @ design + np.diag(penalty), design.T @ target)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_each_als_half_step_is_the_exact_ridge_solution(weighted):
+    # Rows with fewer ratings than unknowns (the dual solve), with more (the primal), and none.
+    generator = np.random.default_rng(5)
+    dense = np.where(
+        generator.random((30, 40)) < np.linspace(0.02, 0.6, 30)[:, None], generator.integers(1, 6, (30, 40)), 0
+    )
+    dense[4] = 0
+    ratings = sp.csr_matrix(dense.astype(np.float64))
+    model = BiasedMF(factors=6, l2=0.7, bias_l2=0.3, iterations=3, weighted=weighted, clip=None).fit(ratings)
+    # The last half-step solved every item given the users: each item's [q_i, b_i] is its own ridge.
+    augmented = np.hstack([model.user_factors, np.ones((30, 1))])
+    for item in range(40):
+        raters = np.flatnonzero(dense[:, item])
+        if not len(raters):
+            assert not model.item_factors[item].any() and model.item_bias[item] == 0
+            continue
+        scale = len(raters) if weighted else 1
+        expected = _ridge(
+            augmented[raters],
+            dense[raters, item] - model.mu - model.user_bias[raters],
+            np.r_[np.full(6, 0.7 * scale), 0.3],
+        )
+        np.testing.assert_allclose(model.item_factors[item], expected[:-1], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(model.item_bias[item], expected[-1], rtol=1e-5, atol=1e-6)
+    assert np.count_nonzero(dense, axis=0).min() < 7 < np.count_nonzero(dense, axis=0).max()
+
+
+def test_biased_mf_falls_back_to_mu_plus_the_known_bias():
+    observed = _low_rank()[2].tolil()
+    observed[5, :] = 0  # user 5 and item 9 have no training ratings
+    observed[:, 9] = 0
+    observed = sp.csr_matrix(observed)
+    observed.eliminate_zeros()
+    model = BiasedMF(factors=3, l2=1.0, bias_l2=1.0, iterations=5, clip=(1.0, 5.0)).fit(observed)
+    assert not model.user_factors[5].any() and model.user_bias[5] == 0 and not model.item_factors[9].any()
+    predicted = model.predict([5, 5, 2, 100, 2, -1], [3, 9, 9, 3, 70, 9])
+    expected = np.clip(
+        [
+            model.mu + model.item_bias[3],  # unknown user: mu + b_i
+            model.mu,  # neither known
+            model.mu + model.user_bias[2],  # unknown item: mu + b_u
+            model.mu + model.item_bias[3],  # user index outside the fitted matrix
+            model.mu + model.user_bias[2],  # item index outside it
+            model.mu,  # negative indices never wrap around
+        ],
+        1.0,
+        5.0,
+    )
+    np.testing.assert_allclose(predicted, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_biased_mf_scores_stay_unclipped_and_the_interface_works():
+    truth, _, observed = _low_rank(seed=2)
+    model = BiasedMF(factors=4, l2=0.1, bias_l2=0.1, iterations=10, clip=(3.0, 4.0)).fit(observed)
+    scores = model.scores(np.arange(60))
+    users, items = np.nonzero(np.ones_like(truth))
+    assert scores.dtype == np.float32 and scores.max() > 4.0 and scores.min() < 3.0
+    np.testing.assert_allclose(np.clip(scores.ravel(), 3.0, 4.0), model.predict(users, items), rtol=1e-5, atol=1e-5)
+    assert model.item_vectors().shape == (50, 4)
+    liked = observed[0].indices[:5]
+    fresh, _ = model.recommend_new_user(liked, 5)
+    assert len(fresh) == 5 and not set(fresh) & set(liked)
+    items_of_user, _ = model.recommend(np.arange(3), 5, exclude=observed)
+    assert not set(items_of_user[0]) & set(observed[0].indices)
+    assert BiasedMF(**model.params()).params() == model.params()
+
+
+def test_biased_mf_stops_when_on_iteration_says_so_and_rejects_bad_parameters():
+    _, _, observed = _low_rank()
+    seen = []
+    BiasedMF(iterations=10).fit(
+        observed, on_iteration=lambda iteration, model: seen.append(iteration) or iteration == 3
+    )
+    assert seen == [1, 2, 3]
+    for bad in ({"l2": 0.0}, {"bias_l2": -1.0}, {"iterations": 0}, {"factors": -1}):
+        with pytest.raises(ValueError):
+            BiasedMF(**bad)
+    with pytest.raises(RuntimeError, match="fit the model first"):
+        BiasedMF().predict([0], [0])
 
 
 def test_unfitted_model_says_so():

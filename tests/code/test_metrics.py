@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 from sklearn.metrics import ndcg_score, roc_auc_score
 
-from models.metrics import activity_segments, auc, ranking_metrics, rating_errors, segment_metrics
+from models.metrics import activity_segments, auc, ranking_metrics, segment_metrics
 
 LOG2_3 = math.log2(3)
 
@@ -179,14 +179,6 @@ def test_auc_rows_follow_users_and_ties_count_half():
     # User 0's positive item 2 at 1.0 vs negatives 0 (0.0: win), 1 (1.0: tie, 0.5), 3 (5.0: loss).
     tied = np.array([[0.0, 1.0, 1.0, 5.0]])
     assert auc(tied, test, users=np.array([0])) == pytest.approx(1.5 / 3)
-
-
-def test_rating_errors_hand_computed():
-    # errors 1, 0, -2: MAE = 3 / 3 = 1, RMSE = sqrt(5 / 3)
-    errors = rating_errors(np.array([3.0, 4.0, 5.0]), np.array([2.0, 4.0, 7.0]))
-    assert errors == pytest.approx({"mae": 1.0, "rmse": math.sqrt(5 / 3)})
-    with pytest.raises(ValueError):
-        rating_errors(np.array([1.0]), np.array([1.0, 2.0]))
 
 
 def test_segment_metrics_equal_metrics_on_each_subset():

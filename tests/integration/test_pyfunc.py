@@ -14,9 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.interactions import recency_ranked
 from features.prepare import prepare
 from features.splits import user_temporal_split
 from inference.model import ServingBundle
+from models.baselines import EASE, ItemKNN
 from models.bundle import serving_bundle
 from models.factorization import LightFMRecommender
 from movierec.data.preprocess import canonicalize
@@ -37,9 +39,36 @@ def fitted():
     )
     mf = LightFMRecommender(epochs=5, no_components=16).fit(prepared.train)
     bundled = {"rating_scale": (0.5, 5.0, 0.5), "positive_threshold": 3.5}
+    # A blend as the pipeline builds one: the hybrid's factors, EASE and item kNN, recency-weighted inputs.
+    item_item = {
+        "ease": EASE(l2=50.0).fit(prepared.train).item_item(),
+        "item_knn": ItemKNN().fit(prepared.train).item_item(),
+    }
+    positives = recency_ranked(prepared.split.train, prepared.n_users, prepared.n_items, threshold=3.5, half_life=10.0)
+    blend = {"factors": 0.5, "ease": 0.3, "item_knn": 0.2}
     return {
-        "hybrid": (hybrid, serving_bundle(hybrid, prepared, tables.users, tables.items, USER_GROUPS, **bundled)),
+        "hybrid": (
+            hybrid,
+            serving_bundle(
+                hybrid, prepared, tables.users, tables.items, USER_GROUPS, about={"role": "evaluation"}, **bundled
+            ),
+        ),
         "mf": (mf, serving_bundle(mf, prepared, tables.users, tables.items, None, **bundled)),
+        "blend": (
+            hybrid,
+            serving_bundle(
+                hybrid,
+                prepared,
+                tables.users,
+                tables.items,
+                USER_GROUPS,
+                blend=blend,
+                item_item=item_item,
+                positives=positives,
+                about={"role": "serving", "candidate": "blend"},
+                **bundled,
+            ),
+        ),
     }
 
 
@@ -57,19 +86,21 @@ def _requests(bundle: ServingBundle) -> pd.DataFrame:
     )
 
 
-@pytest.mark.parametrize("kind", ["hybrid", "mf"])
+@pytest.mark.parametrize("kind", ["hybrid", "mf", "blend"])
 def test_a_saved_bundle_loads_identical(fitted, kind, tmp_path):
     from inference.model import load_bundle, save_bundle
 
     _, bundle = fitted[kind]
     loaded = load_bundle(save_bundle(bundle, tmp_path / "bundle"))
-    assert sorted(p.name for p in (tmp_path / "bundle").iterdir()) == [
-        "arrays.npz",
-        "bundle.json",
-        "items.parquet",
-        "seen.npz",
-        "trained.npz",
-    ]
+    item_item = ["item_item-ease.npz", "item_item-item_knn.npz"] if kind == "blend" else []
+    assert sorted(p.name for p in (tmp_path / "bundle").iterdir()) == sorted(
+        ["arrays.npz", "bundle.json", "items.parquet", "positives.npz", "seen.npz", "trained.npz", *item_item]
+    )
+    assert loaded.blend == bundle.blend and loaded.about == bundle.about
+    assert sorted(loaded.item_item) == sorted(bundle.item_item)
+    for name, matrix in bundle.item_item.items():
+        assert (loaded.item_item[name] != matrix).nnz == 0
+    assert (loaded.positives != bundle.positives).nnz == 0
     for name in (
         "user_ids",
         "item_ids",
@@ -85,7 +116,7 @@ def test_a_saved_bundle_loads_identical(fitted, kind, tmp_path):
     assert (loaded.seen != bundle.seen).nnz == 0 and (loaded.trained != bundle.trained).nnz == 0
     pd.testing.assert_frame_equal(loaded.items, bundle.items)
     assert loaded.rating_scale == (0.5, 5.0, 0.5) and loaded.positive_threshold == 3.5
-    if kind == "hybrid":
+    if kind in ("hybrid", "blend"):
         np.testing.assert_array_equal(loaded.user_feature_embeddings, bundle.user_feature_embeddings)
         np.testing.assert_array_equal(loaded.user_feature_biases, bundle.user_feature_biases)
         assert loaded.user_feature_names == bundle.user_feature_names
@@ -110,6 +141,8 @@ CHILD = textwrap.dedent(
     project = ("inference", "models", "features", "movierec", "lightfm", "sklearn")
     Path(info_path).write_text(json.dumps({
         "bundle": type(loaded.unwrap_python_model().bundle).__name__,
+        "roles": [loaded.unwrap_python_model().bundle.about["role"],
+                  loaded.unwrap_python_model().evaluation_bundle().about["role"]],
         "imported": sorted(name for name in sys.modules if name.split(".")[0] in project),
         "records": records.to_dict(orient="list"),
     }, default=int))
@@ -124,7 +157,8 @@ def test_the_logged_model_serves_the_same_answers_in_a_fresh_process(fitted, tmp
 
     from movierec.tracking.served_model import SCRIPT_NAME, input_example, log_model, model_script, pip_requirements
 
-    model, bundle = fitted["hybrid"]
+    model, bundle = fitted["blend"]
+    twin = fitted["hybrid"][1]
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # for the child process; restored afterwards
     mlflow.set_tracking_uri(uri)
@@ -132,7 +166,7 @@ def test_the_logged_model_serves_the_same_answers_in_a_fresh_process(fitted, tmp
         experiment = mlflow.create_experiment("serving-test", artifact_location=(tmp_path / "artifacts").as_uri())
         path_before = list(sys.path)
         with mlflow.start_run(experiment_id=experiment):
-            info = log_model(bundle, model)
+            info = log_model(bundle, twin, model)
         assert sys.path == path_before
         assert mlflow.MlflowClient().search_registered_models() == []
 
@@ -196,7 +230,7 @@ def test_the_logged_model_serves_the_same_answers_in_a_fresh_process(fitted, tmp
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "out.parquet"), expected, check_exact=True)
     assert set(expected["source"]) == {"model", "popularity"}
     child = json.loads((tmp_path / "info.json").read_text())
-    assert child["bundle"] == "ServingBundle"
+    assert child["bundle"] == "ServingBundle" and child["roles"] == ["serving", "evaluation"]
     # The model ran its own script: no package of this project (nor LightFM) was imported.
     assert child["imported"] == []
     records = bundle.predict([{"user_id": 1, "k": 2}, {"liked_movie_ids": [1, 4], "k": 2}, {"k": 1}])

@@ -70,10 +70,16 @@ def test_two_runs_track_everything_and_the_gate_picks_the_champion(home, quick_p
     assert len(_children(runs, second["run_id"], "optuna-trial")) == 2
     assert second["tuning"]["trials_this_run"] == 2
     assert sum(second["tuning"]["counts"].values()) == 5  # the study continued
-    assert {run.data.tags["model"] for run in _children(runs, first["run_id"], "baseline")} == {
-        "popularity",
-        "item_knn",
-    }
+    # Selection on validation; every other candidate measured on test in a nested run, the chosen
+    # one on the parent run.
+    chosen = first["selection"]["chosen"]
+    assert chosen in {"hybrid", "blend", "popularity", "item_knn"}
+    assert {row["model"] for row in first["selection"]["validation"]} == {"hybrid", "blend", "popularity", "item_knn"}
+    measured = _children(runs, first["run_id"], "baseline") + _children(runs, first["run_id"], "candidate")
+    assert {run.data.tags["model"] for run in measured} == {"hybrid", "blend", "popularity", "item_knn"} - {chosen}
+    assert [row["model"] for row in first["metrics"] if row["registered"]] == [chosen]
+    weights = first["selection"]["blend_weights"]
+    assert set(weights) <= {"factors", "ease", "item_knn"} and sum(weights.values()) == pytest.approx(1.0)
     trial = _children(runs, first["run_id"], "optuna-trial")[0]
     curve = client.get_metric_history(trial.info.run_id, "val_ndcg_at_10")
     assert [point.step for point in curve] == list(range(1, len(curve) + 1)) and len(curve) >= 1
@@ -107,9 +113,13 @@ def test_two_runs_track_everything_and_the_gate_picks_the_champion(home, quick_p
         "features/user_vocabulary.parquet",
         "data/snapshot.json",
         "metrics/test_metrics.json",
+        "metrics/validation_metrics.json",
+        "metrics/blend_weights.json",
     } <= artifacts
     card = mlflow.artifacts.load_text(f"{parent.info.artifact_uri}/model_card.md")
-    assert first["snapshot"]["snapshot_id"] in card and "**hybrid**" in card and "Promotion gate" in card
+    assert first["snapshot"]["snapshot_id"] in card and f"**{chosen}**" in card and "Promotion gate" in card
+    assert "## What is served" in card and "Evaluation twin" in card and "## Selection" in card
+    assert parent.data.tags["selected_model"] == chosen
 
     # Registry: versions 1 and 2, the champion where the gate put it, the decision on the version.
     name = "movierec-lightfm"
@@ -133,8 +143,11 @@ def test_two_runs_track_everything_and_the_gate_picks_the_champion(home, quick_p
     )  # tag: 6 decimals
     assert tags["snapshot_id"] == first["snapshot"]["snapshot_id"] and tags["run_id"] == second["run_id"]
     # The gate's challenger score is the same protocol as the test metric of the evaluation table.
-    hybrid = next(row for row in second["metrics"] if row["model"] == "hybrid")
-    assert registration["challenger_score"] == pytest.approx(hybrid["ndcg@10"], abs=1e-6)
+    registered = next(row for row in second["metrics"] if row["registered"])
+    assert registration["challenger_score"] == pytest.approx(registered["ndcg@10"], abs=1e-6)
+    # The version says what it serves: every rating of the snapshot; its twin, the holdout's training part.
+    assert tags["model"] == second["selection"]["chosen"]
+    assert int(tags["served_ratings"]) == second["snapshot"]["rows"]["ratings"] > int(tags["evaluation_ratings"])
 
     # By hand: list, force the other version in, roll back.
     other = "1" if expected == "2" else "2"
@@ -143,6 +156,7 @@ def test_two_runs_track_everything_and_the_gate_picks_the_champion(home, quick_p
     assert (
         listing.exit_code == 0 and "champion" in listing.output and first["snapshot"]["snapshot_id"] in listing.output
     )
+    assert f"{int(tags['served_ratings']):,}" in listing.output  # the served bundle's rating count
     missing = cli.invoke(app, ["promote", "--version", "99"])
     assert missing.exit_code == 1 and "has no version 99" in missing.output
     assert str(client.get_model_version_by_alias(name, "champion").version) == expected
@@ -170,7 +184,7 @@ def test_a_failed_run_leaves_the_registry_untouched(home, quick_pipeline, monkey
             raise RuntimeError("injected failure in final training")
 
     with monkeypatch.context() as patch:
-        patch.setattr("movierec.training.tuning.LightFMRecommender", BrokenTraining)
+        patch.setattr("movierec.training.candidates.LightFMRecommender", BrokenTraining)
         with pytest.raises(RuntimeError, match="injected failure in final training"):
             retrain(**DATA, trials=1)
 

@@ -170,7 +170,7 @@ def _log_old_format_model(bundle: ServingBundle, folder: Path) -> str:
 
 
 def test_a_version_this_code_cannot_serve_is_refused_and_replaced_by_the_gate(home, tmp_path):
-    registered = register_champion(promote=False)  # version 1, format 3
+    registered = register_champion(promote=False)  # version 1, this code's format
     settings = get_settings()
     runs.configure(settings)
     registry = Registry(settings.registered_model_name)

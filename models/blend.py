@@ -1,0 +1,119 @@
+"""The blend: the tuned hybrid's scores combined with collaborative item-item scorers (EASE,
+item kNN), each standardised per user, with weights chosen on the validation split.
+
+Pure functions of fitted models and prepared data. The blend is served by `ServingBundle`'s
+scoring recipe (`inference.model`: "factors" for the hybrid, the item-item matrices by name), so
+what is tuned here is what the bundle computes: the served code's `blended` and `top_k`.
+
+Search: every weight vector on the simplex with steps of `step` (0.1: 66 vectors for three
+components), NDCG@k on the validation part for each; the best wins, ties going to the earlier
+vector in the grid's fixed order. EASE's L2 strength is chosen first on the same validation
+part (`tune_ease`), among `EASE_L2_GRID`: the blend's EASE is the best EASE validation finds,
+while the EASE baseline of the report keeps its default. Then the item-item models' inputs: a
+user's positives weighted by recency, 0.5 ** (rank / half-life) with rank 0 for the latest
+(`features.interactions.recency_ranked`), the half-life chosen on validation among
+`HALF_LIFE_GRID` (`tune_half_life`; None keeps them unweighted). The models are fitted on the
+unweighted positives either way; only what they read at scoring time is weighted.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from features.interactions import recency_ranked
+from features.prepare import Prepared
+from inference.model import FACTORS, blended, standardise, top_k
+from models.baselines import EASE, ItemKNN
+from models.metrics import ranking_metrics
+
+# The blend's components: the hybrid (as the bundle's factors) and these item-item scorers.
+ITEM_ITEM = ("ease", "item_knn")
+COMPONENTS = (FACTORS, *ITEM_ITEM)
+EASE_L2_GRID = (100.0, 200.0, 400.0)
+# Recency half-lives (in a user's positives, latest first) of the item-item models' inputs.
+HALF_LIFE_GRID = (None, 5.0, 10.0, 20.0, 40.0)
+WEIGHT_STEP = 0.1
+
+
+def ndcg(scores: np.ndarray, prepared: Prepared, users: np.ndarray, k: int) -> float:
+    """NDCG@k of the top-k of `scores` (rows: `users`), training items excluded."""
+    recommended, _ = top_k(scores, k, prepared.seen, users)
+    return ranking_metrics(recommended, prepared.test, k=k, users=users, n_items=prepared.n_items)[f"ndcg@{k}"]
+
+
+def tune_ease(prepared: Prepared, users: np.ndarray, k: int, grid: tuple[float, ...] = EASE_L2_GRID) -> float:
+    """The L2 strength of `grid` whose EASE, fitted on `prepared.train`, scores the best NDCG@k
+    on `prepared.test` (ties: the first)."""
+    scores = {l2: ndcg(EASE(l2=l2).fit(prepared.train).scores(users), prepared, users, k) for l2 in grid}
+    return max(grid, key=lambda l2: scores[l2])
+
+
+def tune_half_life(
+    item_item: Mapping[str, sp.csr_matrix],
+    prepared: Prepared,
+    users: np.ndarray,
+    k: int,
+    threshold: float,
+    grid: tuple[float | None, ...] = HALF_LIFE_GRID,
+) -> float | None:
+    """The recency half-life of `grid` (None: unweighted) under which the item-item models (as
+    served: `item_item` matrices, scores = weighted positives @ matrix) score the best mean
+    NDCG@k on `prepared.test` (ties: the first)."""
+    train = prepared.split.train
+    scores = {}
+    for half_life in grid:
+        inputs = recency_ranked(train, prepared.n_users, prepared.n_items, threshold=threshold, half_life=half_life)
+        rows = inputs[users]
+        scores[half_life] = np.mean(
+            [
+                ndcg(np.asarray((rows @ matrix).toarray(), np.float32), prepared, users, k)
+                for matrix in item_item.values()
+            ]
+        )
+    return max(grid, key=lambda half_life: scores[half_life])
+
+
+def item_item_models(prepared: Prepared, ease_l2: float | None, names: Iterable[str] = ITEM_ITEM) -> dict:
+    """The blend's item-item scorers `names` fitted on `prepared.train`, by component name."""
+    makers = {"ease": lambda: EASE(l2=ease_l2), "item_knn": ItemKNN}
+    unknown = set(names) - set(makers)
+    if unknown:
+        raise ValueError(f"no item-item scorer named {sorted(unknown)}; the blend's are {list(makers)}")
+    if "ease" in names and ease_l2 is None:
+        raise ValueError("the blend's EASE needs its l2 strength")
+    return {name: makers[name]().fit(prepared.train) for name in names}
+
+
+def weight_grid(names: tuple[str, ...], step: float = WEIGHT_STEP) -> list[dict[str, float]]:
+    """Every weight vector over `names` with weights in multiples of `step` summing to 1, zero
+    weights left out; in lexicographic order of the weight tuples, largest first."""
+    steps = round(1 / step)
+    vectors = [counts for counts in itertools.product(range(steps, -1, -1), repeat=len(names)) if sum(counts) == steps]
+    return [{name: count / steps for name, count in zip(names, counts, strict=True) if count} for counts in vectors]
+
+
+def tune_weights(
+    component_scores: Mapping[str, np.ndarray], prepared: Prepared, users: np.ndarray, k: int, step: float = WEIGHT_STEP
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """The weights (see `weight_grid`) whose blend of `component_scores` (each: rows `users`,
+    all items) scores the best NDCG@k on `prepared.test`; and every vector's score, best first."""
+    standardised = {name: standardise(scores) for name, scores in component_scores.items()}
+    rows = []
+    for weights in weight_grid(tuple(component_scores), step):
+        # Standardising standardised scores changes nothing: computed once, outside the loop.
+        total = blended(standardised.__getitem__, weights)
+        rows.append({"weights": weights, f"ndcg@{k}": ndcg(total, prepared, users, k)})
+    table = pd.DataFrame(rows)
+    best = int(table[f"ndcg@{k}"].to_numpy().argmax())  # first maximum: the earlier vector
+    ordered = table.iloc[np.argsort(-table[f"ndcg@{k}"].to_numpy(), kind="stable")].reset_index(drop=True)
+    return dict(table.loc[best, "weights"]), ordered
+
+
+def served_item_item(models: Mapping[str, object]) -> dict[str, sp.csr_matrix]:
+    """Each fitted item-item model as the sparse matrix the bundle scores with."""
+    return {name: model.item_item() for name, model in models.items()}

@@ -1,0 +1,140 @@
+"""Candidates for the registered model, and the bundle each is served as.
+
+A candidate is a name: "hybrid" (the Optuna-tuned LightFM hybrid), "blend" (the hybrid with EASE
+and item kNN, weights from the validation split: `models.blend`), or a baseline of
+`pipeline.baselines` a bundle can serve: popularity, item_knn, ease, mf. user_knn and content are
+measured but never registered: the served model has no form for them (`NOT_SERVABLE`).
+
+Every bundle carries the hybrid's factors, even when its recipe does not score with them: they
+place a new user from demographics, find similar movies and say "because you liked ...". The mf
+candidate is the exception; its own factors are the bundle's.
+
+A candidate is fitted on three scopes of the same snapshot: the validation split's training part
+(to choose it), the holdout's training part (its test metrics and the gate: the evaluation
+twin), and every rating (what is served). `fit_candidate` fits it the same way on any of them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import scipy.sparse as sp
+
+from features.interactions import recency_ranked
+from features.prepare import Prepared
+from features.tables import CanonicalTables
+from inference.model import FACTORS, POPULARITY, ServingBundle
+from models.base import Recommender
+from models.blend import item_item_models, served_item_item
+from models.factorization import LightFMRecommender
+from models.families import build_model
+from models.tune import TrialSetup
+from movierec.data.snapshot import Snapshot
+from movierec.settings import Settings
+from movierec.training import protocol
+
+HYBRID, BLEND = "hybrid", "blend"
+SERVABLE = (HYBRID, BLEND, "popularity", "item_knn", "ease", "mf")
+NOT_SERVABLE = {
+    "user_knn": "the served model has no form for user-user neighbours",
+    "content": "the served model has no form for content-only scores",
+    "biased_mf": "a rating predictor, not a ranking model",
+}
+
+
+@dataclass
+class Fitted:
+    """A candidate fitted on one scope: the bundle's factor model, its recipe and the item-item
+    matrices the recipe names, and the seconds the candidate's own models took to fit."""
+
+    name: str
+    factors: LightFMRecommender
+    blend: dict[str, float]
+    item_item: dict[str, sp.csr_matrix]
+    seconds: float
+    half_life: float | None = None  # recency half-life of the item-item models' inputs
+
+
+def fit_hybrid(settings: Settings, prepared: Prepared, setup: TrialSetup) -> LightFMRecommender:
+    """The tuned hybrid setting fitted on `prepared.train` for its best validation epoch count."""
+    lightfm = {**setup.lightfm, "num_threads": settings.training.num_threads, "random_state": settings.training.seed}
+    return LightFMRecommender(name=HYBRID, **lightfm).fit(
+        prepared.train, item_features=prepared.item_features.matrix, user_features=prepared.user_features.matrix
+    )
+
+
+def fit_candidate(
+    settings: Settings,
+    name: str,
+    prepared: Prepared,
+    hybrid: LightFMRecommender,
+    *,
+    hybrid_seconds: float,
+    weights: dict[str, float] | None = None,
+    ease_l2: float | None = None,
+    half_life: float | None = None,
+    fitted: dict[str, Recommender] | None = None,
+) -> Fitted:
+    """Candidate `name` on `prepared`, beside `hybrid` (fitted on the same data in
+    `hybrid_seconds`). A blend needs its `weights` (and `ease_l2` when it uses EASE) and takes
+    the `half_life` of its inputs; `fitted` holds baselines already fitted on `prepared`,
+    reused instead of fitted again."""
+    if name not in SERVABLE:
+        raise ValueError(f"candidate {name!r} cannot be served ({NOT_SERVABLE.get(name, 'unknown')})")
+    started = time.perf_counter()
+    if name == HYBRID:
+        return Fitted(name, hybrid, {FACTORS: 1.0}, {}, hybrid_seconds)
+    if name == BLEND:
+        if weights is None:
+            raise ValueError("a blend needs its weights")
+        models = item_item_models(prepared, ease_l2, [part for part in weights if part != FACTORS])
+        seconds = time.perf_counter() - started + (hybrid_seconds if FACTORS in weights else 0.0)
+        return Fitted(name, hybrid, dict(weights), served_item_item(models), seconds, half_life)
+    model = (fitted or {}).get(name) or build_model(name, prepared, settings.training.lightfm_params())
+    seconds = time.perf_counter() - started
+    if name == "mf":
+        return Fitted(name, model, {FACTORS: 1.0}, {}, seconds)
+    if name == POPULARITY:
+        return Fitted(name, hybrid, {POPULARITY: 1.0}, {}, seconds)
+    return Fitted(name, hybrid, {name: 1.0}, {name: model.item_item()}, seconds)
+
+
+def bundle(
+    settings: Settings,
+    fitted: Fitted,
+    prepared: Prepared,
+    tables: CanonicalTables,
+    snapshot: Snapshot,
+    setup: TrialSetup,
+    role: str,
+) -> ServingBundle:
+    """`fitted` as the bundle that scores it, described by `role` ("validation", "evaluation"
+    or "serving") and the ratings it learned from."""
+    about = {
+        "role": role,
+        "candidate": fitted.name,
+        "blend": fitted.blend,
+        "recency_half_life": fitted.half_life,
+        "trained_ratings": int(prepared.seen.nnz),
+        "snapshot_id": snapshot.id,
+    }
+    user_groups = setup.user_groups if fitted.factors.name == HYBRID else None
+    positives = None
+    if fitted.item_item:
+        threshold = settings.training.positive_threshold
+        positives = recency_ranked(
+            prepared.split.train, prepared.n_users, prepared.n_items, threshold=threshold, half_life=fitted.half_life
+        )
+    return protocol.bundle_model(
+        settings,
+        fitted.factors,
+        prepared,
+        tables,
+        snapshot,
+        user_groups,
+        blend=fitted.blend,
+        item_item=fitted.item_item,
+        about=about,
+        positives=positives,
+    )

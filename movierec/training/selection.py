@@ -1,0 +1,139 @@
+"""The selection stage: every candidate fitted on the validation split's training part and measured
+on its validation part; the blend's weights tuned there; the candidate to register chosen there.
+
+The held-out test part is never looked at: the choice is made before any candidate is measured
+on it, so the test metrics of the evaluation stage stay an honest estimate for the chosen one.
+Candidates that cannot scale (EASE beyond `models.baselines.EASE_MAX_ITEMS` items) are skipped
+with the reason logged; those the served model has no form for are measured but not eligible
+(`candidates.NOT_SERVABLE`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+
+import mlflow
+import pandas as pd
+
+from features.prepare import Prepared
+from features.tables import CanonicalTables
+from inference.model import FACTORS
+from models.blend import COMPONENTS, ITEM_ITEM, tune_ease, tune_half_life, tune_weights
+from models.evaluation import evaluate, evaluated_users
+from models.families import build_model, unscalable
+from models.tune import TrialSetup
+from movierec.data.snapshot import Snapshot
+from movierec.settings import Settings
+from movierec.tracking import runs
+from movierec.training import candidates
+from movierec.training.candidates import BLEND, HYBRID, NOT_SERVABLE, SERVABLE
+
+log = logging.getLogger("movierec")
+
+
+@dataclass
+class Selection:
+    chosen: str  # the candidate to register
+    weights: dict[str, float]  # the blend's recipe, tuned on validation
+    ease_l2: float | None  # the blend's EASE strength (None: EASE skipped)
+    half_life: float | None  # recency half-life of the blend's item-item inputs (None: unweighted)
+    table: pd.DataFrame  # validation metrics per candidate, with `eligible`
+    weight_table: pd.DataFrame  # every weight vector tried, best first
+    skipped: dict[str, str]  # candidates not fitted, and why
+
+
+def select(
+    settings: Settings,
+    prepared: Prepared,
+    tables: CanonicalTables,
+    snapshot: Snapshot,
+    setup: TrialSetup,
+) -> Selection:
+    """Fit and measure every candidate on `prepared` (the validation split), tune the blend,
+    choose; logged to the active run (metrics `validation_<candidate>_ndcg_at_<k>`, tables
+    `metrics/validation_metrics.json` and `metrics/blend_weights.json`, tag `selected_model`)."""
+    k = settings.training.k
+    users = evaluated_users(prepared)
+    started = time.perf_counter()
+    hybrid = candidates.fit_hybrid(settings, prepared, setup)
+    hybrid_seconds = time.perf_counter() - started
+    rows = {HYBRID: evaluate(hybrid, prepared, k=k)}
+    fitted, skipped = {}, {}
+    for name in settings.pipeline.baselines:
+        reason = unscalable(name, prepared.n_items)
+        if reason:
+            skipped[name] = reason
+            continue
+        fitted[name] = build_model(name, prepared, settings.training.lightfm_params())
+        rows[name] = evaluate(fitted[name], prepared, k=k)
+
+    parts = [name for name in ITEM_ITEM if not unscalable(name, prepared.n_items)]
+    for name in set(ITEM_ITEM) - set(parts):
+        skipped.setdefault(f"blend's {name}", unscalable(name, prepared.n_items))
+    ease_l2 = tune_ease(prepared, users, k) if "ease" in parts else None
+    every_part = {FACTORS: 1.0, **dict.fromkeys(parts, 1.0)}
+    blend = candidates.fit_candidate(
+        settings, BLEND, prepared, hybrid, hybrid_seconds=hybrid_seconds, weights=every_part, ease_l2=ease_l2
+    )
+    blend.half_life = tune_half_life(blend.item_item, prepared, users, k, settings.training.positive_threshold)
+    bundle = candidates.bundle(settings, blend, prepared, tables, snapshot, setup, "validation")
+    component_scores = {name: bundle.component_scores(name, users) for name in COMPONENTS if name in every_part}
+    weights, weight_table = tune_weights(component_scores, prepared, users, k)
+    tuned = replace(
+        bundle, blend=weights, item_item={name: bundle.item_item[name] for name in weights if name != FACTORS}
+    )
+    rows[BLEND] = evaluate(tuned, prepared, k=k)
+    for reason in skipped.values():
+        log.warning("selection: %s", reason)
+
+    table = pd.DataFrame([{"model": name, **metrics} for name, metrics in rows.items()]).set_index("model")
+    table["eligible"] = [name in SERVABLE for name in table.index]
+    metric = f"ndcg@{k}"
+    order = [HYBRID, BLEND, *settings.pipeline.baselines]
+    eligible = table.loc[table["eligible"]]
+    chosen = min(eligible.index, key=lambda name: (-eligible.loc[name, metric], order.index(name)))
+    log.info(
+        "selection on validation: %s (NDCG@%d %.4f); blend %s; %s",
+        chosen,
+        k,
+        table.loc[chosen, metric],
+        ", ".join(f"{name} {weight:g}" for name, weight in weights.items()),
+        ", ".join(f"{name} {value:.4f}" for name, value in table[metric].items()),
+    )
+    _log(table, weight_table, chosen, weights, ease_l2, blend.half_life, skipped, k)
+    return Selection(chosen, weights, ease_l2, blend.half_life, table, weight_table, skipped)
+
+
+def _log(
+    table: pd.DataFrame,
+    weight_table: pd.DataFrame,
+    chosen: str,
+    weights: dict,
+    ease_l2: float | None,
+    half_life: float | None,
+    skipped: dict[str, str],
+    k: int,
+) -> None:
+    metric = f"ndcg@{k}"
+    mlflow.log_metrics(
+        {runs.metric_key(f"validation_{name}_{metric}"): float(value) for name, value in table[metric].items()}
+    )
+    mlflow.log_params(
+        {
+            "selected_model": chosen,
+            "blend_weights": ", ".join(f"{name}={weight:g}" for name, weight in weights.items()),
+            "blend_ease_l2": "skipped" if ease_l2 is None else ease_l2,
+            "blend_recency_half_life": "none" if half_life is None else half_life,
+        }
+    )
+    mlflow.set_tags(
+        {
+            "selected_model": chosen,
+            **{f"skipped.{name.replace(' ', '_').replace(chr(39), '')}": reason for name, reason in skipped.items()},
+            **{f"not_servable.{name}": reason for name, reason in NOT_SERVABLE.items() if name in table.index},
+        }
+    )
+    mlflow.log_table(table.reset_index(), "metrics/validation_metrics.json")
+    mlflow.log_table(weight_table.assign(weights=weight_table["weights"].map(str)), "metrics/blend_weights.json")
