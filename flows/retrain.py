@@ -150,6 +150,7 @@ def retrain(
                     "recipe": served.bundle.blend,
                     "serving_ratings": served.bundle.about["trained_ratings"],
                     "evaluation_ratings": evaluation.twin.about["trained_ratings"],
+                    "rating_errors": evaluation.ratings,
                 },
                 "validation": selection.table[[f"ndcg@{k}", "eligible"]],
             }
@@ -187,6 +188,7 @@ def retrain(
         "split": held_out.kind,
         "users_evaluated": len(evaluation.users),
         "metrics": evaluation.table.reset_index().to_dict(orient="records"),
+        "ratings": evaluation.ratings.reset_index().to_dict(orient="records"),
         "selection": {
             "chosen": selection.chosen,
             "blend_weights": selection.weights,

@@ -19,7 +19,8 @@ user-feature embeddings that place a new user. Its scoring
 API, index level (the training snapshot's user_idx / item_idx, like any `models.base.Recommender`):
 `scores`, `recommend`, `recommend_user` (one known user, the API's hot path), `popular`,
 `recommend_new_user_items`, `similar_items`, `because`; id level (ORIGINAL user / movie ids):
-`recommend_users`, `recommend_new_user`, `similar_movies`, `predict` (the pyfunc's requests).
+`recommend_users`, `recommend_new_user`, `similar_movies`, `predict` (the pyfunc's requests),
+`predict_ratings` (the rating predictor, when the bundle has one).
 
 Selection is deterministic: equal scores are ordered by lower item index, including at the k-th
 boundary; -inf (excluded items) and NaN are never returned; lists with fewer than k eligible
@@ -233,15 +234,19 @@ def standardise(scores: np.ndarray) -> np.ndarray:
     return ((scores - mean) / spread).astype(np.float32, copy=False)
 
 
-def blended(component_scores: Callable[[str], np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
+def blended(
+    component_scores: Callable[[str], np.ndarray],
+    weights: Mapping[str, float],
+    normalise: Callable[[np.ndarray], np.ndarray] = standardise,
+) -> np.ndarray:
     """A scoring recipe applied: `component_scores(name)` gives each component's (n, n_items)
     scores. One component: its raw scores. Several: the weighted sum of their `standardise`d
-    scores, float32."""
+    scores, float32 (`normalise`: for a caller whose scores are standardised already)."""
     if len(weights) == 1:
         return np.array(component_scores(next(iter(weights))), dtype=np.float32)
     total = None
     for name, weight in weights.items():
-        part = standardise(component_scores(name))
+        part = np.array(normalise(component_scores(name)), dtype=np.float32)
         part *= np.float32(weight)
         total = part if total is None else total + part
     return total
@@ -400,6 +405,13 @@ class ServingBundle:
     # users x items, each user's positives as the item-item models read them (1.0, or weighted by
     # recency); None: the positives (ratings >= the threshold) of `trained`, as 1.0.
     positives: sp.csr_matrix | None = None
+    # The rating predictor (explicit ratings): mean + user bias + item bias + user . item, clipped
+    # to `rating_scale`; trained on the same ratings as the rest (None: the bundle has none).
+    rating_mean: float | None = None
+    rating_user_bias: np.ndarray | None = None  # float32 (n_users,)
+    rating_item_bias: np.ndarray | None = None  # float32 (n_items,)
+    rating_user_factors: np.ndarray | None = None  # float32 (n_users, f)
+    rating_item_factors: np.ndarray | None = None  # float32 (n_items, f)
 
     def __post_init__(self) -> None:
         self.user_ids = np.asarray(self.user_ids, dtype=np.int64)
@@ -479,8 +491,27 @@ class ServingBundle:
             positives.eliminate_zeros()
             self.positives = positives
         self.positives = sp.csr_matrix(self.positives, dtype=np.float32)
+        if self.rating_mean is not None:
+            self._check_rating_predictor(n_users, n_items)
         if self.positives.shape != (n_users, n_items):
             raise ValueError(f"ServingBundle.positives has shape {self.positives.shape}, expected {(n_users, n_items)}")
+
+    def _check_rating_predictor(self, n_users: int, n_items: int) -> None:
+        self.rating_mean = float(self.rating_mean)
+        for name, rows in (
+            ("rating_user_bias", n_users),
+            ("rating_item_bias", n_items),
+            ("rating_user_factors", n_users),
+            ("rating_item_factors", n_items),
+        ):
+            value = getattr(self, name)
+            if value is None or np.asarray(value).shape[0] != rows:
+                raise ValueError(f"ServingBundle.{name} must have {rows} rows for the rating predictor")
+            setattr(self, name, np.asarray(value, dtype=np.float32))
+        if self.rating_user_factors.shape[1] != self.rating_item_factors.shape[1]:
+            raise ValueError("the rating predictor's user and item factors differ in dimension")
+        if self.rating_scale is None:
+            raise ValueError("a rating predictor needs the rating scale to clip to")
 
     # ------------------------------------------------------------------ basic facts
 
@@ -736,6 +767,44 @@ class ServingBundle:
         items, values = self.similar_items(index, k)
         return self.movie_ids(items), values
 
+    # ------------------------------------------------------------------ predicted ratings
+
+    @property
+    def has_rating_predictor(self) -> bool:
+        return self.rating_mean is not None
+
+    def rating_predictions(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Predicted ratings of (user_idx, item_idx) pairs, -1 meaning unknown on either side:
+        mean + user bias + item bias + user . item for known pairs; with an unknown user, mean +
+        item bias; with an unknown movie, mean + user bias; neither known, the mean. Clipped to
+        the rating scale, float32."""
+        if not self.has_rating_predictor:
+            raise ValueError("this model has no rating predictor")
+        users, items = np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64)
+        known_user, known_item = users >= 0, items >= 0
+        user, item = np.where(known_user, users, 0), np.where(known_item, items, 0)
+        predicted = np.full(users.shape, self.rating_mean, dtype=np.float64)
+        predicted += np.where(known_user, self.rating_user_bias[user], 0.0)
+        predicted += np.where(known_item, self.rating_item_bias[item], 0.0)
+        both = known_user & known_item
+        predicted[both] += np.einsum(
+            "ij,ij->i", self.rating_user_factors[user[both]], self.rating_item_factors[item[both]]
+        )
+        low, high, _ = self.rating_scale
+        return np.clip(predicted, low, high).astype(np.float32)
+
+    def predict_ratings(self, user_ids: Iterable[int], movie_ids: Iterable[int]) -> pd.DataFrame:
+        """Predicted ratings of (original user id, movie id) pairs: columns predicted_rating (on
+        the dataset's scale, clipped) and basis, what the prediction could use: "user and movie",
+        "movie only" (a user the model does not know), "user only" (an unknown movie) or "mean"."""
+        users, items = self.user_index(user_ids), self.item_index(movie_ids)
+        if len(users) != len(items):
+            raise ValueError(f"{len(users)} user ids but {len(items)} movie ids")
+        basis = np.select(
+            [(users >= 0) & (items >= 0), items >= 0, users >= 0], ["user and movie", "movie only", "user only"], "mean"
+        )
+        return pd.DataFrame({"predicted_rating": self.rating_predictions(users, items), "basis": basis})
+
     # ------------------------------------------------------------------ requests
 
     def predict(self, requests: pd.DataFrame | Mapping | list, default_k: int = 10) -> pd.DataFrame:
@@ -881,12 +950,14 @@ ARRAYS = (
     "popularity_counts",
 )
 FEATURE_ARRAYS = ("user_feature_embeddings", "user_feature_biases")
+RATING_ARRAYS = ("rating_user_bias", "rating_item_bias", "rating_user_factors", "rating_item_factors")
 
 
 def save_bundle(bundle: ServingBundle, folder: Path | str) -> Path:
     """Write `bundle` into `folder` (created if needed) as plain files, nothing pickled:
 
-    arrays.npz    ids, representations, popularity, user feature embeddings/biases (hybrid)
+    arrays.npz    ids, representations, popularity, user feature embeddings/biases (hybrid),
+                  the rating predictor's biases and factors
     seen.npz      users x items, every rating of the snapshot (never recommended)
     trained.npz   users x items, the ratings the model was trained on (holdout evaluation)
     positives.npz users x items, the positives as the item-item models read them
@@ -902,6 +973,8 @@ def save_bundle(bundle: ServingBundle, folder: Path | str) -> Path:
     arrays = {name: getattr(bundle, name) for name in ARRAYS}
     if bundle.user_feature_embeddings is not None:
         arrays.update({name: getattr(bundle, name) for name in FEATURE_ARRAYS})
+    if bundle.has_rating_predictor:
+        arrays.update({name: getattr(bundle, name) for name in RATING_ARRAYS})
     np.savez(folder / "arrays.npz", **arrays)
     sp.save_npz(folder / "seen.npz", bundle.seen.tocsr(), compressed=True)
     sp.save_npz(folder / "trained.npz", bundle.trained.tocsr(), compressed=True)
@@ -920,6 +993,7 @@ def save_bundle(bundle: ServingBundle, folder: Path | str) -> Path:
         "blend": bundle.blend,
         "item_item": sorted(bundle.item_item),
         "about": bundle.about,
+        "rating_mean": bundle.rating_mean,
     }
     (folder / "bundle.json").write_text(json.dumps(meta, indent=2) + "\n")
     return folder
@@ -947,6 +1021,8 @@ def load_bundle(folder: Path | str) -> ServingBundle:
         positives=sp.load_npz(folder / "positives.npz").tocsr(),
         items=pd.read_parquet(folder / "items.parquet"),
         **{name: arrays.get(name) for name in FEATURE_ARRAYS},
+        **{name: arrays.get(name) for name in RATING_ARRAYS},
+        rating_mean=meta["rating_mean"],
         user_feature_names=list(meta["user_feature_names"]),
         user_feature_groups={group: tuple(span) for group, span in meta["user_feature_groups"].items()},
         user_groups=meta["user_groups"],

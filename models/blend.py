@@ -46,11 +46,18 @@ def ndcg(scores: np.ndarray, prepared: Prepared, users: np.ndarray, k: int) -> f
     return ranking_metrics(recommended, prepared.test, k=k, users=users, n_items=prepared.n_items)[f"ndcg@{k}"]
 
 
-def tune_ease(prepared: Prepared, users: np.ndarray, k: int, grid: tuple[float, ...] = EASE_L2_GRID) -> float:
+def tune_ease(
+    prepared: Prepared, users: np.ndarray, k: int, grid: tuple[float, ...] = EASE_L2_GRID
+) -> tuple[float, EASE]:
     """The L2 strength of `grid` whose EASE, fitted on `prepared.train`, scores the best NDCG@k
-    on `prepared.test` (ties: the first)."""
-    scores = {l2: ndcg(EASE(l2=l2).fit(prepared.train).scores(users), prepared, users, k) for l2 in grid}
-    return max(grid, key=lambda l2: scores[l2])
+    on `prepared.test` (ties: the first), and that fitted EASE."""
+    best = None
+    for l2 in grid:
+        model = EASE(l2=l2).fit(prepared.train)
+        score = ndcg(model.scores(users), prepared, users, k)
+        if best is None or score > best[0]:
+            best = (score, l2, model)
+    return best[1], best[2]
 
 
 def tune_half_life(
@@ -78,15 +85,26 @@ def tune_half_life(
     return max(grid, key=lambda half_life: scores[half_life])
 
 
-def item_item_models(prepared: Prepared, ease_l2: float | None, names: Iterable[str] = ITEM_ITEM) -> dict:
-    """The blend's item-item scorers `names` fitted on `prepared.train`, by component name."""
+def item_item_models(
+    prepared: Prepared, ease_l2: float | None, names: Iterable[str] = ITEM_ITEM, fitted: Mapping | None = None
+) -> dict:
+    """The blend's item-item scorers `names` fitted on `prepared.train`, by component name;
+    `fitted` ones (on the same data, e.g. `tune_ease`'s EASE) are taken as they are."""
     makers = {"ease": lambda: EASE(l2=ease_l2), "item_knn": ItemKNN}
     unknown = set(names) - set(makers)
     if unknown:
         raise ValueError(f"no item-item scorer named {sorted(unknown)}; the blend's are {list(makers)}")
     if "ease" in names and ease_l2 is None:
         raise ValueError("the blend's EASE needs its l2 strength")
-    return {name: makers[name]().fit(prepared.train) for name in names}
+    # A fitted model is reused only when it is the one asked for (the EASE baseline has its own l2).
+    reusable = {
+        name: model
+        for name, model in (fitted or {}).items()
+        if isinstance(model, EASE if name == "ease" else ItemKNN)
+        and (name != "ease" or model.l2 == ease_l2)
+        and (name != "item_knn" or (model.k_neighbors, model.shrink) == (ItemKNN().k_neighbors, ItemKNN().shrink))
+    }
+    return {name: reusable[name] if name in reusable else makers[name]().fit(prepared.train) for name in names}
 
 
 def weight_grid(names: tuple[str, ...], step: float = WEIGHT_STEP) -> list[dict[str, float]]:
@@ -105,8 +123,8 @@ def tune_weights(
     standardised = {name: standardise(scores) for name, scores in component_scores.items()}
     rows = []
     for weights in weight_grid(tuple(component_scores), step):
-        # Standardising standardised scores changes nothing: computed once, outside the loop.
-        total = blended(standardised.__getitem__, weights)
+        # Standardised once, outside the loop.
+        total = blended(standardised.__getitem__, weights, normalise=np.asarray)
         rows.append({"weights": weights, f"ndcg@{k}": ndcg(total, prepared, users, k)})
     table = pd.DataFrame(rows)
     best = int(table[f"ndcg@{k}"].to_numpy().argmax())  # first maximum: the earlier vector

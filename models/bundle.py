@@ -10,7 +10,7 @@ from features.interactions import rating_matrix
 from features.prepare import Prepared
 from features.users import DEFAULT_USER_GROUPS
 from inference.model import ITEM_COLUMNS, ServingBundle
-from models.factorization import LightFMRecommender
+from models.factorization import BiasedMF, LightFMRecommender
 
 
 def serving_bundle(
@@ -26,6 +26,7 @@ def serving_bundle(
     item_item: dict[str, sp.spmatrix] | None = None,
     about: dict | None = None,
     positives: sp.spmatrix | None = None,
+    ratings: BiasedMF | None = None,
 ) -> ServingBundle:
     """Bundle a fitted `LightFMRecommender` (and item-item models) with the split they were
     trained on.
@@ -35,7 +36,8 @@ def serving_bundle(
     `rating_scale` (min, max, step) and `positive_threshold` those of the data it learned from;
     `blend` the scoring recipe over "factors" (`model`), "popularity" and the `item_item`
     matrices (None: `model` alone), `positives` what those read per user (None: the binary
-    positives of `prepared.seen`), `about` a description kept with the bundle.
+    positives of `prepared.seen`), `ratings` a fitted rating predictor (on `prepared.seen`),
+    `about` a description kept with the bundle.
     Popularity counts the positives of `prepared.train`; `trained` is `prepared.seen`, and
     `seen` adds the split's held-out ratings, so serving never recommends a rated movie.
     """
@@ -83,7 +85,18 @@ def serving_bundle(
         about=dict(about or {}),
         positives=positives,
         **features,
+        **(_rating_predictor(ratings) if ratings is not None else {}),
     )
+
+
+def _rating_predictor(model: BiasedMF) -> dict:
+    return {
+        "rating_mean": float(model.mu),
+        "rating_user_bias": model.user_bias,
+        "rating_item_bias": model.item_bias,
+        "rating_user_factors": model.user_factors,
+        "rating_item_factors": model.item_factors,
+    }
 
 
 def _all_ratings(prepared: Prepared) -> sp.csr_matrix:

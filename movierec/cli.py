@@ -523,6 +523,42 @@ def export_recs(
     )
 
 
+@app.command("predict-ratings")
+def predict_ratings(
+    pairs: Annotated[str, typer.Option("--pairs", help="CSV or Parquet file with columns user_id, movie_id.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Parquet file to write (atomically; folders are created).")],
+    model_uri: Annotated[
+        str | None, typer.Option("--model-uri", help="Model to use (default: models:/<registered name>@champion).")
+    ] = None,
+) -> None:
+    """Predict the rating of each (user_id, movie_id) pair with the champion's rating predictor."""
+    from pathlib import Path
+
+    from mlflow.exceptions import MlflowException
+
+    from movierec.errors import DataError
+    from movierec.serving.ratings import predict_file
+    from movierec.tracking import runs
+    from movierec.tracking.served_model import IncompatibleModel, load_bundle
+
+    settings = get_settings()
+    runs.configure(settings)
+    model_uri = model_uri or f"models:/{settings.registered_model_name}@champion"
+    try:
+        frame = predict_file(load_bundle(model_uri), Path(pairs), Path(out), model_uri)
+    except (MlflowException, OSError, ValueError, IncompatibleModel, DataError) as error:
+        message = error.message if isinstance(error, MlflowException) else str(error)
+        console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    counts = frame["basis"].value_counts()
+    fallbacks = ", ".join(f"{count:,} {basis}" for basis, count in counts.items() if basis != "user and movie")
+    console.print(
+        f"[bold green]predicted[/] {len(frame):,} ratings with {model_uri}: {out}"
+        + (f" (fallbacks: {fallbacks})" if fallbacks else ""),
+        soft_wrap=True,
+    )
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind (default: serving.host).")] = None,

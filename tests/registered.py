@@ -13,7 +13,7 @@ from features.splits import every_rating, user_temporal_split
 from features.tables import CanonicalTables
 from inference.model import ServingBundle
 from models.bundle import serving_bundle
-from models.factorization import LightFMRecommender
+from models.factorization import BiasedMF, LightFMRecommender
 from movierec.data.preprocess import canonicalize
 from movierec.data.synthetic import generate
 from movierec.settings import get_settings
@@ -49,7 +49,14 @@ def register_champion(n_ratings: int = 6_000, seed: int = 7, *, epochs: int = 5,
             prepared.train, item_features=prepared.item_features.matrix, user_features=prepared.user_features.matrix
         )
         bundles[role] = serving_bundle(
-            models[role], prepared, tables.users, tables.items, USER_GROUPS, rating_scale=scale, about={"role": role}
+            models[role],
+            prepared,
+            tables.users,
+            tables.items,
+            USER_GROUPS,
+            rating_scale=scale,
+            about={"role": role},
+            ratings=BiasedMF(factors=8, iterations=5).fit(prepared.seen),
         )
     bundle = bundles["serving"]
     settings = get_settings()

@@ -84,16 +84,30 @@ class LoadedModel:
     # ------------------------------------------------------------------ building responses
 
     def _items(
-        self, items: np.ndarray, scores: np.ndarray, because: np.ndarray | None, default_reason: str
+        self,
+        items: np.ndarray,
+        scores: np.ndarray,
+        because: np.ndarray | None,
+        default_reason: str,
+        user: int | None = None,
     ) -> list[dict]:
+        """Response items; `user` (user_idx, -1 for a user the model does not know) asks for each
+        movie's predicted rating (for an unknown user: the mean plus the movie's bias)."""
         out = []
         cards = self.cards
+        predicted = None
+        if user is not None and self.bundle.has_rating_predictor:
+            valid = np.asarray(items) >= 0
+            predicted = np.full(len(items), np.nan)
+            predicted[valid] = self.bundle.rating_predictions(np.full(int(valid.sum()), user), np.asarray(items)[valid])
+            predicted = predicted.tolist()
         for rank, (item, score) in enumerate(zip(items.tolist(), scores.tolist(), strict=True), start=1):
             if item < 0:
                 break
             card = dict(cards[item])
             card["score"] = score
             card["rank"] = rank
+            card["predicted_rating"] = None if predicted is None else round(predicted[rank - 1], 2)
             liked = -1 if because is None else int(because[rank - 1])
             if liked >= 0:
                 card["reason"] = f"because you liked {cards[liked]['title']}"
@@ -109,14 +123,14 @@ class LoadedModel:
         cached = self._fallback.get(k)
         if cached is None:
             items, scores = self.bundle.popular(1, k)
-            cached = self._fallback[k] = self._items(items[0], scores[0], None, POPULAR_REASON)
+            cached = self._fallback[k] = self._items(items[0], scores[0], None, POPULAR_REASON, user=-1)
         return cached
 
     def known_user(self, index: int, k: int) -> list[dict]:
         """The model's top-k for user_idx `index`, every movie they rated excluded, each with the
         rated movie it is most like."""
         items, values = self.bundle.recommend_user(index, k)
-        return self._items(items, values, self.bundle.because_user(index, items), PROFILE_REASON)
+        return self._items(items, values, self.bundle.because_user(index, items), PROFILE_REASON, user=index)
 
     def new_user(self, request: NewUserRequest) -> tuple[list[dict], bool, list[int]]:
         """(items, fallback, unknown movie ids) for a new user (`ServingBundle.recommend_new_user`):
@@ -137,9 +151,9 @@ class LoadedModel:
         keep = [i for i, item in enumerate(items.tolist()) if item not in low_items][:k]
         items, scores = items[keep], scores[keep]
         if fallback:
-            return self._items(items, scores, None, POPULAR_REASON), True, unknown
+            return self._items(items, scores, None, POPULAR_REASON, user=-1), True, unknown
         because = self.bundle.because(liked_items, items) if len(liked_items) else None
-        return self._items(items, scores, because, PROFILE_REASON), False, unknown
+        return self._items(items, scores, because, PROFILE_REASON, user=-1), False, unknown
 
     def similar(self, movie_index: int, k: int) -> list[dict]:
         """The bundle's `similar_items`: cosine of item vectors."""

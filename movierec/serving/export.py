@@ -63,9 +63,16 @@ def write_export(frame: pd.DataFrame, out: Path, *, metadata: dict[str, str] | N
     Parent folders are created. `metadata` goes into the file's schema metadata (e.g. the model
     URI and k). Returns `out`.
     """
+    table = pa.Table.from_pandas(frame[list(COLUMNS)], schema=SCHEMA, preserve_index=False)
+    return write_parquet(table, out, metadata=metadata)
+
+
+def write_parquet(table: pa.Table, out: Path, *, metadata: dict[str, str] | None = None) -> Path:
+    """Write `table` to `out` as zstd Parquet, atomically: a temporary file in the same folder,
+    fsynced, then renamed over `out`, so a reader never sees half a file and a failure leaves
+    nothing behind. Parent folders are created; `metadata` goes into the schema metadata."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pandas(frame[list(COLUMNS)], schema=SCHEMA, preserve_index=False)
     if metadata:
         table = table.replace_schema_metadata(
             {**(table.schema.metadata or {}), **{str(k): str(v) for k, v in metadata.items()}}

@@ -291,6 +291,21 @@ def model_card(
             "twin's: the served model has learned the held-out ratings.",
             "",
         ]
+        if served.get("rating_errors") is not None:
+            errors = served["rating_errors"]
+            lines += [
+                "Predicted ratings (`biased_mf`, tuned on validation, refit like the ranking model): held-out errors",
+                "",
+                _markdown_table(
+                    ["model", "MAE", "MSE", "RMSE"],
+                    [
+                        [str(name), *(_format_cell(row[column]) for column in ("mae", "mse", "rmse"))]
+                        for name, row in errors.iterrows()
+                    ],
+                    [False, True, True, True],
+                ),
+                "",
+            ]
     if validation is not None:
         metric = f"ndcg@{k}"
         lines += [

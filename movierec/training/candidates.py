@@ -27,7 +27,7 @@ from features.tables import CanonicalTables
 from inference.model import FACTORS, POPULARITY, ServingBundle
 from models.base import Recommender
 from models.blend import item_item_models, served_item_item
-from models.factorization import LightFMRecommender
+from models.factorization import BiasedMF, LightFMRecommender
 from models.families import build_model
 from models.tune import TrialSetup
 from movierec.data.snapshot import Snapshot
@@ -78,8 +78,8 @@ def fit_candidate(
 ) -> Fitted:
     """Candidate `name` on `prepared`, beside `hybrid` (fitted on the same data in
     `hybrid_seconds`). A blend needs its `weights` (and `ease_l2` when it uses EASE) and takes
-    the `half_life` of its inputs; `fitted` holds baselines already fitted on `prepared`,
-    reused instead of fitted again."""
+    the `half_life` of its inputs; `fitted` holds models already fitted on `prepared` (a
+    baseline, or the blend's item-item scorers), reused instead of fitted again."""
     if name not in SERVABLE:
         raise ValueError(f"candidate {name!r} cannot be served ({NOT_SERVABLE.get(name, 'unknown')})")
     started = time.perf_counter()
@@ -88,7 +88,7 @@ def fit_candidate(
     if name == BLEND:
         if weights is None:
             raise ValueError("a blend needs its weights")
-        models = item_item_models(prepared, ease_l2, [part for part in weights if part != FACTORS])
+        models = item_item_models(prepared, ease_l2, [part for part in weights if part != FACTORS], fitted)
         seconds = time.perf_counter() - started + (hybrid_seconds if FACTORS in weights else 0.0)
         return Fitted(name, hybrid, dict(weights), served_item_item(models), seconds, half_life)
     model = (fitted or {}).get(name) or build_model(name, prepared, settings.training.lightfm_params())
@@ -108,9 +108,11 @@ def bundle(
     snapshot: Snapshot,
     setup: TrialSetup,
     role: str,
+    ratings: BiasedMF | None = None,
 ) -> ServingBundle:
-    """`fitted` as the bundle that scores it, described by `role` ("validation", "evaluation"
-    or "serving") and the ratings it learned from."""
+    """`fitted` as the bundle that scores it, with the rating predictor `ratings` (fitted on the
+    same data), described by `role` ("validation", "evaluation" or "serving") and the ratings it
+    learned from."""
     about = {
         "role": role,
         "candidate": fitted.name,
@@ -137,4 +139,11 @@ def bundle(
         item_item=fitted.item_item,
         about=about,
         positives=positives,
+        ratings=ratings,
     )
+
+
+def fit_rating_predictor(prepared: Prepared, params: dict) -> BiasedMF:
+    """The rating predictor with the parameters tuned on validation, fitted on every training
+    rating of `prepared`."""
+    return BiasedMF(**params).fit(prepared.seen)

@@ -21,8 +21,10 @@ from features.prepare import Prepared
 from features.tables import CanonicalTables
 from inference.model import ServingBundle
 from models.evaluation import evaluate, evaluated_users
-from models.factorization import LightFMRecommender
+from models.factorization import BiasedMF, LightFMRecommender
 from models.families import build_model, unscalable
+from models.metrics import rating_errors
+from models.ratings import BiasBaseline
 from models.tune import TrialSetup
 from movierec.data.snapshot import Snapshot
 from movierec.settings import Settings
@@ -39,6 +41,7 @@ class Evaluation:
     recommended: dict[str, np.ndarray]  # each model's top lists for `users`
     users: np.ndarray  # evaluated test users (at least one held-out positive)
     twin: ServingBundle  # the chosen candidate trained on the holdout's training part
+    ratings: pd.DataFrame  # the rating predictor's held-out errors, beside its baselines
 
 
 @dataclass
@@ -64,6 +67,8 @@ def evaluate_candidates(
     hybrid = candidates.fit_hybrid(settings, prepared, setup)
     hybrid_seconds = time.perf_counter() - started
 
+    ratings = candidates.fit_rating_predictor(prepared, selection.rating_params)
+    rating_table = rating_errors_table(prepared, ratings)
     models, seconds = {}, {}
     for name in settings.pipeline.baselines:
         if unscalable(name, prepared.n_items):
@@ -86,7 +91,7 @@ def evaluate_candidates(
             fitted=models,
         )
         seconds.setdefault(name, fitted.seconds)
-        models[name] = candidates.bundle(settings, fitted, prepared, tables, snapshot, setup, "evaluation")
+        models[name] = candidates.bundle(settings, fitted, prepared, tables, snapshot, setup, "evaluation", ratings)
 
     rows, recommended = [], {}
     for name in dict.fromkeys((HYBRID, BLEND, *models)):
@@ -107,8 +112,34 @@ def evaluate_candidates(
     mlflow.log_figure(reports.plot_popularity_coverage(recommended, prepared.train), "plots/popularity_coverage.png")
     table = pd.DataFrame(rows).set_index("model")
     mlflow.log_table(table.reset_index(), "metrics/test_metrics.json")
+    mlflow.log_table(rating_table.reset_index(), "metrics/rating_metrics.json")
+    mlflow.log_metrics(
+        {f"test_rating_{name}": float(value) for name, value in rating_table.loc["biased_mf"].items() if name != "n"}
+    )
     mlflow.log_table(curves, "metrics/metric_at_k.json")
-    return Evaluation(table=table, curves=curves, recommended=recommended, users=users, twin=models[selection.chosen])
+    return Evaluation(
+        table=table,
+        curves=curves,
+        recommended=recommended,
+        users=users,
+        twin=models[selection.chosen],
+        ratings=rating_table,
+    )
+
+
+def rating_errors_table(prepared: Prepared, ratings: BiasedMF) -> pd.DataFrame:
+    """MAE, MSE, RMSE on the held-out ratings of the rating predictor, beside the global mean and
+    the user + item bias baseline fitted on the same training ratings (clipped like it)."""
+    held_out = prepared.split.test
+    users, items = held_out["user_idx"].to_numpy(), held_out["item_idx"].to_numpy()
+    actual = held_out["rating"].to_numpy()
+    mean = np.full(len(actual), prepared.seen.data.mean())
+    rows = {
+        "global mean": rating_errors(mean, actual),
+        "bias baseline": rating_errors(BiasBaseline().fit(prepared.seen).predict(users, items), actual),
+        "biased_mf": rating_errors(ratings.predict(users, items), actual),
+    }
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("model")
 
 
 def refit_for_serving(
@@ -133,5 +164,6 @@ def refit_for_serving(
         ease_l2=selection.ease_l2,
         half_life=selection.half_life,
     )
-    bundle = candidates.bundle(settings, fitted, prepared, tables, snapshot, setup, "serving")
+    ratings = candidates.fit_rating_predictor(prepared, selection.rating_params)
+    bundle = candidates.bundle(settings, fitted, prepared, tables, snapshot, setup, "serving", ratings)
     return Served(bundle=bundle, factors=fitted.factors)

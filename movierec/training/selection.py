@@ -23,6 +23,7 @@ from inference.model import FACTORS
 from models.blend import COMPONENTS, ITEM_ITEM, tune_ease, tune_half_life, tune_weights
 from models.evaluation import evaluate, evaluated_users
 from models.families import build_model, unscalable
+from models.ratings import Tuning, tune_biased_mf
 from models.tune import TrialSetup
 from movierec.data.snapshot import Snapshot
 from movierec.settings import Settings
@@ -42,6 +43,8 @@ class Selection:
     table: pd.DataFrame  # validation metrics per candidate, with `eligible`
     weight_table: pd.DataFrame  # every weight vector tried, best first
     skipped: dict[str, str]  # candidates not fitted, and why
+    rating_params: dict  # the rating predictor's (BiasedMF) parameters, tuned on validation
+    rating_validation_rmse: float
 
 
 def select(
@@ -72,10 +75,17 @@ def select(
     parts = [name for name in ITEM_ITEM if not unscalable(name, prepared.n_items)]
     for name in set(ITEM_ITEM) - set(parts):
         skipped.setdefault(f"blend's {name}", unscalable(name, prepared.n_items))
-    ease_l2 = tune_ease(prepared, users, k) if "ease" in parts else None
+    ease_l2, tuned_ease = tune_ease(prepared, users, k) if "ease" in parts else (None, None)
     every_part = {FACTORS: 1.0, **dict.fromkeys(parts, 1.0)}
     blend = candidates.fit_candidate(
-        settings, BLEND, prepared, hybrid, hybrid_seconds=hybrid_seconds, weights=every_part, ease_l2=ease_l2
+        settings,
+        BLEND,
+        prepared,
+        hybrid,
+        hybrid_seconds=hybrid_seconds,
+        weights=every_part,
+        ease_l2=ease_l2,
+        fitted={"ease": tuned_ease} if tuned_ease else None,
     )
     blend.half_life = tune_half_life(blend.item_item, prepared, users, k, settings.training.positive_threshold)
     bundle = candidates.bundle(settings, blend, prepared, tables, snapshot, setup, "validation")
@@ -102,8 +112,22 @@ def select(
         ", ".join(f"{name} {weight:g}" for name, weight in weights.items()),
         ", ".join(f"{name} {value:.4f}" for name, value in table[metric].items()),
     )
+    ratings = tune_rating_predictor(prepared)
+    log.info("selection: rating predictor %s, validation RMSE %.4f", ratings.params, ratings.rmse)
     _log(table, weight_table, chosen, weights, ease_l2, blend.half_life, skipped, k)
-    return Selection(chosen, weights, ease_l2, blend.half_life, table, weight_table, skipped)
+    mlflow.log_params({f"ratings.{name}": value for name, value in ratings.params.items()})
+    mlflow.log_metric("validation_rating_rmse", ratings.rmse)
+    return Selection(
+        chosen, weights, ease_l2, blend.half_life, table, weight_table, skipped, ratings.params, ratings.rmse
+    )
+
+
+def tune_rating_predictor(prepared: Prepared) -> Tuning:
+    """`BiasedMF` tuned on the validation split: fitted on its training ratings, measured on its
+    held-out ratings (`models.ratings.tune_biased_mf`)."""
+    held_out = prepared.split.test
+    pairs = tuple(held_out[column].to_numpy() for column in ("user_idx", "item_idx", "rating"))
+    return tune_biased_mf(prepared.seen, pairs)
 
 
 def _log(

@@ -264,6 +264,7 @@ def test_the_served_model_learns_the_newest_ratings_and_the_gate_measures_its_tw
     served, twin = load_bundle(uri), load_bundle(uri, evaluation=True)
     assert served.about["role"] == "serving" and twin.about["role"] == "evaluation"
     assert served.about["trained_ratings"] > twin.about["trained_ratings"]
+    assert served.has_rating_predictor and twin.has_rating_predictor
     row, columns = served.user_index([user])[0], served.item_index(liked)
     # The user's last 20% of ratings are held out: the new likes are learned by the served bundle only.
     learned = np.asarray(served.trained[row, columns].todense()).ravel()

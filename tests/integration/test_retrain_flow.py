@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import mlflow
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
@@ -119,6 +120,11 @@ def test_two_runs_track_everything_and_the_gate_picks_the_champion(home, quick_p
     card = mlflow.artifacts.load_text(f"{parent.info.artifact_uri}/model_card.md")
     assert first["snapshot"]["snapshot_id"] in card and f"**{chosen}**" in card and "Promotion gate" in card
     assert "## What is served" in card and "Evaluation twin" in card and "## Selection" in card
+    # The rating predictor is trained in every run, measured beside its baselines on the holdout.
+    assert "Predicted ratings" in card and "metrics/rating_metrics.json" in artifacts
+    errors = {row["model"]: row for row in first["ratings"]}
+    assert set(errors) == {"global mean", "bias baseline", "biased_mf"}
+    assert all(row["rmse"] == pytest.approx(np.sqrt(row["mse"])) for row in errors.values())
     assert parent.data.tags["selected_model"] == chosen
 
     # Registry: versions 1 and 2, the champion where the gate put it, the decision on the version.

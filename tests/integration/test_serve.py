@@ -114,6 +114,24 @@ def test_the_reason_is_the_users_top_rated_movie_most_similar_to_the_recommendat
         assert item["reason"] == f"because you liked {titles[int(bundle.item_ids[best])]}"
 
 
+def test_recommended_items_carry_the_rating_the_model_predicts(served):
+    bundle = served.bundle
+    user = int(bundle.user_ids[3])
+    items = served.client.get(f"/users/{user}/recommendations?k=8").json()["items"]
+    movies = [item["movie_id"] for item in items]
+    expected = bundle.predict_ratings([user] * len(movies), movies)
+    assert set(expected["basis"]) == {"user and movie"}
+    np.testing.assert_allclose([item["predicted_rating"] for item in items], expected["predicted_rating"], atol=0.006)
+    low, high, _ = bundle.rating_scale
+    assert all(low <= item["predicted_rating"] <= high for item in items)
+    # A user the model does not know: the movie's mean rating as the model sees it (mean + its bias).
+    unknown = served.client.get("/users/987654321/recommendations?k=3").json()["items"]
+    movies = [item["movie_id"] for item in unknown]
+    expected = bundle.predict_ratings([987654321] * len(movies), movies)
+    assert set(expected["basis"]) == {"movie only"}
+    np.testing.assert_allclose([item["predicted_rating"] for item in unknown], expected["predicted_rating"], atol=0.006)
+
+
 def test_an_unknown_user_gets_the_popularity_fallback_flagged(served):
     before = _metric(served.client, "movierec_fallbacks_total", endpoint="user")
     body = served.client.get("/users/987654/recommendations?k=5").json()
