@@ -57,6 +57,7 @@ def _run(step: str, flow: Callable[..., Any], **parameters: Any) -> Any:
 
     runtime.hide_data_error_tracebacks()
     runtime.warm_imports("great_expectations")
+    runtime.use_prefect_api()
     try:
         if interactive():
             with console.status(f"{step}…"):
@@ -67,10 +68,14 @@ def _run(step: str, flow: Callable[..., Any], **parameters: Any) -> Any:
         raise typer.Exit(1) from None
 
 
-def _prepare() -> None:
+def _prepare(flow: bool = False) -> None:
+    """Process set-up; for a command that runs a flow (`flow`), Prefect's temporary API server is
+    started now, to boot while the flow's modules import (see runtime.start_prefect_api)."""
     from movierec import runtime
 
     runtime.configure(get_settings())
+    if flow:
+        runtime.start_prefect_api()
 
 
 def _print_snapshot(summary: dict) -> None:
@@ -107,7 +112,7 @@ def ingest(
 ) -> None:
     """Ingest a dataset: locate or download, parse, validate, write a Parquet snapshot."""
     _check_dataset(dataset)
-    _prepare()
+    _prepare(flow=True)
     from flows.ingest import ingest as ingest_flow
 
     summary = _run(
@@ -131,7 +136,7 @@ def validate(
 ) -> None:
     """Re-validate a stored snapshot against the expectation suites in expectations/."""
     _check_dataset(dataset)
-    _prepare()
+    _prepare(flow=True)
     from flows.validate import validate as validate_flow
 
     result = _run(f"validating {dataset}", validate_flow, dataset=dataset, snapshot_id=snapshot)
@@ -229,7 +234,7 @@ def _train(dataset: str, models: list[str] | None, snapshot: str | None, cold_st
             f"unknown model(s) {unknown}; choose from {', '.join(MODEL_NAMES)}", param_hint="--model"
         )
     _check_dataset(dataset)
-    _prepare()
+    _prepare(flow=True)
     from flows.train import train as train_flow
 
     result = _run(
@@ -279,7 +284,7 @@ def pipeline(
 ) -> None:
     """Run the whole pipeline (flow `retrain`): ingest, validate, tune, train, evaluate, register, promote."""
     _check_dataset(dataset)
-    _prepare()
+    _prepare(flow=True)
     from flows.retrain import retrain
 
     result = _run(

@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import socket
+import subprocess
+import sys
+import time
 
 from movierec.settings import Settings
+
+# Prefect settings this module gives a default, each with every environment name Prefect reads it
+# from (a value the user set under any of them wins).
+PREFECT_SERVER_DEFAULTS: dict[tuple[str, ...], str] = {
+    # A temporary API server on a new PREFECT_HOME imports Prefect's server and runs its ~110
+    # database migrations before it answers: 10-25 s on a busy two-core machine, more than
+    # Prefect's 20 s start-up budget (the run then fails "Timed out while attempting to connect").
+    ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",): "60",
+    # The temporary server needs no block types for a run; registering them all costs it 0.5-2.5 s.
+    # `prefect server start` registers them on the same database when the UI is opened. Memoizing
+    # is off as well, or the skipped registration would be recorded as done in PREFECT_HOME and
+    # that server would skip it too.
+    ("PREFECT_SERVER_REGISTER_BLOCKS_ON_START", "PREFECT_API_BLOCKS_REGISTER_ON_START"): "false",
+    (
+        "PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION",
+        "PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION",
+    ): "false",
+}
 
 
 def configure(settings: Settings) -> None:
@@ -29,6 +52,9 @@ def configure(settings: Settings) -> None:
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+    for names, value in PREFECT_SERVER_DEFAULTS.items():
+        if not any(name in os.environ for name in names):
+            os.environ[names[0]] = value
     logger = logging.getLogger("movierec")
     if not logger.handlers:
         handler = logging.StreamHandler()
@@ -88,3 +114,108 @@ def warm_imports(*modules: str) -> None:
             importlib.import_module(module)
 
     threading.Thread(target=load, name="warm-imports", daemon=True).start()
+
+
+class _TemporaryServer:
+    """The API server `start_prefect_api` started: its process and address."""
+
+    process: subprocess.Popen | None = None
+    api_url: str = ""
+    in_use: bool = False
+
+
+def start_prefect_api() -> None:
+    """Start the temporary Prefect API server now, for `use_prefect_api` to hand to Prefect.
+
+    Without an API URL, Prefect 3 starts a temporary server (a uvicorn subprocess on a SQLite
+    database in PREFECT_HOME) at the first flow call, after the flow's modules have imported, and
+    waits for it. Started here, after `configure` and before those imports, it boots on another
+    core meanwhile, and this process never imports Prefect's server. It is Prefect's own ephemeral
+    server, started as Prefect starts it, on the same database: runs are recorded as before.
+    Nothing is started when Prefect would not start one (an API URL set in the environment, a
+    profile or prefect.toml; ephemeral mode off) or when Prefect was imported already (a test
+    process, a caller with its own Prefect set-up): those keep Prefect's own behaviour.
+    """
+    if _TemporaryServer.process is not None or "prefect" in sys.modules:
+        return
+    import prefect
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url or not settings.server.ephemeral.enabled:
+        return
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # As prefect.server.api.server.SubprocessASGIServer runs it: no UI, ephemeral-server services only.
+    env = {
+        **os.environ,
+        "PREFECT_UI_ENABLED": "0",
+        "PREFECT__SERVER_EPHEMERAL": "1",
+        "PREFECT__SERVER_FINAL": "1",
+        **settings.to_environment_variables(exclude_unset=True),
+    }
+    command = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory"]
+    command += ["prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--log-level", "error", "--lifespan", "on"]
+    _TemporaryServer.process = subprocess.Popen(command, env=env)
+    _TemporaryServer.api_url = f"http://127.0.0.1:{port}/api"
+    atexit.register(_stop_prefect_api)
+
+
+def use_prefect_api() -> None:
+    """Wait for the server `start_prefect_api` started and point Prefect at it (call before a flow).
+
+    No-op without one. If it exited before answering, Prefect starts its own at the flow call, as
+    it would have without `start_prefect_api`. It has Prefect's start-up budget
+    (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS) from this call on.
+    """
+    process = _TemporaryServer.process
+    if process is None or _TemporaryServer.in_use:
+        return
+    import httpx
+    from prefect.context import refresh_global_settings_context
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    timeout = settings.server.ephemeral.startup_timeout_seconds
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=5) as client:
+        while True:
+            if process.poll() is not None:
+                logging.getLogger("movierec").warning(
+                    "the temporary Prefect API server exited (code %s); Prefect starts another", process.returncode
+                )
+                _TemporaryServer.process = None
+                return
+            try:
+                if client.get(f"{_TemporaryServer.api_url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                _stop_prefect_api()
+                raise RuntimeError(
+                    f"Timed out after {timeout} s waiting for the temporary Prefect API server "
+                    "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)."
+                )
+            time.sleep(0.05)
+    os.environ["PREFECT_API_URL"] = _TemporaryServer.api_url
+    if settings.ui_url is None:
+        # It serves no UI (as Prefect's own temporary server): no "View at" links to it.
+        os.environ["PREFECT_UI_URL"] = ""
+    refresh_global_settings_context()
+    _TemporaryServer.in_use = True
+
+
+def _stop_prefect_api() -> None:
+    """At exit (after Prefect has flushed its logs and events to it), as Prefect stops its server."""
+    process, _TemporaryServer.process = _TemporaryServer.process, None
+    if process is None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
