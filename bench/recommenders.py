@@ -1,11 +1,21 @@
-"""Benchmark: every model family on ml-100k and ml-latest-small, same protocol for all.
+"""Benchmark: every model family, the blend and the champion on ml-100k and ml-latest-small, by
+the pipeline's own selection and evaluation code; cold items, cold users and rating errors with
+their anchors; the scoring rate of the served bundle.
 
-Protocol: per-user temporal split (last 20% of each user's ratings by time, users with >= 5
-ratings), positives = ratings >= 4, rankings over the full catalogue with each user's training
-items excluded, k = 10. Then cold items (10% of rated items held out with all their ratings):
-AUC among cold items. Then the scoring rate: top-100 for every user of ml-latest-small from the
-hybrid's served bundle (`ServingBundle.recommend`, the path of the export, the gate and the
-evaluation), beside a plain numpy matrix product of the same shape.
+Protocol (the pipeline's defaults): per-user temporal split (last 20% of each user's ratings by
+time, users with >= 5 ratings), positives = ratings >= 4, rankings over the full catalogue with
+each user's training items excluded, k = 10. The candidates are fitted on the validation split
+carved from the training part, the blend's weights and the champion chosen there
+(`movierec.training.selection.select`); then every candidate is refitted on the training part and
+measured on the held-out test part (`movierec.training.evaluation.evaluate_candidates`). The
+hybrid runs at its default settings (no Optuna here: bench/pipeline.py runs the tuned pipeline).
+Tracking goes to a throwaway MLflow store.
+
+Then cold items (10% of rated items held out with all their ratings: AUC among cold items), cold
+users (10% of users held out, known only by demographics), the rating predictor against
+scikit-surprise (bench/ratings.py), and the scoring rate: top-100 for every user of
+ml-latest-small from the served bundle (`ServingBundle.recommend`), beside a plain numpy matrix
+product of the same shape.
 
 Usage: .venv/bin/python bench/recommenders.py [DATASET ...]   (needs MOVIEREC_DATA_DIR or ../shared/data)
 """
@@ -14,28 +24,33 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 
 from features.prepare import prepare
-from features.splits import user_temporal_split
-from models.bundle import serving_bundle
-from models.cold_start import ColdStartSetup, cold_item_report
-from models.evaluation import compare
-from models.factorization import LightFMRecommender
-from models.families import MODEL_NAMES
+from features.splits import validation_split
+from features.tables import CanonicalTables
+from models.cold_start import cold_item_report, cold_user_report
+from models.tune import TrialSetup
 from movierec.data.datasets import TMDB, get_spec
 from movierec.data.fetch import locate, locate_optional
 from movierec.data.parse import read_dataset
 from movierec.data.preprocess import canonicalize
+from movierec.data.snapshot import Snapshot
 from movierec.data.tmdb import read_tmdb
-from movierec.settings import TrainingSettings
+from movierec.settings import Settings, get_settings
+from movierec.training import protocol
+from movierec.training.evaluation import evaluate_candidates
+from movierec.training.selection import select
 
 REPO = Path(__file__).resolve().parent.parent
-COLUMNS = ["ndcg@10", "recall@10", "precision@10", "map@10", "coverage@10", "train_seconds"]
+COLUMNS = ["ndcg@10", "recall@10", "precision@10", "map@10", "coverage@10", "auc", "train_seconds"]
+FAMILIES = ["popularity", "item_knn", "ease", "user_knn", "content", "mf"]
 
 
 def data_dir() -> Path:
@@ -46,62 +61,83 @@ def data_dir() -> Path:
     return folder
 
 
-def tables_of(dataset: str):
+def snapshot_of(dataset: str) -> tuple[CanonicalTables, Snapshot]:
+    """The dataset's canonical tables (TMDB joined when present) and a stand-in snapshot holding
+    what the bundles read from one (its rating scale)."""
     folder = data_dir()
     downloads = Path("/tmp/movierec-bench-downloads")
     tmdb_source = locate_optional(TMDB, folder, downloads)
     spec = get_spec(dataset)
     raw = read_dataset(spec, locate(spec, folder, downloads))
-    return canonicalize(raw, read_tmdb(tmdb_source) if tmdb_source else None)[0]
+    tables, report = canonicalize(raw, read_tmdb(tmdb_source) if tmdb_source else None)
+    return tables, Snapshot(dataset, f"bench-{dataset}", folder, {"preprocessing": report})
 
 
-def main(datasets: list[str]) -> None:
-    settings = TrainingSettings()
-    params = settings.lightfm_params()
-    pd.set_option("display.width", 200)
-    for dataset in datasets or ["ml-100k", "ml-latest-small"]:
-        tables = tables_of(dataset)
-        chosen = user_temporal_split(tables.ratings, test_share=0.2, min_ratings=5)
-        prepared = prepare(
+def compare(dataset: str, settings: Settings) -> None:
+    tables, snapshot = snapshot_of(dataset)
+    training = settings.training
+    setup = TrialSetup(
+        {key: value for key, value in training.lightfm_params().items() if key not in ("num_threads", "random_state")},
+        training.item_feature_groups,
+        training.user_feature_groups,
+    )
+    held_out = protocol.held_out_split(settings, tables.ratings)
+
+    def features(split):
+        return prepare(
             tables.users,
             tables.items,
             tables.tags,
-            chosen=chosen,
-            item_groups=settings.item_feature_groups,
-            user_groups=settings.user_feature_groups,
+            chosen=split,
+            threshold=training.positive_threshold,
+            item_groups=setup.item_groups,
+            user_groups=setup.user_groups,
         )
-        table = compare(prepared, MODEL_NAMES, k=10, lightfm_params=params)
-        users = table["n_users_evaluated"].iloc[0]
-        print(f"\n{dataset}: per-user temporal 80/20, positives >= 4, {users} test users, k=10")
-        print(table[COLUMNS].round(4).to_string())
-        if "rmse" in table:
-            row = table.loc["biased_mf"]
-            print(f"biased_mf rating errors: MAE {row['mae']:.4f}  RMSE {row['rmse']:.4f}")
-        cold = cold_item_report(
-            tables,
-            ("mf", "content", "hybrid"),
-            setup=ColdStartSetup(
-                item_groups=settings.item_feature_groups,
-                user_groups=settings.user_feature_groups,
-                lightfm_params=params,
-            ),
-        )
-        print(f"{dataset} cold items:\n{cold.round(4).to_string()}")
 
-    tables = tables_of("ml-latest-small")
-    chosen = user_temporal_split(tables.ratings)
+    with mlflow.start_run(run_name=f"bench {dataset}"):
+        selection = select(settings, features(validation_split(held_out)), tables, snapshot, setup)
+        evaluation = evaluate_candidates(settings, features(held_out), tables, snapshot, setup, selection)
+    table = evaluation.table[COLUMNS].copy()
+    table.insert(0, "validation ndcg@10", selection.table["ndcg@10"].reindex(table.index))
+    users = len(evaluation.users)
+    print(f"\n{dataset}: per-user temporal 80/20, positives >= 4, {users} test users, k=10, hybrid untuned")
+    print(table.round(4).to_string())
+    chosen = selection.chosen
+    weights = ", ".join(f"{name} {weight:g}" for name, weight in selection.weights.items())
+    print(
+        f"blend: {weights}; EASE l2 {selection.ease_l2}; recency half-life {selection.half_life}\n"
+        f"champion (chosen on validation): {chosen}, test NDCG@10 {table.loc[chosen, 'ndcg@10']:.4f}; "
+        f"champion / EASE: {table.loc[chosen, 'ndcg@10'] / table.loc['ease', 'ndcg@10']:.3f}"
+    )
+    for name, reason in selection.skipped.items():
+        print(f"skipped {name}: {reason}")
+    print(f"{dataset} rating predictor on the held-out ratings:\n{evaluation.ratings.round(4).to_string()}")
+
+    setup_cold = protocol.cold_start_setup(settings)
+    cold_items = cold_item_report(tables, ("mf", "content", "hybrid"), setup=setup_cold)
+    print(f"{dataset} cold items:\n{cold_items.round(4).to_string()}")
+    cold_users = cold_user_report(tables, setup=setup_cold)
+    print(f"{dataset} cold users:\n{cold_users.round(4).to_string()}")
+
+
+def scoring_rate(settings: Settings) -> None:
+    from models.bundle import serving_bundle
+    from models.factorization import LightFMRecommender
+
+    training = settings.training
+    tables, _ = snapshot_of("ml-latest-small")
     prepared = prepare(
         tables.users,
         tables.items,
         tables.tags,
-        chosen=chosen,
-        item_groups=settings.item_feature_groups,
-        user_groups=settings.user_feature_groups,
+        chosen=protocol.held_out_split(settings, tables.ratings),
+        item_groups=training.item_feature_groups,
+        user_groups=training.user_feature_groups,
     )
-    model = LightFMRecommender(**params).fit(
+    model = LightFMRecommender(**training.lightfm_params()).fit(
         prepared.train, item_features=prepared.item_features.matrix, user_features=prepared.user_features.matrix
     )
-    bundle = serving_bundle(model, prepared, tables.users, tables.items, settings.user_feature_groups)
+    bundle = serving_bundle(model, prepared, tables.users, tables.items, training.user_feature_groups)
     user_vectors, item_vectors = bundle.user_vectors, bundle.item_vectors
     users = np.arange(prepared.n_users)
     timings, plain = [], []
@@ -120,5 +156,23 @@ def main(datasets: list[str]) -> None:
     )
 
 
+def main(datasets: list[str]) -> None:
+    pd.set_option("display.width", 200)
+    with tempfile.TemporaryDirectory(prefix="movierec-bench-") as home:
+        os.environ["MOVIEREC_HOME"] = home
+        mlflow.set_tracking_uri(f"sqlite:///{home}/mlflow.db")
+        mlflow.set_experiment("bench")
+        settings = get_settings()
+        settings = settings.model_copy(
+            update={"pipeline": settings.pipeline.model_copy(update={"baselines": FAMILIES})}
+        )
+        for dataset in datasets or ["ml-100k", "ml-latest-small"]:
+            compare(dataset, settings)
+            ratings.run(dataset)  # the rating anchors: scikit-surprise on the same split
+        scoring_rate(settings)
+
+
 if __name__ == "__main__":
+    import ratings  # bench/ratings.py: bench/ is the script's folder, first on sys.path
+
     main(sys.argv[1:])

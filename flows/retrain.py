@@ -151,6 +151,8 @@ def retrain(
                     "serving_ratings": served.bundle.about["trained_ratings"],
                     "evaluation_ratings": evaluation.twin.about["trained_ratings"],
                     "rating_errors": evaluation.ratings,
+                    "new_users": selection.new_user_policy
+                    + (f" by {'+'.join(selection.segment_columns)}" if selection.segment_columns else ""),
                 },
                 "validation": selection.table[[f"ndcg@{k}", "eligible"]],
             }
@@ -194,6 +196,11 @@ def retrain(
             "blend_weights": selection.weights,
             "ease_l2": selection.ease_l2,
             "half_life": selection.half_life,
+            "new_user_policy": selection.new_user_policy,
+            "segment_columns": list(selection.segment_columns),
+            "cold_users": None
+            if selection.cold_users is None
+            else selection.cold_users.reset_index().to_dict(orient="records"),
             "skipped": selection.skipped,
             "validation": selection.table.reset_index().to_dict(orient="records"),
         },

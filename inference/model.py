@@ -55,6 +55,7 @@ PAD_MOVIE = -1
 ITEM_COLUMNS = ("movie_id", "title", "year", "genres")
 OUTPUT_COLUMNS = ("request", "user_id", "movie_id", "rank", "score", "source")
 MODEL, POPULARITY = "model", "popularity"
+NEW_USER_POLICIES = ("model", "popularity", "segments")
 # Components of a scoring recipe besides the item-item models (see the module docstring).
 FACTORS = "factors"
 # Users scored per matrix product: memory stays at BATCH_SIZE x n_items floats.
@@ -327,6 +328,21 @@ def taste(interactions: sp.spmatrix, genres: sp.spmatrix) -> sp.csr_matrix:
     return l1_normalise(counts)
 
 
+def segment_key(demographics: Mapping[str, object], columns: Iterable[str]) -> str | None:
+    """The demographic segment of a user, e.g. "age=25-34|gender=F" for columns (age, gender);
+    None when a column is missing. Ages are bucketed like the user features."""
+    parts = []
+    for column in columns:
+        value = demographics.get(column)
+        if value is None or (np.isscalar(value) and pd.isna(value)):
+            return None
+        label = age_bucket(value) if column == "age" else [str(value)]
+        if not label:
+            return None
+        parts.append(f"{column}={label[0]}")
+    return "|".join(parts)
+
+
 def new_user_row(
     names: list[str],
     spans: Mapping[str, tuple[int, int]],
@@ -412,6 +428,13 @@ class ServingBundle:
     rating_item_bias: np.ndarray | None = None  # float32 (n_items,)
     rating_user_factors: np.ndarray | None = None  # float32 (n_users, f)
     rating_item_factors: np.ndarray | None = None  # float32 (n_items, f)
+    # New users known by demographics only (no liked movie): "model" (the factors place them),
+    # "popularity" (the popularity list) or "segments" (the popularity among the training users of
+    # their demographic segment, `segment_columns`; an unknown segment gets the popularity list).
+    new_user_policy: str = "model"
+    segment_columns: list[str] = field(default_factory=list)
+    segment_keys: list[str] = field(default_factory=list)  # `segment_key` of each segment_counts row
+    segment_counts: np.ndarray | None = None  # int64 (n_segments, n_items): positives per segment
 
     def __post_init__(self) -> None:
         self.user_ids = np.asarray(self.user_ids, dtype=np.int64)
@@ -493,6 +516,18 @@ class ServingBundle:
         self.positives = sp.csr_matrix(self.positives, dtype=np.float32)
         if self.rating_mean is not None:
             self._check_rating_predictor(n_users, n_items)
+        if self.new_user_policy not in NEW_USER_POLICIES:
+            raise ValueError(f"new_user_policy must be one of {NEW_USER_POLICIES}, got {self.new_user_policy!r}")
+        self.segment_counts = np.zeros((0, n_items), np.int64) if self.segment_counts is None else self.segment_counts
+        self.segment_counts = np.asarray(self.segment_counts, dtype=np.int64)
+        if self.segment_counts.shape != (len(self.segment_keys), n_items):
+            raise ValueError(
+                f"ServingBundle.segment_counts has shape {self.segment_counts.shape}, "
+                f"expected {(len(self.segment_keys), n_items)}"
+            )
+        if self.new_user_policy == "segments" and not self.segment_columns:
+            raise ValueError("the segments policy needs segment_columns")
+        self._segments = {key: row for row, key in enumerate(self.segment_keys)}
         if self.positives.shape != (n_users, n_items):
             raise ValueError(f"ServingBundle.positives has shape {self.positives.shape}, expected {(n_users, n_items)}")
 
@@ -647,12 +682,29 @@ class ServingBundle:
         exclude = sp.csr_matrix(
             (np.ones(len(liked), np.float32), (np.zeros(len(liked), np.int64), liked)), shape=(1, self.n_items)
         )
+        if not len(liked) and self.new_user_policy != "model":
+            scores = self.segment_scores(demographics) if self.new_user_policy == "segments" else None
+            if scores is None:
+                items, values = self.popular(1, k, exclude, np.zeros(1, np.int64))
+                return items[0], values[0], True
+            items, values = top_k(scores[None, :], k, exclude, in_place=True)
+            return items[0], values[0], False
         scores = self.new_user_scores(liked, demographics)
         if scores is None:
             items, values = self.popular(1, k, exclude, np.zeros(1, np.int64))
             return items[0], values[0], True
         items, values = top_k(scores[None, :], k, exclude, in_place=True)
         return items[0], values[0], False
+
+    def segment_scores(self, demographics: Mapping[str, object] | None) -> np.ndarray | None:
+        """(n_items,) popularity within the user's demographic segment: positives among its
+        training users, ties broken by overall popularity (half a positive at most); None when
+        the user's segment is unknown or incomplete."""
+        key = segment_key(_clean_demographics(demographics), self.segment_columns)
+        row = self._segments.get(key) if key is not None else None
+        if row is None:
+            return None
+        return (self.segment_counts[row] + 0.5 * self.popularity_score).astype(np.float32)
 
     def new_user_scores(self, liked_items: np.ndarray, demographics: Mapping[str, object] | None) -> np.ndarray | None:
         """(n_items,) scores of a new user by the recipe's components that can score them: the
@@ -975,6 +1027,7 @@ def save_bundle(bundle: ServingBundle, folder: Path | str) -> Path:
         arrays.update({name: getattr(bundle, name) for name in FEATURE_ARRAYS})
     if bundle.has_rating_predictor:
         arrays.update({name: getattr(bundle, name) for name in RATING_ARRAYS})
+    arrays["segment_counts"] = bundle.segment_counts
     np.savez(folder / "arrays.npz", **arrays)
     sp.save_npz(folder / "seen.npz", bundle.seen.tocsr(), compressed=True)
     sp.save_npz(folder / "trained.npz", bundle.trained.tocsr(), compressed=True)
@@ -994,6 +1047,9 @@ def save_bundle(bundle: ServingBundle, folder: Path | str) -> Path:
         "item_item": sorted(bundle.item_item),
         "about": bundle.about,
         "rating_mean": bundle.rating_mean,
+        "new_user_policy": bundle.new_user_policy,
+        "segment_columns": list(bundle.segment_columns),
+        "segment_keys": list(bundle.segment_keys),
     }
     (folder / "bundle.json").write_text(json.dumps(meta, indent=2) + "\n")
     return folder
@@ -1023,6 +1079,10 @@ def load_bundle(folder: Path | str) -> ServingBundle:
         **{name: arrays.get(name) for name in FEATURE_ARRAYS},
         **{name: arrays.get(name) for name in RATING_ARRAYS},
         rating_mean=meta["rating_mean"],
+        new_user_policy=meta["new_user_policy"],
+        segment_columns=list(meta["segment_columns"]),
+        segment_keys=list(meta["segment_keys"]),
+        segment_counts=arrays["segment_counts"],
         user_feature_names=list(meta["user_feature_names"]),
         user_feature_groups={group: tuple(span) for group, span in meta["user_feature_groups"].items()},
         user_groups=meta["user_groups"],

@@ -29,7 +29,7 @@ from features.interactions import recency_ranked
 from features.prepare import Prepared
 from inference.model import FACTORS, blended, standardise, top_k
 from models.baselines import EASE, ItemKNN
-from models.metrics import ranking_metrics
+from models.evaluation import ndcg
 
 # The blend's components: the hybrid (as the bundle's factors) and these item-item scorers.
 ITEM_ITEM = ("ease", "item_knn")
@@ -40,10 +40,9 @@ HALF_LIFE_GRID = (None, 5.0, 10.0, 20.0, 40.0)
 WEIGHT_STEP = 0.1
 
 
-def ndcg(scores: np.ndarray, prepared: Prepared, users: np.ndarray, k: int) -> float:
+def ndcg_of_scores(scores: np.ndarray, prepared: Prepared, users: np.ndarray, k: int) -> float:
     """NDCG@k of the top-k of `scores` (rows: `users`), training items excluded."""
-    recommended, _ = top_k(scores, k, prepared.seen, users)
-    return ranking_metrics(recommended, prepared.test, k=k, users=users, n_items=prepared.n_items)[f"ndcg@{k}"]
+    return ndcg(top_k(scores, k, prepared.seen, users)[0], prepared, users, k)
 
 
 def tune_ease(
@@ -54,7 +53,7 @@ def tune_ease(
     best = None
     for l2 in grid:
         model = EASE(l2=l2).fit(prepared.train)
-        score = ndcg(model.scores(users), prepared, users, k)
+        score = ndcg_of_scores(model.scores(users), prepared, users, k)
         if best is None or score > best[0]:
             best = (score, l2, model)
     return best[1], best[2]
@@ -78,7 +77,7 @@ def tune_half_life(
         rows = inputs[users]
         scores[half_life] = np.mean(
             [
-                ndcg(np.asarray((rows @ matrix).toarray(), np.float32), prepared, users, k)
+                ndcg_of_scores(np.asarray((rows @ matrix).toarray(), np.float32), prepared, users, k)
                 for matrix in item_item.values()
             ]
         )
@@ -125,7 +124,7 @@ def tune_weights(
     for weights in weight_grid(tuple(component_scores), step):
         # Standardised once, outside the loop.
         total = blended(standardised.__getitem__, weights, normalise=np.asarray)
-        rows.append({"weights": weights, f"ndcg@{k}": ndcg(total, prepared, users, k)})
+        rows.append({"weights": weights, f"ndcg@{k}": ndcg_of_scores(total, prepared, users, k)})
     table = pd.DataFrame(rows)
     best = int(table[f"ndcg@{k}"].to_numpy().argmax())  # first maximum: the earlier vector
     ordered = table.iloc[np.argsort(-table[f"ndcg@{k}"].to_numpy(), kind="stable")].reset_index(drop=True)

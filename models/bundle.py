@@ -9,8 +9,12 @@ import scipy.sparse as sp
 from features.interactions import rating_matrix
 from features.prepare import Prepared
 from features.users import DEFAULT_USER_GROUPS
-from inference.model import ITEM_COLUMNS, ServingBundle
+from inference.model import ITEM_COLUMNS, ServingBundle, segment_key
 from models.factorization import BiasedMF, LightFMRecommender
+
+# A demographic segment's own popularity list needs this many training users; smaller ones get
+# the overall popularity list.
+MIN_SEGMENT_USERS = 5
 
 
 def serving_bundle(
@@ -27,6 +31,8 @@ def serving_bundle(
     about: dict | None = None,
     positives: sp.spmatrix | None = None,
     ratings: BiasedMF | None = None,
+    new_user_policy: str = "model",
+    segment_columns: tuple[str, ...] = (),
 ) -> ServingBundle:
     """Bundle a fitted `LightFMRecommender` (and item-item models) with the split they were
     trained on.
@@ -37,7 +43,9 @@ def serving_bundle(
     `blend` the scoring recipe over "factors" (`model`), "popularity" and the `item_item`
     matrices (None: `model` alone), `positives` what those read per user (None: the binary
     positives of `prepared.seen`), `ratings` a fitted rating predictor (on `prepared.seen`),
-    `about` a description kept with the bundle.
+    `about` a description kept with the bundle; `new_user_policy` and `segment_columns` how a
+    new user known by demographics only is answered (segment popularity counts the positives of
+    `prepared.train` per segment of `users`, segments of at least `MIN_SEGMENT_USERS` users).
     Popularity counts the positives of `prepared.train`; `trained` is `prepared.seen`, and
     `seen` adds the split's held-out ratings, so serving never recommends a rated movie.
     """
@@ -86,7 +94,28 @@ def serving_bundle(
         positives=positives,
         **features,
         **(_rating_predictor(ratings) if ratings is not None else {}),
+        new_user_policy=new_user_policy,
+        **_segments(prepared.train, users, segment_columns),
     )
+
+
+def _segments(train: sp.csr_matrix, users: pd.DataFrame, columns: tuple[str, ...]) -> dict:
+    """Positives per demographic segment (`inference.model.segment_key`) of the training users,
+    for segments of at least MIN_SEGMENT_USERS users with positives."""
+    if not columns:
+        return {}
+    active = np.flatnonzero(np.diff(train.indptr) > 0)
+    profiles = users.set_index("user_idx").reindex(active)
+    keys = pd.Series([segment_key(profile, columns) for profile in profiles.to_dict(orient="records")], index=active)
+    keys = keys.dropna()
+    sizes = keys.value_counts()
+    kept = sorted(sizes.index[sizes >= MIN_SEGMENT_USERS])
+    counts = np.zeros((len(kept), train.shape[1]), dtype=np.int64)
+    binary = train.copy()
+    binary.data[:] = 1.0
+    for row, key in enumerate(kept):
+        counts[row] = np.asarray(binary[keys.index[keys == key].to_numpy()].sum(axis=0)).ravel().astype(np.int64)
+    return {"segment_columns": list(columns), "segment_keys": kept, "segment_counts": counts}
 
 
 def _rating_predictor(model: BiasedMF) -> dict:

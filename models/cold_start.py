@@ -66,29 +66,57 @@ def cold_item_report(
     return pd.DataFrame(rows).set_index("model")
 
 
+# Demographic columns a segment may be made of; which one, if any, is chosen on validation.
+SEGMENTINGS = (("gender",), ("age",), ("age", "gender"))
+
+
 def cold_user_report(
-    tables: CanonicalTables, *, k: int = 10, user_share: float = 0.1, setup: ColdStartSetup = ColdStartSetup()
+    tables: CanonicalTables,
+    *,
+    k: int = 10,
+    user_share: float = 0.1,
+    setup: ColdStartSetup = ColdStartSetup(),
+    segmentings: tuple[tuple[str, ...], ...] = SEGMENTINGS,
 ) -> pd.DataFrame:
-    """Ranking metrics for users with no training data at all, known only by demographics: the
-    hybrid as it is served (its bundle's new-user path: the demographic feature row, or the
-    popularity fallback when no demographic is in the model's vocabulary) against popularity."""
+    """Ranking metrics for users with no training data at all, known only by demographics, each
+    answer as the served bundle gives it (`recommend_new_user_items` with no liked movie): the
+    hybrid (its demographic feature row), popularity, and popularity within the user's
+    demographic segment for each of `segmentings` (columns the users table has), e.g. row
+    "segments: age+gender". A user whose segment is unknown gets the popularity list."""
     chosen = cold_user_split(tables.ratings, user_share=user_share, seed=setup.seed)
     prepared = setup.prepare(tables, chosen)
     cold = evaluated_users(prepared)
     users = tables.users
-    profiles = users.set_index("user_idx").loc[cold, [c for c in DEMOGRAPHICS if c in users]]
+    present = [column for column in DEMOGRAPHICS if column in users and users[column].notna().any()]
+    profiles = users.set_index("user_idx").loc[cold, present]
+    hybrid = build_model("hybrid", prepared, setup.lightfm_params)
+    policies = {"hybrid": ("model", ()), "popularity": ("popularity", ())}
+    for columns in segmentings:
+        if set(columns) <= set(present):
+            policies[f"segments: {'+'.join(columns)}"] = ("segments", columns)
     nobody = np.array([], dtype=np.int64)
-    # Popularity knows nothing of a profile: one list, the same for every cold user.
-    popular = build_model("popularity", prepared, setup.lightfm_params).recommend_new_user(nobody, k)[0]
-    hybrid = serving_bundle(
-        build_model("hybrid", prepared, setup.lightfm_params), prepared, tables.users, tables.items, setup.user_groups
-    )
-    lists = {"popularity": [popular] * len(profiles), "hybrid": []}
-    for _user, profile in profiles.iterrows():
-        demographics = {key: value for key, value in profile.items() if pd.notna(value)}
-        lists["hybrid"].append(hybrid.recommend_new_user_items(nobody, demographics, k)[0])
-    rows = [
-        {"model": name, **ranking_metrics(np.vstack(found), prepared.test, k=k, users=cold, n_items=prepared.n_items)}
-        for name, found in lists.items()
-    ]
+    rows = []
+    for name, (policy, columns) in policies.items():
+        bundle = serving_bundle(
+            hybrid,
+            prepared,
+            tables.users,
+            tables.items,
+            setup.user_groups,
+            new_user_policy=policy,
+            segment_columns=columns,
+        )
+        found = [
+            bundle.recommend_new_user_items(nobody, {c: v for c, v in profile.items() if pd.notna(v)}, k)[0]
+            for profile in profiles.to_dict(orient="records")
+        ]
+        metrics = ranking_metrics(np.vstack(found), prepared.test, k=k, users=cold, n_items=prepared.n_items)
+        rows.append({"model": name, "policy": policy, "segment_columns": "+".join(columns), **metrics})
     return pd.DataFrame(rows).set_index("model")
+
+
+def choose_new_user_policy(report: pd.DataFrame, k: int = 10) -> tuple[str, tuple[str, ...]]:
+    """The (policy, segment columns) of the report's row with the best NDCG@k (ties: the first)."""
+    best = report.index[int(report[f"ndcg@{k}"].to_numpy().argmax())]
+    columns = report.loc[best, "segment_columns"]
+    return report.loc[best, "policy"], tuple(columns.split("+")) if columns else ()

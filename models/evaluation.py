@@ -50,6 +50,12 @@ def evaluate(model, prepared: Prepared, *, k: int = 10) -> dict:
     return metrics
 
 
+def ndcg(recommended: np.ndarray, prepared: Prepared, users: np.ndarray, k: int) -> float:
+    """NDCG@k of the top lists `recommended` (rows: `users`) against `prepared.test`, without the
+    report's other metrics: the objective of tuning and selection, computed many times."""
+    return ranking_metrics(recommended, prepared.test, k=k, users=users, n_items=prepared.n_items)[f"ndcg@{k}"]
+
+
 def evaluated_users(prepared: Prepared) -> np.ndarray:
     """Users with at least one held-out positive: the users every metric is averaged over."""
     return np.flatnonzero(np.diff(prepared.test.indptr) > 0)

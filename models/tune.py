@@ -17,7 +17,7 @@ import pandas as pd
 
 from features.prepare import Prepared, prepare
 from features.splits import Split
-from models.evaluation import evaluate
+from models.evaluation import evaluated_users, ndcg
 from models.factorization import LightFMRecommender
 
 SAMPLERS = ("tpe", "random", "grid")
@@ -205,7 +205,10 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
 
 
 def evaluate_ndcg(model: LightFMRecommender, prepared: Prepared, k: int) -> float:
-    return evaluate(model, prepared, k=k)[f"ndcg@{k}"]
+    """Validation NDCG@k of `model`, each user's training items excluded (NDCG only: it runs
+    after every epoch of every trial)."""
+    users = evaluated_users(prepared)
+    return ndcg(model.recommend(users, k, exclude=prepared.seen)[0], prepared, users, k)
 
 
 def create_study(

@@ -291,6 +291,13 @@ def model_card(
             "twin's: the served model has learned the held-out ratings.",
             "",
         ]
+        if served.get("new_users"):
+            lines += [
+                f"New users known only by demographics get: {served['new_users']} (chosen on users held out of "
+                "the training part; `model` is the hybrid's demographic features, `segments` the popularity "
+                "within their demographic segment).",
+                "",
+            ]
         if served.get("rating_errors") is not None:
             errors = served["rating_errors"]
             lines += [

@@ -109,10 +109,12 @@ def bundle(
     setup: TrialSetup,
     role: str,
     ratings: BiasedMF | None = None,
+    new_users: tuple[str, tuple[str, ...]] = ("model", ()),
 ) -> ServingBundle:
     """`fitted` as the bundle that scores it, with the rating predictor `ratings` (fitted on the
-    same data), described by `role` ("validation", "evaluation" or "serving") and the ratings it
-    learned from."""
+    same data) and the answer to new users known by demographics only (`new_users`: policy and
+    segment columns), described by `role` ("validation", "evaluation" or "serving") and the
+    ratings it learned from."""
     about = {
         "role": role,
         "candidate": fitted.name,
@@ -140,6 +142,8 @@ def bundle(
         about=about,
         positives=positives,
         ratings=ratings,
+        new_user_policy=new_users[0],
+        segment_columns=new_users[1],
     )
 
 

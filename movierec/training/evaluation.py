@@ -69,6 +69,7 @@ def evaluate_candidates(
 
     ratings = candidates.fit_rating_predictor(prepared, selection.rating_params)
     rating_table = rating_errors_table(prepared, ratings)
+    new_users = (selection.new_user_policy, selection.segment_columns)
     models, seconds = {}, {}
     for name in settings.pipeline.baselines:
         if unscalable(name, prepared.n_items):
@@ -91,7 +92,9 @@ def evaluate_candidates(
             fitted=models,
         )
         seconds.setdefault(name, fitted.seconds)
-        models[name] = candidates.bundle(settings, fitted, prepared, tables, snapshot, setup, "evaluation", ratings)
+        models[name] = candidates.bundle(
+            settings, fitted, prepared, tables, snapshot, setup, "evaluation", ratings, new_users
+        )
 
     rows, recommended = [], {}
     for name in dict.fromkeys((HYBRID, BLEND, *models)):
@@ -165,5 +168,6 @@ def refit_for_serving(
         half_life=selection.half_life,
     )
     ratings = candidates.fit_rating_predictor(prepared, selection.rating_params)
-    bundle = candidates.bundle(settings, fitted, prepared, tables, snapshot, setup, "serving", ratings)
+    new_users = (selection.new_user_policy, selection.segment_columns)
+    bundle = candidates.bundle(settings, fitted, prepared, tables, snapshot, setup, "serving", ratings, new_users)
     return Served(bundle=bundle, factors=fitted.factors)

@@ -19,8 +19,9 @@ import pandas as pd
 
 from features.prepare import Prepared
 from features.tables import CanonicalTables
-from inference.model import FACTORS
+from inference.model import DEMOGRAPHICS, FACTORS
 from models.blend import COMPONENTS, ITEM_ITEM, tune_ease, tune_half_life, tune_weights
+from models.cold_start import choose_new_user_policy, cold_user_report
 from models.evaluation import evaluate, evaluated_users
 from models.families import build_model, unscalable
 from models.ratings import Tuning, tune_biased_mf
@@ -28,7 +29,7 @@ from models.tune import TrialSetup
 from movierec.data.snapshot import Snapshot
 from movierec.settings import Settings
 from movierec.tracking import runs
-from movierec.training import candidates
+from movierec.training import candidates, protocol
 from movierec.training.candidates import BLEND, HYBRID, NOT_SERVABLE, SERVABLE
 
 log = logging.getLogger("movierec")
@@ -45,6 +46,9 @@ class Selection:
     skipped: dict[str, str]  # candidates not fitted, and why
     rating_params: dict  # the rating predictor's (BiasedMF) parameters, tuned on validation
     rating_validation_rmse: float
+    new_user_policy: str  # how users known only by demographics are answered
+    segment_columns: tuple[str, ...]  # the demographic segments of the "segments" policy
+    cold_users: pd.DataFrame | None  # the cold-user table the policy was chosen on (None: no demographics)
 
 
 def select(
@@ -112,14 +116,56 @@ def select(
         ", ".join(f"{name} {weight:g}" for name, weight in weights.items()),
         ", ".join(f"{name} {value:.4f}" for name, value in table[metric].items()),
     )
+    policy, columns, cold_users = choose_cold_user_answer(settings, prepared, tables)
     ratings = tune_rating_predictor(prepared)
     log.info("selection: rating predictor %s, validation RMSE %.4f", ratings.params, ratings.rmse)
     _log(table, weight_table, chosen, weights, ease_l2, blend.half_life, skipped, k)
     mlflow.log_params({f"ratings.{name}": value for name, value in ratings.params.items()})
     mlflow.log_metric("validation_rating_rmse", ratings.rmse)
     return Selection(
-        chosen, weights, ease_l2, blend.half_life, table, weight_table, skipped, ratings.params, ratings.rmse
+        chosen,
+        weights,
+        ease_l2,
+        blend.half_life,
+        table,
+        weight_table,
+        skipped,
+        ratings.params,
+        ratings.rmse,
+        policy,
+        columns,
+        cold_users,
     )
+
+
+def choose_cold_user_answer(
+    settings: Settings, prepared: Prepared, tables: CanonicalTables
+) -> tuple[str, tuple[str, ...], pd.DataFrame | None]:
+    """How new users known only by demographics are answered: the hybrid, popularity, or
+    popularity within a demographic segment, whichever scores the best NDCG@k for users held out
+    entirely from the training part (never the test part). ("model", (), None) when the users
+    have no demographics: there is nothing to choose from."""
+    users = tables.users
+    if not any(column in users and users[column].notna().any() for column in DEMOGRAPHICS):
+        return "model", (), None
+    training = pd.concat([prepared.split.train, prepared.split.test], ignore_index=True)
+    setup = protocol.cold_start_setup(settings)
+    report = cold_user_report(
+        replace(tables, ratings=training),
+        k=settings.training.k,
+        user_share=settings.training.cold_user_share,
+        setup=setup,
+    )
+    policy, columns = choose_new_user_policy(report, settings.training.k)
+    log.info(
+        "selection: new users by demographics only get %s (cold-user NDCG@%d on the training part: %s)",
+        policy + (f" by {'+'.join(columns)}" if columns else ""),
+        settings.training.k,
+        ", ".join(f"{name} {value:.4f}" for name, value in report[f"ndcg@{settings.training.k}"].items()),
+    )
+    mlflow.log_table(report.reset_index(), "metrics/validation_cold_users.json")
+    mlflow.log_params({"new_user_policy": policy, "new_user_segments": "+".join(columns) or "none"})
+    return policy, columns, report
 
 
 def tune_rating_predictor(prepared: Prepared) -> Tuning:
