@@ -8,8 +8,8 @@ each user's training items excluded, k = 10. The candidates are fitted on the va
 carved from the training part, the blend's weights and the champion chosen there
 (`movierec.training.selection.select`); then every candidate is refitted on the training part and
 measured on the held-out test part (`movierec.training.evaluation.evaluate_candidates`). The
-hybrid runs at its default settings (no Optuna here: bench/pipeline.py runs the tuned pipeline).
-Tracking goes to a throwaway MLflow store.
+hybrid is tuned first as the pipeline tunes it (`--trials`, default the settings' 20; 0: the
+default LightFM settings). Tracking goes to a throwaway MLflow store.
 
 Then cold items (10% of rated items held out with all their ratings: AUC among cold items), cold
 users (10% of users held out, known only by demographics), the rating predictor against
@@ -17,26 +17,27 @@ scikit-surprise (bench/ratings.py), and the scoring rate: top-100 for every user
 ml-latest-small from the served bundle (`ServingBundle.recommend`), beside a plain numpy matrix
 product of the same shape.
 
-Usage: .venv/bin/python bench/recommenders.py [DATASET ...]   (needs MOVIEREC_DATA_DIR or ../shared/data)
+Usage: .venv/bin/python bench/recommenders.py [DATASET ...] [--trials N]   (MOVIEREC_DATA_DIR or ../shared/data)
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import mlflow
 import numpy as np
+import optuna
 import pandas as pd
 
 from features.prepare import prepare
 from features.splits import validation_split
 from features.tables import CanonicalTables
 from models.cold_start import cold_item_report, cold_user_report
-from models.tune import TrialSetup
+from models.tune import TrialSetup, best_setup, create_study, make_objective
 from movierec.data.datasets import TMDB, get_spec
 from movierec.data.fetch import locate, locate_optional
 from movierec.data.parse import read_dataset
@@ -73,15 +74,40 @@ def snapshot_of(dataset: str) -> tuple[CanonicalTables, Snapshot]:
     return tables, Snapshot(dataset, f"bench-{dataset}", folder, {"preprocessing": report})
 
 
-def compare(dataset: str, settings: Settings) -> None:
+def tuned_setup(settings: Settings, tables: CanonicalTables, validation, trials: int) -> TrialSetup:
+    """The hybrid's setting: the defaults with `trials` 0, else the best of an Optuna study with
+    the pipeline's objective and search space on the validation split (in memory, seeded; the
+    settings' timeout applies)."""
+    training, tuning = settings.training, settings.tuning
+    if trials == 0:
+        return TrialSetup(
+            {
+                key: value
+                for key, value in training.lightfm_params().items()
+                if key not in ("num_threads", "random_state")
+            },
+            training.item_feature_groups,
+            training.user_feature_groups,
+        )
+    study = create_study("bench", "sqlite:///:memory:", sampler=tuning.sampler, seed=tuning.seed, pruner=tuning.pruner)
+    objective = make_objective(
+        validation,
+        {"users": tables.users, "items": tables.items, "tags": tables.tags},
+        k=training.k,
+        max_epochs=tuning.max_epochs,
+        threshold=training.positive_threshold,
+        seed=training.seed,
+    )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study.optimize(objective, n_trials=trials, timeout=tuning.timeout_seconds)
+    return best_setup(study)
+
+
+def compare(dataset: str, settings: Settings, trials: int) -> None:
     tables, snapshot = snapshot_of(dataset)
     training = settings.training
-    setup = TrialSetup(
-        {key: value for key, value in training.lightfm_params().items() if key not in ("num_threads", "random_state")},
-        training.item_feature_groups,
-        training.user_feature_groups,
-    )
     held_out = protocol.held_out_split(settings, tables.ratings)
+    setup = tuned_setup(settings, tables, validation_split(held_out), trials)
 
     def features(split):
         return prepare(
@@ -100,7 +126,8 @@ def compare(dataset: str, settings: Settings) -> None:
     table = evaluation.table[COLUMNS].copy()
     table.insert(0, "validation ndcg@10", selection.table["ndcg@10"].reindex(table.index))
     users = len(evaluation.users)
-    print(f"\n{dataset}: per-user temporal 80/20, positives >= 4, {users} test users, k=10, hybrid untuned")
+    tuned = f"hybrid tuned by {trials} Optuna trials" if trials else "hybrid untuned"
+    print(f"\n{dataset}: per-user temporal 80/20, positives >= 4, {users} test users, k=10, {tuned}")
     print(table.round(4).to_string())
     chosen = selection.chosen
     weights = ", ".join(f"{name} {weight:g}" for name, weight in selection.weights.items())
@@ -156,7 +183,7 @@ def scoring_rate(settings: Settings) -> None:
     )
 
 
-def main(datasets: list[str]) -> None:
+def main(datasets: list[str], trials: int) -> None:
     pd.set_option("display.width", 200)
     with tempfile.TemporaryDirectory(prefix="movierec-bench-") as home:
         os.environ["MOVIEREC_HOME"] = home
@@ -167,7 +194,7 @@ def main(datasets: list[str]) -> None:
             update={"pipeline": settings.pipeline.model_copy(update={"baselines": FAMILIES})}
         )
         for dataset in datasets or ["ml-100k", "ml-latest-small"]:
-            compare(dataset, settings)
+            compare(dataset, settings, trials)
             ratings.run(dataset)  # the rating anchors: scikit-surprise on the same split
         scoring_rate(settings)
 
@@ -175,4 +202,8 @@ def main(datasets: list[str]) -> None:
 if __name__ == "__main__":
     import ratings  # bench/ratings.py: bench/ is the script's folder, first on sys.path
 
-    main(sys.argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("datasets", nargs="*")
+    parser.add_argument("--trials", type=int, default=None, help="Optuna trials for the hybrid (default: settings)")
+    arguments = parser.parse_args()
+    main(arguments.datasets, get_settings().tuning.trials if arguments.trials is None else arguments.trials)
