@@ -14,7 +14,7 @@ import tempfile
 import time
 
 import optuna
-from recommenders import tables_of
+from recommenders import snapshot_of
 
 from features.prepare import prepare
 from features.splits import user_temporal_split, validation_split
@@ -25,7 +25,7 @@ from models.tune import create_study, make_objective, suggest
 
 def main(dataset: str, trials: int) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    tables = tables_of(dataset)
+    tables = snapshot_of(dataset)[0]
     held_out = user_temporal_split(tables.ratings)
     validation = validation_split(held_out)
     frames = {"users": tables.users, "items": tables.items, "tags": tables.tags}
