@@ -37,7 +37,7 @@ from features.prepare import prepare
 from features.splits import validation_split
 from features.tables import CanonicalTables
 from models.cold_start import cold_item_report, cold_user_report
-from models.tune import TrialSetup, best_setup, create_study, make_objective
+from models.tune import TrialSetup, best_setup
 from movierec.data.datasets import TMDB, get_spec
 from movierec.data.fetch import locate, locate_optional
 from movierec.data.parse import read_dataset
@@ -48,6 +48,7 @@ from movierec.settings import Settings, get_settings
 from movierec.training import protocol
 from movierec.training.evaluation import evaluate_candidates
 from movierec.training.selection import select
+from movierec.training.tuning import settings_objective, settings_study
 
 REPO = Path(__file__).resolve().parent.parent
 COLUMNS = ["ndcg@10", "recall@10", "precision@10", "map@10", "coverage@10", "auc", "train_seconds"]
@@ -89,18 +90,10 @@ def tuned_setup(settings: Settings, tables: CanonicalTables, validation, trials:
             training.item_feature_groups,
             training.user_feature_groups,
         )
-    study = create_study("bench", "sqlite:///:memory:", sampler=tuning.sampler, seed=tuning.seed, pruner=tuning.pruner)
-    objective = make_objective(
-        validation,
-        {"users": tables.users, "items": tables.items, "tags": tables.tags},
-        k=training.k,
-        max_epochs=tuning.max_epochs,
-        threshold=training.positive_threshold,
-        seed=training.seed,
-    )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study.optimize(objective, n_trials=trials, timeout=tuning.timeout_seconds)
-    return best_setup(study)
+    study = settings_study(settings, "bench", "sqlite:///:memory:")
+    study.optimize(settings_objective(settings, tables, validation), n_trials=trials, timeout=tuning.timeout_seconds)
+    return best_setup(study, grid=tuning.sampler == "grid")
 
 
 def compare(dataset: str, settings: Settings, trials: int) -> None:

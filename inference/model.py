@@ -244,7 +244,10 @@ def blended(
     scores. One component: its raw scores. Several: the weighted sum of their `standardise`d
     scores, float32 (`normalise`: for a caller whose scores are standardised already)."""
     if len(weights) == 1:
-        return np.array(component_scores(next(iter(weights))), dtype=np.float32)
+        # Callers may write into the result (`top_k(..., in_place=True)`): a fresh product is
+        # returned as it is, a view of the bundle's own arrays (popularity) as a copy.
+        scores = np.asarray(component_scores(next(iter(weights))), dtype=np.float32)
+        return scores if scores.flags.owndata else scores.copy()
     total = None
     for name, weight in weights.items():
         part = np.array(normalise(component_scores(name)), dtype=np.float32)

@@ -58,10 +58,7 @@ class Fitted:
 
 def fit_hybrid(settings: Settings, prepared: Prepared, setup: TrialSetup) -> LightFMRecommender:
     """The tuned hybrid setting fitted on `prepared.train` for its best validation epoch count."""
-    lightfm = {**setup.lightfm, "num_threads": settings.training.num_threads, "random_state": settings.training.seed}
-    return LightFMRecommender(name=HYBRID, **lightfm).fit(
-        prepared.train, item_features=prepared.item_features.matrix, user_features=prepared.user_features.matrix
-    )
+    return build_model(HYBRID, prepared, protocol.hybrid_params(settings, setup))
 
 
 def fit_candidate(

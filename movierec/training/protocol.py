@@ -28,6 +28,7 @@ from inference.model import ServingBundle
 from models.bundle import serving_bundle
 from models.cold_start import ColdStartSetup
 from models.factorization import LightFMRecommender
+from models.tune import TrialSetup
 from movierec.data.snapshot import Snapshot, SnapshotStore
 from movierec.settings import Settings
 
@@ -97,13 +98,19 @@ def feature_settings(settings: Settings) -> dict:
     }
 
 
-def cold_start_setup(settings: Settings) -> ColdStartSetup:
+def hybrid_params(settings: Settings, setup: TrialSetup) -> dict:
+    """LightFM's keyword arguments for a tuned setting: its parameters, the settings' threads and seed."""
+    return {**setup.lightfm, "num_threads": settings.training.num_threads, "random_state": settings.training.seed}
+
+
+def cold_start_setup(settings: Settings, setup: TrialSetup | None = None) -> ColdStartSetup:
+    """The cold-start reports' setup: the settings' hybrid, or the tuned `setup` when given."""
     training = settings.training
     return ColdStartSetup(
         threshold=training.positive_threshold,
-        item_groups=training.item_feature_groups,
-        user_groups=training.user_feature_groups,
-        lightfm_params=training.lightfm_params(),
+        item_groups=training.item_feature_groups if setup is None else setup.item_groups,
+        user_groups=training.user_feature_groups if setup is None else setup.user_groups,
+        lightfm_params=training.lightfm_params() if setup is None else hybrid_params(settings, setup),
         seed=training.seed,
     )
 

@@ -116,7 +116,7 @@ def select(
         ", ".join(f"{name} {weight:g}" for name, weight in weights.items()),
         ", ".join(f"{name} {value:.4f}" for name, value in table[metric].items()),
     )
-    policy, columns, cold_users = choose_cold_user_answer(settings, prepared, tables)
+    policy, columns, cold_users = choose_cold_user_answer(settings, prepared, tables, setup)
     ratings = tune_rating_predictor(prepared)
     log.info("selection: rating predictor %s, validation RMSE %.4f", ratings.params, ratings.rmse)
     _log(table, weight_table, chosen, weights, ease_l2, blend.half_life, skipped, k)
@@ -139,22 +139,21 @@ def select(
 
 
 def choose_cold_user_answer(
-    settings: Settings, prepared: Prepared, tables: CanonicalTables
+    settings: Settings, prepared: Prepared, tables: CanonicalTables, setup: TrialSetup
 ) -> tuple[str, tuple[str, ...], pd.DataFrame | None]:
-    """How new users known only by demographics are answered: the hybrid, popularity, or
-    popularity within a demographic segment, whichever scores the best NDCG@k for users held out
-    entirely from the training part (never the test part). ("model", (), None) when the users
-    have no demographics: there is nothing to choose from."""
+    """How new users known only by demographics are answered: the hybrid (the tuned `setup`, as
+    it is served), popularity, or popularity within a demographic segment, whichever scores the
+    best NDCG@k for users held out entirely from the training part (never the test part).
+    ("model", (), None) when the users have no demographics: there is nothing to choose from."""
     users = tables.users
     if not any(column in users and users[column].notna().any() for column in DEMOGRAPHICS):
         return "model", (), None
     training = pd.concat([prepared.split.train, prepared.split.test], ignore_index=True)
-    setup = protocol.cold_start_setup(settings)
     report = cold_user_report(
         replace(tables, ratings=training),
         k=settings.training.k,
         user_share=settings.training.cold_user_share,
-        setup=setup,
+        setup=protocol.cold_start_setup(settings, setup),
     )
     policy, columns = choose_new_user_policy(report, settings.training.k)
     log.info(

@@ -75,6 +75,28 @@ def setup_params(setup: TrialSetup) -> dict:
     return params
 
 
+def settings_study(settings: Settings, name: str, storage: str) -> optuna.Study:
+    """The study `name` in `storage` with the settings' sampler, pruner and seed."""
+    tuning = settings.tuning
+    return create_study(name, storage, sampler=tuning.sampler, seed=tuning.seed, pruner=tuning.pruner)
+
+
+def settings_objective(settings: Settings, tables: CanonicalTables, validation: Split, **hooks) -> Callable:
+    """The objective the settings describe (k, epochs, threshold, seed, grid) on `validation`;
+    `hooks`: `on_trial` and `prepare_features` of `models.tune.make_objective`."""
+    training, tuning = settings.training, settings.tuning
+    return make_objective(
+        validation,
+        {"users": tables.users, "items": tables.items, "tags": tables.tags},
+        k=training.k,
+        max_epochs=tuning.max_epochs,
+        threshold=training.positive_threshold,
+        seed=training.seed,
+        grid=tuning.sampler == "grid",
+        **hooks,
+    )
+
+
 def tune(
     settings: Settings,
     dataset: str,
@@ -92,7 +114,7 @@ def tune(
     tuning, training = settings.tuning, settings.training
     name = study_name(settings, dataset, snapshot_id, held_out)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = create_study(name, settings.optuna_storage, sampler=tuning.sampler, seed=tuning.seed, pruner=tuning.pruner)
+    study = settings_study(settings, name, settings.optuna_storage)
     metric = f"val_ndcg@{training.k}"
 
     def log_trial(trial: optuna.Trial, setup: TrialSetup, scores: list[float], state: str) -> None:
@@ -123,17 +145,7 @@ def tune(
             best,
         )
 
-    objective = make_objective(
-        validation,
-        {"users": tables.users, "items": tables.items, "tags": tables.tags},
-        k=training.k,
-        max_epochs=tuning.max_epochs,
-        threshold=training.positive_threshold,
-        seed=training.seed,
-        grid=tuning.sampler == "grid",
-        on_trial=log_trial,
-        prepare_features=features,
-    )
+    objective = settings_objective(settings, tables, validation, on_trial=log_trial, prepare_features=features)
     before = len(study.trials)
     log.info(
         "tuning: study %s (%d earlier trials), budget %s trials, %s",

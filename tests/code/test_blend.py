@@ -169,3 +169,11 @@ def test_served_ease_keeps_the_largest_weights_and_all_of_them_when_the_budget_a
     kept = np.abs(pruned.data).min()
     dropped = np.abs(model.full_weights())[pruned.toarray() == 0]
     assert dropped.max() <= kept
+
+
+def test_scoring_never_writes_into_the_bundles_own_arrays():
+    bundle = _bundle(blend={"popularity": 1.0})
+    before = bundle.popularity_score.copy()
+    items, _ = bundle.recommend_user(0, 3)  # masks user 0's rated item in the scores it ranks
+    assert items.tolist() == [1, 2, -1]
+    np.testing.assert_array_equal(bundle.popularity_score, before)
