@@ -190,7 +190,7 @@ def test_a_failed_run_leaves_the_registry_untouched(home, quick_pipeline, monkey
             raise RuntimeError("injected failure in final training")
 
     with monkeypatch.context() as patch:
-        patch.setattr("movierec.training.candidates.LightFMRecommender", BrokenTraining)
+        patch.setattr("models.families.LightFMRecommender", BrokenTraining)
         with pytest.raises(RuntimeError, match="injected failure in final training"):
             retrain(**DATA, trials=1)
 
