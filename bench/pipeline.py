@@ -90,6 +90,7 @@ def report(dataset: str, case: dict) -> None:
     )
     weights = ", ".join(f"{name} {weight:g}" for name, weight in selection["blend_weights"].items())
     print(f"  blend: {weights}; EASE l2 {selection['ease_l2']}; recency half-life {selection['half_life']}")
+    print(f"  movies without a rating: content model's say {selection['unrated_content_weight']:g}")
     print(f"  {'model':<12} {'validation NDCG@10':>19} {'test NDCG@10':>13}")
     for name, row in metrics.items():
         mark = "  <- champion (chosen on validation)" if name == chosen else ""

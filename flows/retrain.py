@@ -151,6 +151,11 @@ def retrain(
                     "serving_ratings": served.bundle.about["trained_ratings"],
                     "evaluation_ratings": evaluation.twin.about["trained_ratings"],
                     "rating_errors": evaluation.ratings,
+                    "unrated": {
+                        "content_weight": selection.unrated_content_weight,
+                        "served_movies": len(served.bundle.unrated),
+                        "evaluation_movies": len(evaluation.twin.unrated),
+                    },
                     "new_users": selection.new_user_policy
                     + (f" by {'+'.join(selection.segment_columns)}" if selection.segment_columns else ""),
                 },
@@ -197,6 +202,7 @@ def retrain(
             "ease_l2": selection.ease_l2,
             "half_life": selection.half_life,
             "new_user_policy": selection.new_user_policy,
+            "unrated_content_weight": selection.unrated_content_weight,
             "segment_columns": list(selection.segment_columns),
             "cold_users": None
             if selection.cold_users is None

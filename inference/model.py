@@ -36,6 +36,10 @@ minus the row's mean over the catalogue, over its standard deviation) times its 
 component's scale dominates the others. Popularity-fallback scores are the normalised
 popularity: an item's number of training positives over that of the most popular item, in
 [0, 1]. Model and fallback scales are not comparable; `source` says which one a row uses.
+
+Movies nobody has rated (in the ratings the bundle learned) are unknown to the collaborative
+components; when the bundle carries the content model (`ContentScorer`), it ranks them instead
+and `ServingBundle.place_unrated` puts them on the recipe's scale, for known and new users alike.
 """
 
 from __future__ import annotations
@@ -60,6 +64,8 @@ NEW_USER_POLICIES = ("model", "popularity", "segments")
 FACTORS = "factors"
 # Users scored per matrix product: memory stays at BATCH_SIZE x n_items floats.
 BATCH_SIZE = 2048
+# Rated movies against which unrated ones are placed on a recipe's scale (`place_unrated`).
+PLACEMENT_REFERENCE_ITEMS = 2048
 
 # ---------------------------------------------------------------------- top-k selection
 
@@ -225,14 +231,19 @@ def factor_scores(
     return scores.astype(np.float32, copy=False)
 
 
+def _spread(scores: np.ndarray) -> np.ndarray:
+    """(n, 1) float64 standard deviation of each row (1 where a row is constant)."""
+    spread = scores.std(axis=1, keepdims=True, dtype=np.float64)
+    spread[spread == 0] = 1.0
+    return spread
+
+
 def standardise(scores: np.ndarray) -> np.ndarray:
     """Each row minus its mean, over its standard deviation (a constant row becomes zeros), in
     float32: the per-user normalisation under which a blend's components are summed."""
     scores = np.asarray(scores, dtype=np.float32)
     mean = scores.mean(axis=1, keepdims=True, dtype=np.float64)
-    spread = scores.std(axis=1, keepdims=True, dtype=np.float64)
-    spread[spread == 0] = 1.0
-    return ((scores - mean) / spread).astype(np.float32, copy=False)
+    return ((scores - mean) / _spread(scores)).astype(np.float32, copy=False)
 
 
 def blended(
@@ -254,6 +265,78 @@ def blended(
         part *= np.float32(weight)
         total = part if total is None else total + part
     return total
+
+
+@dataclass(eq=False)
+class ContentScorer:
+    """The content-based model's scores (`models.baselines.ContentBased`, whose docstring says
+    why), reduced to arrays; the one home of that formula, for the model and for the bundle that
+    ranks movies nobody has rated with it.
+
+    score(u, i) = (1 - prior_weight) * sum_g w_g cos(p_ug, f_ig) / sum_g w_g + prior_weight * prior(i)
+
+    `item_rows` (items x features) holds each item's feature group blocks, each L2-normalised and
+    times its group's weight w_g (`span_weights`, groups at column ranges `spans`); a user's
+    profile p_u is the weighted mean of their liked items' rows (the weights of `liked_rows`)
+    minus `mean_profile` (the average liked item), L2-normalised per group; `prior` is each
+    item's popularity prior in [0, ~1]. A user who liked nothing gets the prior alone."""
+
+    item_rows: sp.csr_matrix
+    mean_profile: np.ndarray
+    spans: list[tuple[int, int]]
+    span_weights: np.ndarray
+    prior: np.ndarray
+    prior_weight: float
+
+    def __post_init__(self) -> None:
+        self.item_rows = sp.csr_matrix(self.item_rows, dtype=np.float32)
+        self.mean_profile = np.asarray(self.mean_profile, dtype=np.float32)
+        self.spans = [(int(start), int(stop)) for start, stop in self.spans]
+        self.span_weights = np.asarray(self.span_weights, dtype=np.float32)
+        self.prior = np.asarray(self.prior, dtype=np.float32)
+        self.prior_weight = float(self.prior_weight)
+        n_items, n_features = self.item_rows.shape
+        if self.mean_profile.shape != (n_features,) or self.prior.shape != (n_items,):
+            raise ValueError(
+                f"content scorer: mean_profile {self.mean_profile.shape} / prior {self.prior.shape} do not "
+                f"match item rows {self.item_rows.shape}"
+            )
+        if len(self.spans) != len(self.span_weights) or any(
+            not 0 <= start <= stop <= n_features for start, stop in self.spans
+        ):
+            raise ValueError(f"content scorer: spans {self.spans} do not fit {n_features} feature columns")
+
+    def profiles(self, liked_rows: sp.spmatrix) -> np.ndarray:
+        """(n, n_features) float32: each row's centred, per-group unit taste profile (zeros for a
+        row with no liked item)."""
+        liked_rows = sp.csr_matrix(liked_rows, dtype=np.float32)
+        weight = np.asarray(liked_rows.sum(axis=1), dtype=np.float64).ravel()
+        has_profile = weight != 0
+        weight[~has_profile] = 1.0
+        profiles = np.asarray((liked_rows @ self.item_rows).toarray(), dtype=np.float32)
+        profiles /= weight[:, None].astype(np.float32)
+        profiles[has_profile] -= self.mean_profile
+        for start, stop in self.spans:
+            block = profiles[:, start:stop]
+            norms = np.linalg.norm(block, axis=1, keepdims=True)
+            norms[norms == 0] = 1.0
+            block /= norms
+        return profiles
+
+    def scores(self, liked_rows: sp.spmatrix, items: np.ndarray | None = None) -> np.ndarray:
+        """(n, n_items) float32 scores of the users whose liked items are `liked_rows` (users x
+        items); only the columns `items` (in that order) when given."""
+        rows = self.item_rows if items is None else self.item_rows[np.asarray(items, dtype=np.int64)]
+        prior = self.prior if items is None else self.prior[np.asarray(items, dtype=np.int64)]
+        return self.scores_of_rows(liked_rows, rows, prior)
+
+    def scores_of_rows(self, liked_rows: sp.spmatrix, rows: sp.csr_matrix, prior: np.ndarray) -> np.ndarray:
+        """`scores` against given item rows of `item_rows` and their prior (a caller's cached slice)."""
+        profiles = self.profiles(liked_rows)
+        # Item blocks carry their group's weight, profile blocks are unit: sum of w_g cos_g / sum of w_g.
+        taste = np.asarray(rows @ profiles.T, dtype=np.float32).T / np.float32(self.span_weights.sum() or 1.0)
+        scores = np.float32(1.0 - self.prior_weight) * taste + np.float32(self.prior_weight) * prior[None, :]
+        return np.ascontiguousarray(scores, dtype=np.float32)
 
 
 def unit_rows(vectors: np.ndarray) -> np.ndarray:
@@ -388,7 +471,7 @@ class ServingBundle:
     Arrays are indexed by the training snapshot's user_idx / item_idx.
     """
 
-    FORMAT = 4  # the bundle format this code writes and reads (see `save_bundle`)
+    FORMAT = 5  # the bundle format this code writes and reads (see `save_bundle`)
 
     user_ids: np.ndarray  # int64 (n_users,): user_id of each user_idx
     item_ids: np.ndarray  # int64 (n_items,): movie_id of each item_idx
@@ -438,6 +521,12 @@ class ServingBundle:
     segment_columns: list[str] = field(default_factory=list)
     segment_keys: list[str] = field(default_factory=list)  # `segment_key` of each segment_counts row
     segment_counts: np.ndarray | None = None  # int64 (n_segments, n_items): positives per segment
+    # The content-based model fitted on the same ratings: it ranks the movies `trained` holds no
+    # rating of (`unrated`), which the collaborative components know nothing about (see
+    # `place_unrated`). None: every component's own scores stand for them.
+    content: ContentScorer | None = None
+    # How much the content model decides for them, in [0, 1] (chosen on validation).
+    unrated_content_weight: float = 1.0
 
     def __post_init__(self) -> None:
         self.user_ids = np.asarray(self.user_ids, dtype=np.int64)
@@ -533,6 +622,23 @@ class ServingBundle:
         self._segments = {key: row for row, key in enumerate(self.segment_keys)}
         if self.positives.shape != (n_users, n_items):
             raise ValueError(f"ServingBundle.positives has shape {self.positives.shape}, expected {(n_users, n_items)}")
+        self.unrated = np.flatnonzero(self.trained.getnnz(axis=0) == 0)
+        self.unrated_content_weight = float(self.unrated_content_weight)
+        if not 0.0 <= self.unrated_content_weight <= 1.0:
+            raise ValueError(f"unrated_content_weight must be in [0, 1], got {self.unrated_content_weight}")
+        if self.content is not None:
+            if self.content.item_rows.shape[0] != n_items:
+                raise ValueError(
+                    f"ServingBundle.content scores {self.content.item_rows.shape[0]} items, expected {n_items}"
+                )
+            rated = np.setdiff1d(np.arange(n_items), self.unrated)
+            # The rated items whose scores set the scale unrated ones are placed on: evenly spaced
+            # by index, enough for a stable mean and deviation, few enough to stay cheap per request.
+            take = np.unique(np.linspace(0, len(rated) - 1, min(len(rated), PLACEMENT_REFERENCE_ITEMS)).round())
+            self._reference = rated[take.astype(np.int64)] if len(rated) else rated
+            placed = np.concatenate([self.unrated, self._reference])
+            self._placed_rows = self.content.item_rows[placed]
+            self._placed_prior = self.content.prior[placed]
 
     def _check_rating_predictor(self, n_users: int, n_items: int) -> None:
         self.rating_mean = float(self.rating_mean)
@@ -588,7 +694,36 @@ class ServingBundle:
     def scores(self, users: np.ndarray) -> np.ndarray:
         """(len(users), n_items) float32 scores of user_idx `users` by the bundle's recipe."""
         users = np.asarray(users, dtype=np.int64)
-        return blended(lambda name: self.component_scores(name, users), self.blend)
+        scores = blended(lambda name: self.component_scores(name, users), self.blend)
+        return self.place_unrated(scores, self.positives[users])
+
+    def place_unrated(self, scores: np.ndarray, liked_rows: sp.spmatrix) -> np.ndarray:
+        """`scores` (n, n_items, written in place) with the unrated movies' columns replaced by
+        the content model's opinion of them (with weight `unrated_content_weight`), on the scale
+        of the recipe's scores.
+
+        For each user (their liked items' row in `liked_rows`), an unrated movie's content score
+        becomes a z-score against the content scores of the reference (rated) movies, and the
+        recipe's own score of it a z-score against the recipe's scores of the same movies. Its
+        new score is the recipe's mean over the reference movies plus the weighted mean of the
+        two z-scores (content weight w, recipe 1 - w) times the recipe's standard deviation over
+        them: with w = 1, a movie the content model ranks as high as the recipe's top 1% of rated
+        movies lands among them, and among unrated movies the order is the content model's;
+        w = 0 leaves the recipe's scores as they are. Nothing changes without a content model
+        or unrated movies."""
+        if self.content is None or not len(self.unrated) or not len(self._reference) or not self.unrated_content_weight:
+            return scores
+        liked = sp.csr_matrix(liked_rows, dtype=np.float32, copy=True)
+        liked.data[:] = 1.0  # the content model's profiles weigh every liked movie alike
+        content = self.content.scores_of_rows(liked, self._placed_rows, self._placed_prior)
+        unrated, reference = content[:, : len(self.unrated)], content[:, len(self.unrated) :]
+        z = (unrated - reference.mean(axis=1, keepdims=True)) / _spread(reference)
+        recipe = scores[:, self._reference]
+        mean, spread = recipe.mean(axis=1, keepdims=True, dtype=np.float64), _spread(recipe)
+        own = (scores[:, self.unrated] - mean) / spread
+        weight = self.unrated_content_weight
+        scores[:, self.unrated] = mean + ((1.0 - weight) * own + weight * z) * spread
+        return scores
 
     def component_scores(self, name: str, users: np.ndarray) -> np.ndarray:
         """(len(users), n_items) raw scores of one component ("factors", "popularity" or an
@@ -739,7 +874,7 @@ class ServingBundle:
             if representation is None:
                 return None
             usable = {FACTORS: 1.0}
-        return blended(component_scores, usable)[0]
+        return self.place_unrated(blended(component_scores, usable), row)[0]
 
     def similar_items(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k item_idx whose item vectors are most cosine-similar to `item`'s, itself excluded."""
@@ -1006,6 +1141,7 @@ ARRAYS = (
 )
 FEATURE_ARRAYS = ("user_feature_embeddings", "user_feature_biases")
 RATING_ARRAYS = ("rating_user_bias", "rating_item_bias", "rating_user_factors", "rating_item_factors")
+CONTENT_ARRAYS = ("mean_profile", "span_weights", "prior")
 
 
 def save_bundle(bundle: ServingBundle, folder: Path | str) -> Path:
@@ -1017,6 +1153,8 @@ def save_bundle(bundle: ServingBundle, folder: Path | str) -> Path:
     trained.npz   users x items, the ratings the model was trained on (holdout evaluation)
     positives.npz users x items, the positives as the item-item models read them
     item_item-<name>.npz   each item-item model's items x items weights
+    content-items.npz      the content model's item feature rows (its other arrays are in
+                  arrays.npz as content_*, its spans and prior weight in bundle.json)
     items.parquet display metadata in item_idx order
     bundle.json   format, rating scale, positive threshold, user feature names, group column
                   ranges and weights, the blend recipe, the item-item model names, `about`
@@ -1031,6 +1169,9 @@ def save_bundle(bundle: ServingBundle, folder: Path | str) -> Path:
     if bundle.has_rating_predictor:
         arrays.update({name: getattr(bundle, name) for name in RATING_ARRAYS})
     arrays["segment_counts"] = bundle.segment_counts
+    if bundle.content is not None:
+        arrays.update({f"content_{name}": getattr(bundle.content, name) for name in CONTENT_ARRAYS})
+        sp.save_npz(folder / "content-items.npz", bundle.content.item_rows.tocsr(), compressed=True)
     np.savez(folder / "arrays.npz", **arrays)
     sp.save_npz(folder / "seen.npz", bundle.seen.tocsr(), compressed=True)
     sp.save_npz(folder / "trained.npz", bundle.trained.tocsr(), compressed=True)
@@ -1053,6 +1194,10 @@ def save_bundle(bundle: ServingBundle, folder: Path | str) -> Path:
         "new_user_policy": bundle.new_user_policy,
         "segment_columns": list(bundle.segment_columns),
         "segment_keys": list(bundle.segment_keys),
+        "content": None
+        if bundle.content is None
+        else {"spans": [list(span) for span in bundle.content.spans], "prior_weight": bundle.content.prior_weight},
+        "unrated_content_weight": bundle.unrated_content_weight,
     }
     (folder / "bundle.json").write_text(json.dumps(meta, indent=2) + "\n")
     return folder
@@ -1073,6 +1218,14 @@ def load_bundle(folder: Path | str) -> ServingBundle:
     with np.load(folder / "arrays.npz", allow_pickle=False) as stored:
         arrays = {name: stored[name] for name in stored.files}
     scale = meta["rating_scale"]
+    content = None
+    if meta["content"] is not None:
+        content = ContentScorer(
+            item_rows=sp.load_npz(folder / "content-items.npz").tocsr(),
+            **{name: arrays[f"content_{name}"] for name in CONTENT_ARRAYS},
+            spans=[tuple(span) for span in meta["content"]["spans"]],
+            prior_weight=meta["content"]["prior_weight"],
+        )
     return ServingBundle(
         **{name: arrays[name] for name in ARRAYS},
         seen=sp.load_npz(folder / "seen.npz").tocsr(),
@@ -1094,6 +1247,8 @@ def load_bundle(folder: Path | str) -> ServingBundle:
         blend=meta["blend"],
         item_item={name: sp.load_npz(folder / f"item_item-{name}.npz").tocsr() for name in meta["item_item"]},
         about=meta["about"],
+        content=content,
+        unrated_content_weight=meta["unrated_content_weight"],
     )
 
 

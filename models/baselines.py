@@ -20,6 +20,7 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import lsqr
 from sklearn.utils.extmath import randomized_svd
 
+from inference.model import ContentScorer
 from models.base import Recommender
 
 # Dense item vectors up to 16M cells (64 MB float32); beyond, a truncated SVD.
@@ -430,18 +431,36 @@ class ContentBased(_Fitted):
             raise ValueError(f"item_features has {features.shape[0]} rows, interactions have {n_items} items")
         groups = getattr(given, "groups", None) or {"all": (0, features.shape[1])}
         spans = sorted((span, self.group_weights.get(group, 1.0)) for group, span in groups.items())
-        self.spans = [(start, stop) for (start, stop), weight in spans if stop > start and weight > 0]
-        self.span_weights = np.array(
-            [weight for (start, stop), weight in spans if stop > start and weight > 0], dtype=np.float32
-        )
-        self.features = _group_unit_rows(features, self.spans, self.span_weights)
-        unit = _group_unit_rows(features, self.spans, np.ones(len(self.spans), dtype=np.float32))
+        kept = [((start, stop), weight) for (start, stop), weight in spans if stop > start and weight > 0]
+        spans = [span for span, _ in kept]
+        span_weights = np.array([weight for _, weight in kept], dtype=np.float32)
+        item_rows = _group_unit_rows(features, spans, span_weights)
+        unit = _group_unit_rows(features, spans, np.ones(len(spans), dtype=np.float32))
         # The average liked item: every training interaction's feature row, weighted like profiles.
         column_weight = np.asarray(matrix.sum(axis=0), dtype=np.float64).ravel()
         total = column_weight.sum() or 1.0
-        self.mean_profile = (self.features.T @ column_weight / total).astype(np.float32)
-        self.prior = self._prior(matrix, ratings, unit)
+        self.scorer = ContentScorer(
+            item_rows=item_rows,
+            mean_profile=(item_rows.T @ column_weight / total).astype(np.float32),
+            spans=spans,
+            span_weights=span_weights,
+            prior=self._prior(matrix, ratings, unit),
+            prior_weight=self.prior_weight,
+        )
         return self
+
+    @property
+    def features(self) -> sp.csr_matrix:
+        """Items x features: each group's block unit-length times its weight."""
+        return self.scorer.item_rows
+
+    @property
+    def mean_profile(self) -> np.ndarray:
+        return self.scorer.mean_profile
+
+    @property
+    def prior(self) -> np.ndarray:
+        return self.scorer.prior
 
     def _prior(self, matrix: sp.csr_matrix, ratings, unit: sp.csr_matrix) -> np.ndarray:
         """log(1 + training users who liked each item), ridge-predicted from the (unweighted,
@@ -467,20 +486,7 @@ class ContentBased(_Fitted):
         return (np.clip(prior, 0.0, None) / (top if top > 0 else 1.0)).astype(np.float32)
 
     def _scores_of(self, rows: sp.csr_matrix) -> np.ndarray:
-        weight = np.asarray(rows.sum(axis=1), dtype=np.float64).ravel()
-        has_profile = weight != 0
-        weight[~has_profile] = 1.0
-        profiles = np.asarray((rows @ self.features).toarray(), dtype=np.float32) / weight[:, None].astype(np.float32)
-        profiles[has_profile] -= self.mean_profile
-        for start, stop in self.spans:
-            block = profiles[:, start:stop]
-            norms = np.linalg.norm(block, axis=1, keepdims=True)
-            norms[norms == 0] = 1.0
-            block /= norms
-        # Item blocks carry their group's weight, profile blocks are unit: sum of w_g cos_g, / sum of w_g.
-        taste = np.asarray(self.features @ profiles.T, dtype=np.float32).T / np.float32(self.span_weights.sum() or 1.0)
-        blended = np.float32(1.0 - self.prior_weight) * taste + np.float32(self.prior_weight) * self.prior[None, :]
-        return np.ascontiguousarray(blended, dtype=np.float32)
+        return self.scorer.scores(rows)
 
     def scores(self, users: np.ndarray) -> np.ndarray:
         matrix = self._check_fitted()

@@ -13,13 +13,15 @@ while the EASE baseline of the report keeps its default. Then the item-item mode
 user's positives weighted by recency, 0.5 ** (rank / half-life) with rank 0 for the latest
 (`features.interactions.recency_ranked`), the half-life chosen on validation among
 `HALF_LIFE_GRID` (`tune_half_life`; None keeps them unweighted). The models are fitted on the
-unweighted positives either way; only what they read at scoring time is weighted.
+unweighted positives either way; only what they read at scoring time is weighted. Last, how much
+the content model decides for movies without a rating (`tune_unrated_content_weight`).
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -27,7 +29,7 @@ import scipy.sparse as sp
 
 from features.interactions import recency_ranked
 from features.prepare import Prepared
-from inference.model import FACTORS, blended, standardise, top_k
+from inference.model import FACTORS, ServingBundle, blended, standardise, top_k
 from models.baselines import EASE, ItemKNN
 from models.evaluation import ndcg
 
@@ -38,6 +40,11 @@ EASE_L2_GRID = (100.0, 200.0, 400.0)
 # Recency half-lives (in a user's positives, latest first) of the item-item models' inputs.
 HALF_LIFE_GRID = (None, 5.0, 10.0, 20.0, 40.0)
 WEIGHT_STEP = 0.1
+# The content model's say over movies nobody has rated, from none (the recipe's own scores) to
+# all of it. Ties go to the larger: the content model ranks such movies at least as well as the
+# hybrid does (cold-item AUC 0.73 / 0.85 vs 0.71 / 0.85 on ml-100k / ml-latest-small), while
+# the item-item models know nothing of them.
+UNRATED_CONTENT_WEIGHTS = (0.0, 0.5, 1.0)
 
 
 def ndcg_of_scores(scores: np.ndarray, prepared: Prepared, users: np.ndarray, k: int) -> float:
@@ -129,6 +136,20 @@ def tune_weights(
     best = int(table[f"ndcg@{k}"].to_numpy().argmax())  # first maximum: the earlier vector
     ordered = table.iloc[np.argsort(-table[f"ndcg@{k}"].to_numpy(), kind="stable")].reset_index(drop=True)
     return dict(table.loc[best, "weights"]), ordered
+
+
+def tune_unrated_content_weight(
+    bundle: ServingBundle, prepared: Prepared, users: np.ndarray, k: int
+) -> tuple[float, dict[float, float]]:
+    """How much say the content model has over the movies `bundle` knows no rating of
+    (`ServingBundle.place_unrated`): the weight in `UNRATED_CONTENT_WEIGHTS` whose bundle scores
+    the best NDCG@k on `prepared.test` (rows: `users`), ties going to the larger weight; and each
+    weight's NDCG@k."""
+    scores = {}
+    for weight in UNRATED_CONTENT_WEIGHTS:
+        candidate = replace(bundle, unrated_content_weight=weight)
+        scores[weight] = ndcg(candidate.recommend(users, k, prepared.seen)[0], prepared, users, k)
+    return max(scores, key=lambda weight: (scores[weight], weight)), scores
 
 
 def served_item_item(models: Mapping[str, object]) -> dict[str, sp.csr_matrix]:

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from features.interactions import rating_matrix
 from features.prepare import Prepared
 from features.users import DEFAULT_USER_GROUPS
-from inference.model import ITEM_COLUMNS, ServingBundle, segment_key
+from inference.model import ITEM_COLUMNS, ContentScorer, ServingBundle, segment_key
 from models.factorization import BiasedMF, LightFMRecommender
 
 # A demographic segment's own popularity list needs this many training users; smaller ones get
@@ -33,6 +33,8 @@ def serving_bundle(
     ratings: BiasedMF | None = None,
     new_user_policy: str = "model",
     segment_columns: tuple[str, ...] = (),
+    content: ContentScorer | None = None,
+    unrated_content_weight: float = 1.0,
 ) -> ServingBundle:
     """Bundle a fitted `LightFMRecommender` (and item-item models) with the split they were
     trained on.
@@ -43,7 +45,9 @@ def serving_bundle(
     `blend` the scoring recipe over "factors" (`model`), "popularity" and the `item_item`
     matrices (None: `model` alone), `positives` what those read per user (None: the binary
     positives of `prepared.seen`), `ratings` a fitted rating predictor (on `prepared.seen`),
-    `about` a description kept with the bundle; `new_user_policy` and `segment_columns` how a
+    `about` a description kept with the bundle; `content` the content model fitted on the same
+    data, which ranks the movies `prepared.seen` has no rating of with `unrated_content_weight`
+    (`ServingBundle.place_unrated`); `new_user_policy` and `segment_columns` how a
     new user known by demographics only is answered (segment popularity counts the positives of
     `prepared.train` per segment of `users`, segments of at least `MIN_SEGMENT_USERS` users).
     Popularity counts the positives of `prepared.train`; `trained` is `prepared.seen`, and
@@ -95,6 +99,8 @@ def serving_bundle(
         **features,
         **(_rating_predictor(ratings) if ratings is not None else {}),
         new_user_policy=new_user_policy,
+        content=content,
+        unrated_content_weight=unrated_content_weight,
         **_segments(prepared.train, users, segment_columns),
     )
 

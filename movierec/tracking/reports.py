@@ -298,6 +298,15 @@ def model_card(
                 "within their demographic segment).",
                 "",
             ]
+        if served.get("unrated") is not None:
+            unrated = served["unrated"]
+            lines += [
+                f"Movies nobody has rated ({unrated['served_movies']:,} in the served model, "
+                f"{unrated['evaluation_movies']:,} in its twin) are ranked with the content model's say "
+                f"{unrated['content_weight']:g} (0: the recipe's own scores, 1: the content model's order; "
+                "chosen on validation).",
+                "",
+            ]
         if served.get("rating_errors") is not None:
             errors = served["rating_errors"]
             lines += [

@@ -7,7 +7,8 @@ measured but never registered: the served model has no form for them (`NOT_SERVA
 
 Every bundle carries the hybrid's factors, even when its recipe does not score with them: they
 place a new user from demographics, find similar movies and say "because you liked ...". The mf
-candidate is the exception; its own factors are the bundle's.
+candidate is the exception; its own factors are the bundle's. Every bundle also carries the
+content model: the movies nobody has rated yet are ranked by their metadata, whatever the recipe.
 
 A candidate is fitted on three scopes of the same snapshot: the validation split's training part
 (to choose it), the holdout's training part (its test metrics and the gate: the evaluation
@@ -38,7 +39,7 @@ HYBRID, BLEND = "hybrid", "blend"
 SERVABLE = (HYBRID, BLEND, "popularity", "item_knn", "ease", "mf")
 NOT_SERVABLE = {
     "user_knn": "the served model has no form for user-user neighbours",
-    "content": "the served model has no form for content-only scores",
+    "content": "content scores are every bundle's ranking of unrated movies, not a recipe of their own",
     "biased_mf": "a rating predictor, not a ranking model",
 }
 
@@ -107,11 +108,13 @@ def bundle(
     role: str,
     ratings: BiasedMF | None = None,
     new_users: tuple[str, tuple[str, ...]] = ("model", ()),
+    unrated_content_weight: float = 1.0,
 ) -> ServingBundle:
     """`fitted` as the bundle that scores it, with the rating predictor `ratings` (fitted on the
     same data) and the answer to new users known by demographics only (`new_users`: policy and
     segment columns), described by `role` ("validation", "evaluation" or "serving") and the
-    ratings it learned from."""
+    ratings it learned from. The content model, fitted on the same data, ranks the movies no
+    rating of `prepared` mentions with `unrated_content_weight` (`ServingBundle.place_unrated`)."""
     about = {
         "role": role,
         "candidate": fitted.name,
@@ -141,6 +144,8 @@ def bundle(
         ratings=ratings,
         new_user_policy=new_users[0],
         segment_columns=new_users[1],
+        content=build_model("content", prepared).scorer,
+        unrated_content_weight=unrated_content_weight,
     )
 
 

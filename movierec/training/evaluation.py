@@ -93,7 +93,16 @@ def evaluate_candidates(
         )
         seconds.setdefault(name, fitted.seconds)
         models[name] = candidates.bundle(
-            settings, fitted, prepared, tables, snapshot, setup, "evaluation", ratings, new_users
+            settings,
+            fitted,
+            prepared,
+            tables,
+            snapshot,
+            setup,
+            "evaluation",
+            ratings,
+            new_users,
+            unrated_content_weight=selection.unrated_content_weight,
         )
 
     rows, recommended = [], {}
@@ -169,5 +178,16 @@ def refit_for_serving(
     )
     ratings = candidates.fit_rating_predictor(prepared, selection.rating_params)
     new_users = (selection.new_user_policy, selection.segment_columns)
-    bundle = candidates.bundle(settings, fitted, prepared, tables, snapshot, setup, "serving", ratings, new_users)
+    bundle = candidates.bundle(
+        settings,
+        fitted,
+        prepared,
+        tables,
+        snapshot,
+        setup,
+        "serving",
+        ratings,
+        new_users,
+        unrated_content_weight=selection.unrated_content_weight,
+    )
     return Served(bundle=bundle, factors=fitted.factors)

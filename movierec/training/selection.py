@@ -19,8 +19,8 @@ import pandas as pd
 
 from features.prepare import Prepared
 from features.tables import CanonicalTables
-from inference.model import DEMOGRAPHICS, FACTORS
-from models.blend import COMPONENTS, ITEM_ITEM, tune_ease, tune_half_life, tune_weights
+from inference.model import DEMOGRAPHICS, FACTORS, POPULARITY
+from models.blend import COMPONENTS, ITEM_ITEM, tune_ease, tune_half_life, tune_unrated_content_weight, tune_weights
 from models.cold_start import choose_new_user_policy, cold_user_report
 from models.evaluation import evaluate, evaluated_users
 from models.families import build_model, unscalable
@@ -49,6 +49,8 @@ class Selection:
     new_user_policy: str  # how users known only by demographics are answered
     segment_columns: tuple[str, ...]  # the demographic segments of the "segments" policy
     cold_users: pd.DataFrame | None  # the cold-user table the policy was chosen on (None: no demographics)
+    unrated_content_weight: float  # the content model's say over movies without a rating
+    unrated_table: dict[float, float]  # validation NDCG@k of the chosen recipe per such weight
 
 
 def select(
@@ -92,7 +94,10 @@ def select(
         fitted={"ease": tuned_ease} if tuned_ease else None,
     )
     blend.half_life = tune_half_life(blend.item_item, prepared, users, k, settings.training.positive_threshold)
-    bundle = candidates.bundle(settings, blend, prepared, tables, snapshot, setup, "validation")
+    # Candidates are compared with their own scores for unrated movies, as the raw models are.
+    bundle = candidates.bundle(
+        settings, blend, prepared, tables, snapshot, setup, "validation", unrated_content_weight=0.0
+    )
     component_scores = {name: bundle.component_scores(name, users) for name in COMPONENTS if name in every_part}
     weights, weight_table = tune_weights(component_scores, prepared, users, k)
     tuned = replace(
@@ -116,6 +121,21 @@ def select(
         ", ".join(f"{name} {weight:g}" for name, weight in weights.items()),
         ", ".join(f"{name} {value:.4f}" for name, value in table[metric].items()),
     )
+    # Movies without a rating in the validation part: how much the content model ranks them,
+    # measured with the chosen candidate's recipe (the blend's for one the bundle cannot score).
+    recipes = {HYBRID: {FACTORS: 1.0}, BLEND: weights, POPULARITY: {POPULARITY: 1.0}}
+    recipes.update({name: {name: 1.0} for name in bundle.item_item})
+    unrated_weight, unrated_table = tune_unrated_content_weight(
+        replace(bundle, blend=recipes.get(chosen, weights)), prepared, users, k
+    )
+    log.info(
+        "selection: movies without a rating are ranked with content weight %g (%d such movies; NDCG@%d %s)",
+        unrated_weight,
+        len(bundle.unrated),
+        k,
+        ", ".join(f"{weight:g}: {value:.4f}" for weight, value in unrated_table.items()),
+    )
+    mlflow.log_param("unrated_content_weight", unrated_weight)
     policy, columns, cold_users = choose_cold_user_answer(settings, prepared, tables, setup)
     ratings = tune_rating_predictor(prepared)
     log.info("selection: rating predictor %s, validation RMSE %.4f", ratings.params, ratings.rmse)
@@ -135,6 +155,8 @@ def select(
         policy,
         columns,
         cold_users,
+        unrated_weight,
+        unrated_table,
     )
 
 

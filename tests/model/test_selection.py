@@ -9,6 +9,7 @@ import pytest
 from features.prepare import prepare
 from features.splits import user_temporal_split, validation_split
 from models import baselines
+from models.blend import UNRATED_CONTENT_WEIGHTS
 from models.tune import TrialSetup
 from movierec.data.preprocess import canonicalize
 from movierec.data.snapshot import Snapshot
@@ -36,6 +37,8 @@ def validation(home, monkeypatch):
         user_groups=setup.user_groups,
     )
     snapshot = Snapshot("synthetic", "test", home, {"preprocessing": report})
+    home.mkdir(parents=True, exist_ok=True)
+    monkeypatch.chdir(home)  # the SQLite store's default artifact root is ./mlruns
     mlflow.set_tracking_uri(f"sqlite:///{home}/mlflow.db")
     yield settings, prepared, tables, snapshot, setup
     mlflow.set_tracking_uri(None)
@@ -53,7 +56,12 @@ def test_selection_chooses_on_validation_and_logs_its_tables(validation):
     assert best["weights"] == selection.weights and best["ndcg@10"] == pytest.approx(
         table.loc["blend", "ndcg@10"], abs=2e-3
     )
+    # Unrated movies: every content weight measured, the best kept, ties to the larger weight.
+    measured = selection.unrated_table
+    assert set(measured) == set(UNRATED_CONTENT_WEIGHTS)
+    assert selection.unrated_content_weight == max(w for w in measured if measured[w] == max(measured.values()))
     logged = mlflow.get_run(run.info.run_id)
+    assert logged.data.params["unrated_content_weight"] == str(selection.unrated_content_weight)
     assert logged.data.tags["selected_model"] == selection.chosen
     assert logged.data.params["new_user_policy"] == selection.new_user_policy
 
