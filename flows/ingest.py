@@ -6,7 +6,10 @@
       -> parse -> merge feedback -> validate raw -> canonical tables (+ TMDB) -> validate canonical
       -> write snapshot
 
-Feedback: the latest rating or thumb event of each (user, movie) becomes a raw rating (a thumb is
+Feedback: events that break the API's rules (stored before it checked them) or arrive in a burst
+(many new users on one movie, a cohort of new accounts, one client: `screen_feedback`) are held
+back in the store's quarantine, reported in the lineage, never deleted. Of the rest, the latest
+rating or thumb event of each (user, movie) becomes a raw rating (a thumb is
 the top or the bottom of the scale), appended to the dataset's ratings before the raw suites run,
 so feedback is validated like any other rating; preprocessing then keeps the latest rating per
 pair, so a feedback rating replaces the dataset's only when it is later. The digest of the stored
@@ -31,6 +34,7 @@ from movierec.settings import get_settings
 from tasks.ingest import (
     build_canonical,
     generate_synthetic,
+    hold_back_feedback,
     locate_dataset,
     locate_tmdb,
     merge_feedback,
@@ -74,13 +78,22 @@ def ingest(
     feedback = read_feedback(settings.feedback_db)
     if feedback is not None:
         # Only with feedback: snapshots made without any keep their fingerprint (and are reused).
-        inputs["feedback"] = feedback.digest
+        # What is held back depends on the events, the releases (both in the digest) and the
+        # screening thresholds.
+        inputs["feedback"] = {"events": feedback.digest, "screening": settings.feedback.model_dump()}
     fingerprint = inputs_fingerprint(inputs)
     existing = store.find_by_fingerprint(dataset, fingerprint)
-    if existing is not None:
+    damaged = store.damaged(existing) if existing is not None else []
+    if existing is not None and not damaged:
         log.info("inputs unchanged: snapshot %s already holds them", existing.id)
         existing.reused = True
         return summarize(existing)
+    if damaged:
+        log.warning(
+            "snapshot %s holds these inputs but its files changed since it was written (%s); ingesting again",
+            existing.path,
+            ", ".join(damaged),
+        )
 
     if source_files is None:
         raw = generate_synthetic(n_ratings, seed)
@@ -92,12 +105,23 @@ def ingest(
 
     feedback_counts = None
     if feedback is not None:
-        raw, feedback_rows, feedback_counts = merge_feedback(raw, feedback)
+        held = hold_back_feedback(raw, feedback, settings)
+        raw, feedback_rows, feedback_counts = merge_feedback(raw, feedback, held)
         log.info(
             "merged %s feedback rating(s) from %s feedback event(s)",
             feedback_counts["ratings"],
             feedback_counts["events"],
         )
+        quarantined = feedback_counts["quarantined"]
+        if quarantined["events"]:
+            log.warning(
+                "held back %d feedback event(s) in quarantine (%d new; %s): %s. "
+                "List them with `movierec feedback quarantined`, release with `movierec feedback release`.",
+                quarantined["events"],
+                quarantined["new"],
+                ", ".join(f"{rule} {count}" for rule, count in quarantined["by_rule"].items()),
+                "; ".join(quarantined["reasons"][:3]),
+            )
 
     started = time.perf_counter()
     try:
@@ -128,12 +152,15 @@ def ingest(
         },
     }
     snapshot = write_snapshot(store, dataset, tables, lineage)
-    return summarize(snapshot, validation_seconds)
+    # When every feedback rating was held back the tables equal an existing snapshot's, which is
+    # reused with its own lineage: what this run merged and held back is reported all the same.
+    return summarize(snapshot, validation_seconds, feedback_counts)
 
 
-def summarize(snapshot: Snapshot, validation_seconds: float = 0.0) -> dict:
+def summarize(snapshot: Snapshot, validation_seconds: float = 0.0, feedback_counts: dict | None = None) -> dict:
     """What the CLI prints and the retrain flow records; `validation_seconds` is 0 for a reused
-    snapshot (nothing was validated again)."""
+    snapshot (nothing was validated again); `feedback_counts` this run's feedback record (default:
+    the snapshot's)."""
     lineage = snapshot.lineage
     return {
         "dataset": snapshot.dataset,
@@ -144,7 +171,7 @@ def summarize(snapshot: Snapshot, validation_seconds: float = 0.0) -> dict:
         "rating_scale": lineage["preprocessing"]["rating_scale"],
         "tmdb": lineage["preprocessing"].get("tmdb"),
         # Feedback merged into this snapshot's ratings (None: none), see movierec.data.feedback.merge_feedback.
-        "feedback": feedback_summary(lineage.get("feedback")),
+        "feedback": feedback_summary(feedback_counts if feedback_counts is not None else lineage.get("feedback")),
         "data_docs": lineage["validation"]["data_docs"],
         "validation": {"raw": lineage["validation"]["raw"], "canonical": lineage["validation"]["canonical"]},
         "validation_seconds": validation_seconds,

@@ -9,9 +9,11 @@ epochs, and which feature groups are used with what weight.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import optuna
 import pandas as pd
 
@@ -211,6 +213,20 @@ def evaluate_ndcg(model: LightFMRecommender, prepared: Prepared, k: int) -> floa
     return ndcg(model.recommend(users, k, exclude=prepared.seen)[0], prepared, users, k)
 
 
+def session_seed(name: str, storage: str, seed: int) -> int:
+    """The sampler seed of this session on study `name` (see `create_study`)."""
+    try:
+        existing = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:  # no such study yet
+        return seed
+    trials = existing.get_trials(deepcopy=False)
+    if not trials:
+        return seed
+    running = any(trial.state == optuna.trial.TrialState.RUNNING for trial in trials)
+    mixed = np.random.SeedSequence([seed, len(trials), os.getpid() if running else 0])
+    return int(mixed.generate_state(1)[0])
+
+
 def create_study(
     name: str,
     storage: str,
@@ -219,11 +235,18 @@ def create_study(
     seed: int = 42,
     pruner: str = "median",
 ) -> optuna.Study:
-    """A study in `storage` (any SQLAlchemy URL); an existing one of that name is resumed."""
+    """A study in `storage` (any SQLAlchemy URL); an existing one of that name is resumed.
+
+    The sampler's seed is `seed` for a new study, so a first run is reproducible. A seeded sampler
+    replays the same random start in every process, so a study that already has trials (a
+    resumed or second run) seeds it with `seed` and the number of trials so far, and one with a
+    trial running now (another worker) also with this process's id: each session explores new
+    settings instead of re-testing the first ones."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler '{sampler}'; choose from {', '.join(SAMPLERS)}")
+    seed = session_seed(name, storage, seed)
     samplers = {
-        "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, constant_liar=True),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
         "grid": lambda: optuna.samplers.GridSampler(GRID, seed=seed),
     }

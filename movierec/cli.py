@@ -492,6 +492,77 @@ def deploy(
     console.print("trigger a run: .venv/bin/prefect deployment run 'retrain/retrain-manual' -p trials=5")
 
 
+QUARANTINE_COLUMNS = (
+    "event_id", "user_id", "movie_id", "kind", "value", "client", "rule", "quarantined_at", "released_at",
+)  # fmt: skip
+feedback_app = typer.Typer(help="Feedback held back from training: list and release quarantined events.")
+app.add_typer(feedback_app, name="feedback")
+
+
+@feedback_app.command("quarantined")
+def feedback_quarantined(
+    released: Annotated[bool, typer.Option("--released", help="Include events released already.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Feedback events kept out of training (invalid, or part of a burst), with the reason."""
+    from movierec.data.feedback import FeedbackStore
+
+    settings = get_settings()
+    if not settings.feedback_db.is_file():
+        console.print(f"no feedback store at {settings.feedback_db}")
+        return
+    frame = FeedbackStore(settings.feedback_db).quarantined(include_released=released)
+    if as_json:
+        for record in frame.to_dict(orient="records"):
+            sys.stdout.write(json.dumps(record, default=str) + "\n")
+        return
+    if frame.empty:
+        console.print("no quarantined feedback")
+        return
+    table = Table(show_header=True, header_style="bold")
+    for column in QUARANTINE_COLUMNS:
+        table.add_column(column)
+    for record in frame.head(200).to_dict(orient="records"):
+        table.add_row(*(escape(str(record[column] or "")) for column in QUARANTINE_COLUMNS))
+    console.print(table)
+    counts = frame.groupby("rule").size()
+    console.print(
+        f"{len(frame):,} event(s): "
+        + ", ".join(f"{rule} {count:,}" for rule, count in counts.items())
+        + ("" if len(frame) <= 200 else " (first 200 shown; --json for all)")
+    )
+    for reason in sorted(set(frame["reason"]))[:5]:
+        console.print(f"  {escape(reason)}", soft_wrap=True)
+
+
+@feedback_app.command("release")
+def feedback_release(
+    event_ids: Annotated[list[str] | None, typer.Argument(help="Event ids to release.")] = None,
+    rule: Annotated[str | None, typer.Option(help="Release every held event of this rule.")] = None,
+) -> None:
+    """Let quarantined events into the next snapshot (never an invalid one)."""
+    from movierec.data.feedback import FeedbackStore
+
+    settings = get_settings()
+    if not event_ids and rule is None:
+        console.print("[bold red]error:[/] give event ids or --rule")
+        raise typer.Exit(2)
+    store = FeedbackStore(settings.feedback_db)
+    chosen = list(event_ids or [])
+    if rule is not None:
+        held = store.quarantined()
+        chosen += held.loc[held["rule"] == rule, "event_id"].tolist()
+    if not chosen:
+        console.print(f"nothing held under rule {rule!r}")
+        return
+    try:
+        released = store.release(chosen)
+    except ValueError as error:
+        console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    console.print(f"[bold green]released {len(released):,} event(s)[/]; the next ingestion merges them")
+
+
 @app.command("export-recs")
 def export_recs(
     out: Annotated[str, typer.Option("--out", "-o", help="Parquet file to write (atomically; folders are created).")],

@@ -165,6 +165,22 @@ class PromotionSettings(Section):
     margin: float = Field(0.001, ge=0)
 
 
+class FeedbackSettings(Section):
+    """When feedback is held back from the next snapshot (`movierec.data.feedback.screen_feedback`):
+    bursts within a sliding window of arrival times. Quarantined events are kept; `movierec
+    feedback quarantined` lists them and `movierec feedback release` lets them in."""
+
+    burst_window_minutes: float = Field(60.0, gt=0)
+    # More new users (not in the dataset) than this rating one movie within a window.
+    movie_burst_new_users: int = Field(30, ge=1)
+    # More new users than this arriving within a window, with more than this share of their
+    # ratings on a single movie.
+    cohort_new_users: int = Field(100, ge=1)
+    cohort_top_movie_share: float = Field(0.3, gt=0, le=1)
+    # More events than this from one client (address) within a window.
+    client_burst_events: int = Field(5_000, ge=1)
+
+
 class PipelineSettings(Section):
     # Models measured next to the tuned hybrid (nested MLflow runs, rows of the model card).
     baselines: list[BaselineName] = ["popularity", "item_knn", "ease", "mf"]
@@ -179,6 +195,12 @@ class ServingSettings(Section):
     poll_seconds: float = Field(10.0, gt=0)
     # k of batch exports and of the retrain flow's export after promotion.
     export_k: int = Field(20, ge=1, le=100)
+    # Write endpoints (POST /feedback, POST /recommendations): requests per minute per client
+    # address, with bursts up to `write_burst` (a token bucket); 0 disables the limit.
+    write_requests_per_minute: int = Field(600, ge=0)
+    write_burst: int = Field(100, ge=1)
+    # Largest request body accepted (413 beyond).
+    max_body_bytes: int = Field(65_536, ge=1_024)
 
 
 class LoggingSettings(Section):
@@ -202,6 +224,7 @@ class Settings(BaseSettings):
     promotion: PromotionSettings = PromotionSettings()
     pipeline: PipelineSettings = PipelineSettings()
     serving: ServingSettings = ServingSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @field_validator("home", "data_dir", mode="after")

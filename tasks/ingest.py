@@ -72,6 +72,21 @@ def read_feedback(path: Path) -> Feedback | None:
     return feedback.read_feedback(path)
 
 
+@task(name="screen feedback", cache_policy=NO_CACHE)
+def hold_back_feedback(raw: RawDataset, events: Feedback, settings: Settings) -> pd.DataFrame:
+    """What `feedback.hold_back` keeps out of the snapshot; the events it newly finds are put in
+    the store's quarantine (kept, listed and released by `movierec feedback`)."""
+    held = feedback.hold_back(raw, events, settings)
+    new = held[held["new"]]
+    if len(new):
+        store = feedback.FeedbackStore(events.path)
+        try:
+            store.quarantine(new)
+        finally:
+            store.close()
+    return held
+
+
 @task(name="merge feedback", cache_policy=NO_CACHE)
-def merge_feedback(raw: RawDataset, events: Feedback) -> tuple[RawDataset, pd.DataFrame, dict]:
-    return feedback.merge_feedback(raw, events)
+def merge_feedback(raw: RawDataset, events: Feedback, held: pd.DataFrame) -> tuple[RawDataset, pd.DataFrame, dict]:
+    return feedback.merge_feedback(raw, events, held)

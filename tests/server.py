@@ -27,8 +27,9 @@ def free_port() -> int:
 class Server:
     """`python -m movierec.cli serve` with MOVIEREC_HOME=`home`; output goes to `log`."""
 
-    def __init__(self, home: Path, log: Path, port: int | None = None) -> None:
+    def __init__(self, home: Path, log: Path, port: int | None = None, env: dict[str, str] | None = None) -> None:
         self.home, self.log_path = Path(home), Path(log)
+        self.extra_env = dict(env or {})
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
@@ -36,6 +37,7 @@ class Server:
     def start(self, timeout: float = 120.0) -> Server:
         env = {key: value for key, value in os.environ.items() if not key.startswith(("MOVIEREC_", "MLFLOW_"))}
         env.update(MOVIEREC_HOME=str(self.home), PYTHONUNBUFFERED="1", MOVIEREC_SERVING__POLL_SECONDS="3600")
+        env.update(self.extra_env)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - open while the server runs; stop() closes it
         self.process = subprocess.Popen(
             [sys.executable, "-m", "movierec.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],

@@ -23,6 +23,7 @@ import math
 import os
 import sqlite3
 import threading
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -34,7 +35,7 @@ import pandas as pd
 
 from movierec.data.schema import RatingScale, RawDataset
 from movierec.errors import ValidationFailed
-from movierec.settings import Settings
+from movierec.settings import FeedbackSettings, Settings
 
 KINDS = ("rating", "thumb", "click")
 SCHEMA = """
@@ -45,9 +46,21 @@ CREATE TABLE IF NOT EXISTS events (
     kind TEXT NOT NULL CHECK (kind IN ('rating', 'thumb', 'click')),
     value REAL NOT NULL,
     timestamp TEXT NOT NULL,
-    received_at TEXT NOT NULL
-)
+    received_at TEXT NOT NULL,
+    client TEXT
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    event_id TEXT PRIMARY KEY REFERENCES events (event_id),
+    rule TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    quarantined_at TEXT NOT NULL,
+    released_at TEXT
+);
 """
+# Rules that put an event in quarantine (`screen_feedback`). An invalid event stays out for good;
+# the others are suspicions an operator may release.
+INVALID, MOVIE_BURST, COHORT_BURST, CLIENT_BURST = "invalid", "movie_burst", "cohort_burst", "client_burst"
+RULES = (INVALID, MOVIE_BURST, COHORT_BURST, CLIENT_BURST)
 
 
 @dataclass(frozen=True)
@@ -73,16 +86,35 @@ class FeedbackEvent:
                 f"feedback event {self.event_id!r}: timestamp must be timezone-aware, got {self.timestamp!r}"
             )
 
-    def row(self, received_at: str) -> tuple:
+    def content(self) -> tuple:
+        """What the event says, as stored: equal content under one id is a retry."""
         return (
-            self.event_id,
             int(self.user_id),
             int(self.movie_id),
             self.kind,
             float(self.value),
             self.timestamp.astimezone(UTC).isoformat(),
-            received_at,
         )
+
+    def as_dict(self) -> dict:
+        return {
+            "event_id": self.event_id,
+            "user_id": int(self.user_id),
+            "movie_id": int(self.movie_id),
+            "type": self.kind,
+            "value": float(self.value),
+            "timestamp": self.timestamp.astimezone(UTC).isoformat(),
+        }
+
+
+@dataclass(frozen=True)
+class Appended:
+    """What storing an event did: "stored" (new), "duplicate" (the same content was stored under
+    its id before: a retry) or "conflict" (its id holds other content, which is kept); `stored`
+    is the event already stored under the id (None when new)."""
+
+    status: Literal["stored", "duplicate", "conflict"]
+    stored: FeedbackEvent | None = None
 
 
 class FeedbackStore:
@@ -90,8 +122,11 @@ class FeedbackStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        with self._connection() as connection:
-            connection.execute(SCHEMA)
+        connection = self._connection()
+        connection.executescript(SCHEMA)
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(events)")}
+        if "client" not in columns:  # a store written before clients were recorded
+            connection.execute("ALTER TABLE events ADD COLUMN client TEXT")
 
     def _connection(self) -> sqlite3.Connection:
         """One connection per thread and process: sqlite3 connections must not be shared across
@@ -105,60 +140,152 @@ class FeedbackStore:
             self._local.pid = os.getpid()
         return connection
 
-    def append(self, event: FeedbackEvent) -> bool:
-        """Store `event` durably; False if an event with its id was stored before."""
-        return self.append_many([event])[0]
+    def append(self, event: FeedbackEvent, client: str | None = None) -> Appended:
+        """Store `event` durably (sent by `client`, e.g. its address); see `Appended`."""
+        return self.append_many([event], client)[0]
 
-    def append_many(self, events: Iterable[FeedbackEvent]) -> list[bool]:
-        """Store events in one transaction; per event, whether it was new."""
+    def append_many(self, events: Iterable[FeedbackEvent], client: str | None = None) -> list[Appended]:
+        """Store events in one transaction; per event, what storing it did (`Appended`)."""
         received_at = datetime.now(UTC).isoformat()
         connection = self._connection()
-        stored = []
+        outcomes = []
         connection.execute("BEGIN IMMEDIATE")
         try:
             for event in events:
-                # Only a repeated id is ignored; any other constraint violation raises.
+                # Only a repeated id is left alone; any other constraint violation raises.
                 cursor = connection.execute(
-                    "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(event_id) DO NOTHING",
-                    event.row(received_at),
+                    "INSERT INTO events (event_id, user_id, movie_id, kind, value, timestamp, received_at, client) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(event_id) DO NOTHING",
+                    (event.event_id, *event.content(), received_at, client),
                 )
-                stored.append(cursor.rowcount == 1)
+                if cursor.rowcount == 1:
+                    outcomes.append(Appended("stored"))
+                    continue
+                stored = self._stored(event.event_id)
+                same = stored.content() == event.content()
+                outcomes.append(Appended("duplicate" if same else "conflict", stored))
             connection.execute("COMMIT")
         except BaseException:
             connection.execute("ROLLBACK")
             raise
-        return stored
+        return outcomes
+
+    def _stored(self, event_id: str) -> FeedbackEvent:
+        row = (
+            self._connection()
+            .execute("SELECT user_id, movie_id, kind, value, timestamp FROM events WHERE event_id = ?", (event_id,))
+            .fetchone()
+        )
+        user_id, movie_id, kind, value, timestamp = row
+        return FeedbackEvent(event_id, user_id, movie_id, kind, value, datetime.fromisoformat(timestamp))
+
+    # ------------------------------------------------------------------ quarantine
+
+    def quarantine(self, records: pd.DataFrame) -> int:
+        """Put events in quarantine (`records`: event_id, rule, reason); an event already there
+        keeps its first record, a released one stays released. Returns how many were added."""
+        now = datetime.now(UTC).isoformat()
+        connection = self._connection()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            added = 0
+            for event_id, rule, reason in records[["event_id", "rule", "reason"]].itertuples(index=False):
+                cursor = connection.execute(
+                    "INSERT INTO quarantine VALUES (?, ?, ?, ?, NULL) ON CONFLICT(event_id) DO NOTHING",
+                    (event_id, rule, reason, now),
+                )
+                added += cursor.rowcount
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        return added
+
+    def quarantined(self, include_released: bool = False) -> pd.DataFrame:
+        """Quarantined events with their record (rule, reason, quarantined_at, released_at), in
+        the order they were quarantined."""
+        released = "" if include_released else "WHERE q.released_at IS NULL"
+        frame = pd.read_sql_query(
+            "SELECT q.event_id, e.user_id, e.movie_id, e.kind, e.value, e.timestamp, e.client, q.rule, q.reason, "
+            f"q.quarantined_at, q.released_at FROM quarantine q JOIN events e USING (event_id) {released} "
+            "ORDER BY q.quarantined_at, q.event_id",
+            self._connection(),
+        )
+        return frame.astype({"user_id": "int64", "movie_id": "int64", "value": "float64"})
+
+    def release(self, event_ids: Iterable[str]) -> list[str]:
+        """Release quarantined events so the next ingestion merges them; invalid events cannot be
+        released (ValueError naming them). Returns the ids released now."""
+        event_ids = list(dict.fromkeys(event_ids))
+        connection = self._connection()
+        marks = ", ".join("?" * len(event_ids))
+        rows = dict(
+            connection.execute(
+                f"SELECT event_id, rule FROM quarantine WHERE released_at IS NULL AND event_id IN ({marks})", event_ids
+            ).fetchall()
+        )
+        unknown = [event_id for event_id in event_ids if event_id not in rows]
+        if unknown:
+            raise ValueError(f"not in quarantine (or released already): {', '.join(unknown[:20])}")
+        invalid = [event_id for event_id, rule in rows.items() if rule == INVALID]
+        if invalid:
+            raise ValueError(
+                f"invalid events cannot be released, ingestion would reject them: {', '.join(invalid[:20])}"
+            )
+        now = datetime.now(UTC).isoformat()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            connection.executemany(
+                "UPDATE quarantine SET released_at = ? WHERE event_id = ?", [(now, event_id) for event_id in event_ids]
+            )
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        return event_ids
+
+    def released(self) -> set[str]:
+        """Ids of the events an operator released from quarantine."""
+        rows = self._connection().execute("SELECT event_id FROM quarantine WHERE released_at IS NOT NULL")
+        return {row[0] for row in rows}
 
     def count(self) -> int:
         return self._connection().execute("SELECT COUNT(*) FROM events").fetchone()[0]
 
     def events(self) -> pd.DataFrame:
         """Every stored event, in the order received (then by id)."""
-        frame = pd.read_sql_query("SELECT * FROM events ORDER BY received_at, event_id", self._connection())
+        frame = pd.read_sql_query(
+            "SELECT event_id, user_id, movie_id, kind, value, timestamp, received_at, client FROM events "
+            "ORDER BY received_at, event_id",
+            self._connection(),
+        )
         for column in ("timestamp", "received_at"):
             frame[column] = pd.to_datetime(frame[column], utc=True, format="ISO8601")
         return frame.astype({"user_id": "int64", "movie_id": "int64", "value": "float64"})
 
     def digest(self, kinds: Iterable[str] = KINDS) -> str:
-        """Content hash of the stored events (of the given kinds): changes exactly when such an
-        event is added."""
+        """Content hash of the stored events (of the given kinds) and of which of them were
+        released from quarantine: changes exactly when such an event is added or released."""
         kinds = sorted(set(kinds))
         digest = hashlib.sha256()
         query = (
-            f"SELECT event_id, user_id, movie_id, kind, value, timestamp FROM events "
+            f"SELECT event_id, user_id, movie_id, kind, value, timestamp, client FROM events "
             f"WHERE kind IN ({', '.join('?' * len(kinds))}) ORDER BY event_id"
         )
         for row in self._connection().execute(query, kinds):
             digest.update(repr(row).encode())
+        released = sorted(self.released())
+        if released:  # a store nothing was released from hashes as before releases existed
+            digest.update(repr(("released", released)).encode())
         return digest.hexdigest()
 
-    def read(self, kinds: Iterable[str] = KINDS) -> tuple[pd.DataFrame, str]:
-        """`events()` and `digest(kinds)` of one consistent state of the store (one read
-        transaction), even while writers append."""
+    def read(self, kinds: Iterable[str] = KINDS) -> tuple[pd.DataFrame, str, set[str], pd.DataFrame]:
+        """`events()`, `digest(kinds)`, `released()` and `quarantined()` of one consistent state
+        of the store (one read transaction), even while writers append."""
         connection = self._connection()
         connection.execute("BEGIN")
         try:
-            return self.events(), self.digest(kinds)
+            return self.events(), self.digest(kinds), self.released(), self.quarantined()
         finally:
             connection.execute("COMMIT")
 
@@ -191,6 +318,170 @@ def feedback_ratings(events: pd.DataFrame, scale: RatingScale) -> pd.DataFrame:
     )
 
 
+# ---------------------------------------------------------------------- what may become a rating
+
+
+@dataclass(frozen=True)
+class FeedbackRules:
+    """What a feedback event must be to count: one definition, checked by the API when an event
+    arrives (422 naming the field) and by ingestion on what is stored (an event breaking it is
+    quarantined, never merged, so it cannot block a retrain): a movie of the catalogue, a
+    timestamp in the plausible window (`earliest` .. now + `max_future_days`, the raw suites'
+    window), a rating on the scale's grid, a thumb of +1 or -1, a click of 1."""
+
+    scale: RatingScale
+    movie_ids: frozenset[int]
+    earliest: datetime
+    max_future_days: int
+
+    @classmethod
+    def of(cls, settings: Settings, scale: RatingScale, movie_ids: Iterable[int]) -> FeedbackRules:
+        earliest = settings.validation.earliest_timestamp
+        return cls(
+            scale=scale,
+            movie_ids=frozenset(int(movie) for movie in movie_ids),
+            earliest=earliest if earliest.tzinfo else earliest.replace(tzinfo=UTC),
+            max_future_days=settings.validation.max_future_days,
+        )
+
+    def problems(
+        self, kind: str, movie_id: int, value: float, timestamp: datetime, now: datetime | None = None
+    ) -> dict[str, str]:
+        """field -> what is wrong with it; empty when the event may count."""
+        found = {}
+        if int(movie_id) not in self.movie_ids:
+            found["movie_id"] = f"movie {movie_id} is not in the catalogue ({len(self.movie_ids):,} movies)"
+        latest = (now or datetime.now(UTC)) + timedelta(days=self.max_future_days)
+        if not self.earliest <= timestamp <= latest:
+            found["timestamp"] = (
+                f"{timestamp.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC is outside the plausible window "
+                f"{self.earliest:%Y-%m-%d} .. {latest:%Y-%m-%d}"
+            )
+        value = float(value)
+        if kind == "rating" and round(value, 4) not in self.scale.values():
+            found["value"] = (
+                f"rating {value:g} is not on the scale {self.scale.min:g}-{self.scale.max:g} (step {self.scale.step:g})"
+            )
+        elif kind == "thumb" and value not in (1.0, -1.0):
+            found["value"] = f"a thumb is +1 or -1, got {value:g}"
+        elif kind == "click" and value != 1.0:
+            found["value"] = f"a click has value 1, got {value:g}"
+        return found
+
+
+def screen_feedback(
+    events: pd.DataFrame,
+    rules: FeedbackRules,
+    known_users: Iterable[int],
+    settings: FeedbackSettings,
+    released: Iterable[str] = (),
+    now: datetime | None = None,
+) -> pd.DataFrame:
+    """The rating-like events (`events`: `FeedbackStore.events()`) to keep out of the next
+    snapshot, one row each: event_id, rule, reason. Clicks are never ratings and are not screened.
+
+    - `invalid`: the event breaks `rules` (an event stored before the API checked them).
+    - `movie_burst`: more than `settings.movie_burst_new_users` new users (not in `known_users`,
+      the dataset's) rated one movie within `settings.burst_window_minutes` of arrival: their
+      events on that movie in that window. Real users' events are never caught by it.
+    - `cohort_burst`: more than `settings.cohort_new_users` new users first arrived within one
+      window and more than `settings.cohort_top_movie_share` of their rating events are on a
+      single movie: every event of that cohort (accounts made for one purpose).
+    - `client_burst`: more than `settings.client_burst_events` events from one client within one
+      window: that client's events in the window.
+
+    Times are arrival times (`received_at`), which clients cannot forge. Events an operator
+    released (`released`) still count towards a burst but are only held back when invalid."""
+    rated = events[events["kind"].isin(RATING_KINDS)]
+    found: dict[str, tuple[str, str]] = {}
+    now = now or datetime.now(UTC)
+    for row in rated.itertuples(index=False):
+        problems = rules.problems(row.kind, row.movie_id, row.value, row.timestamp.to_pydatetime(), now)
+        if problems:
+            found[row.event_id] = (INVALID, "; ".join(f"{field}: {text}" for field, text in problems.items()))
+    released = set(released)
+    suspects = rated[~rated["event_id"].isin(found)]
+    window = pd.Timedelta(minutes=settings.burst_window_minutes)
+    new_users = suspects[~suspects["user_id"].isin(set(int(user) for user in known_users))]
+
+    for movie, group in new_users.groupby("movie_id", sort=True):
+        for members in _bursts(group, window, settings.movie_burst_new_users, distinct="user_id"):
+            reason = (
+                f"{members['user_id'].nunique()} new users rated movie {movie} within "
+                f"{settings.burst_window_minutes:g} minutes (limit {settings.movie_burst_new_users})"
+            )
+            found.update(dict.fromkeys(members["event_id"], (MOVIE_BURST, reason)))
+
+    firsts = new_users.sort_values("received_at", kind="stable").drop_duplicates("user_id")
+    for cohort in _bursts(firsts, window, settings.cohort_new_users, distinct="user_id"):
+        their = new_users[new_users["user_id"].isin(cohort["user_id"])]
+        top_movie, top_count = Counter(their["movie_id"].tolist()).most_common(1)[0]
+        share = top_count / len(their)
+        if share > settings.cohort_top_movie_share:
+            reason = (
+                f"{cohort['user_id'].nunique()} new users arrived within {settings.burst_window_minutes:g} minutes "
+                f"(limit {settings.cohort_new_users}) and {share:.0%} of their ratings are of movie {top_movie}"
+            )
+            for event_id in their["event_id"]:
+                found.setdefault(event_id, (COHORT_BURST, reason))
+
+    for client, group in suspects[suspects["client"].notna()].groupby("client", sort=True):
+        for members in _bursts(group, window, settings.client_burst_events):
+            reason = (
+                f"client {client} sent {len(members)} events within {settings.burst_window_minutes:g} minutes "
+                f"(limit {settings.client_burst_events})"
+            )
+            for event_id in members["event_id"]:
+                found.setdefault(event_id, (CLIENT_BURST, reason))
+    return pd.DataFrame(
+        [
+            (event_id, rule, reason)
+            for event_id, (rule, reason) in found.items()
+            if rule == INVALID or event_id not in released
+        ],
+        columns=["event_id", "rule", "reason"],
+    )
+
+
+def _bursts(group: pd.DataFrame, window: pd.Timedelta, limit: int, distinct: str | None = None) -> list[pd.DataFrame]:
+    """Maximal runs of `group`'s rows (by arrival) in which some window of length `window` holds
+    more than `limit` rows (or distinct values of column `distinct`): each run's rows."""
+    if len(group) <= limit:
+        return []
+    ordered = group.sort_values("received_at", kind="stable")
+    if distinct is not None:  # the first arrival of each value stands for it
+        firsts = ordered.drop_duplicates(distinct)
+        if len(firsts) <= limit:
+            return []
+        times = _seconds(firsts["received_at"])
+    else:
+        times = _seconds(ordered["received_at"])
+    start = np.searchsorted(times, times - window.total_seconds(), side="left")
+    crowded = np.flatnonzero(np.arange(len(times)) - start + 1 > limit)
+    if not len(crowded):
+        return []
+    # Each crowded window [times[start[i]], times[i]]; overlapping windows form one run.
+    runs, begin, end = [], times[start[crowded[0]]], times[crowded[0]]
+    for i in crowded[1:]:
+        if times[start[i]] <= end:
+            end = times[i]
+        else:
+            runs.append((begin, end))
+            begin, end = times[start[i]], times[i]
+    runs.append((begin, end))
+    arrival = _seconds(ordered["received_at"])
+    if distinct is None:
+        return [ordered[(arrival >= low) & (arrival <= high)] for low, high in runs]
+    # Every row of a value whose first arrival falls in the run (a burst user's later events too).
+    first = _seconds(ordered.groupby(distinct)["received_at"].transform("min"))
+    return [ordered[(first >= low) & (first <= high)] for low, high in runs]
+
+
+def _seconds(times: pd.Series) -> np.ndarray:
+    """Seconds since the epoch (float64) of timezone-aware times, whatever their resolution."""
+    return ((times - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(np.float64)
+
+
 # ---------------------------------------------------------------------- into the next snapshot
 
 
@@ -201,6 +492,9 @@ class Feedback:
     path: Path
     events: pd.DataFrame  # FeedbackStore.events()
     digest: str  # FeedbackStore.digest of the rating-like events (clicks do not change a snapshot)
+    released: set[str] = dataclasses.field(default_factory=set)  # ids released from quarantine
+    # Events in quarantine and not released (FeedbackStore.quarantined()): never merged.
+    held: pd.DataFrame = dataclasses.field(default_factory=lambda: pd.DataFrame(columns=["event_id", "rule", "reason"]))
 
     @property
     def rating_events(self) -> int:
@@ -215,14 +509,31 @@ def read_feedback(path: Path) -> Feedback | None:
         return None
     store = FeedbackStore(path)
     try:
-        events, digest = store.read(kinds=RATING_KINDS)
+        events, digest, released, held = store.read(kinds=RATING_KINDS)
     finally:
         store.close()
-    feedback = Feedback(path, events, digest)
+    feedback = Feedback(path, events, digest, released, held)
     return feedback if feedback.rating_events else None
 
 
-def merge_feedback(raw: RawDataset, feedback: Feedback) -> tuple[RawDataset, pd.DataFrame, dict]:
+def hold_back(raw: RawDataset, feedback: Feedback, settings: Settings) -> pd.DataFrame:
+    """The events to keep out of the snapshot made from `raw` and `feedback` (event_id, rule,
+    reason, and `new`: quarantined by this screening rather than before): what `screen_feedback`
+    finds, against the dataset's catalogue, scale and users, plus what is in quarantine already
+    (until an operator releases it)."""
+    rules = FeedbackRules.of(settings, raw.rating_scale, raw.movies["movie_id"].to_numpy(np.int64))
+    known = set(raw.ratings["user_id"].unique().tolist())
+    if raw.users is not None:
+        known |= set(raw.users["user_id"].unique().tolist())
+    found = screen_feedback(feedback.events, rules, known, settings.feedback, feedback.released)
+    before = feedback.held[["event_id", "rule", "reason"]].assign(new=False)
+    found = found[~found["event_id"].isin(before["event_id"])].assign(new=True)
+    return pd.concat([before, found], ignore_index=True)
+
+
+def merge_feedback(
+    raw: RawDataset, feedback: Feedback, held: pd.DataFrame | None = None
+) -> tuple[RawDataset, pd.DataFrame, dict]:
     """`raw` with the feedback's ratings appended to its ratings, in the raw ratings' dtypes and
     timestamp representation (Unix seconds), so that the raw suites validate them like the rest.
 
@@ -230,10 +541,13 @@ def merge_feedback(raw: RawDataset, feedback: Feedback) -> tuple[RawDataset, pd.
     then keeps the latest rating of each pair, so a feedback rating replaces a dataset rating
     exactly when it is later. A feedback rating stamped the same second as a dataset rating of the
     pair replaces it here (the raw suites reject equal timestamps for a pair: preprocessing could
-    not tell which is latest). Returns the merged dataset, the feedback ratings (with their
-    event ids, in merge order) and counts for the lineage.
+    not tell which is latest). Events in `held` (`hold_back`) are left out. Returns the merged
+    dataset, the feedback ratings (with their event ids, in merge order) and counts for the
+    lineage.
     """
-    ratings = feedback_ratings(feedback.events, raw.rating_scale)
+    held = held if held is not None else pd.DataFrame(columns=["event_id", "rule", "reason", "new"])
+    kept_events = feedback.events[~feedback.events["event_id"].isin(held["event_id"])]
+    ratings = feedback_ratings(kept_events, raw.rating_scale)
     seconds = ((ratings["timestamp"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
     existing = raw.ratings
     merged_rows = pd.DataFrame(
@@ -278,6 +592,12 @@ def merge_feedback(raw: RawDataset, feedback: Feedback) -> tuple[RawDataset, pd.
         "replaced": int((later | same_second).sum()),  # later than the dataset's rating of the pair
         "older_than_dataset": int((known_pair & ~later & ~same_second).sum()),  # the dataset's rating stays
         "new_users": len(set(merged_rows["user_id"].unique()) - dataset_users),
+        "quarantined": {
+            "events": len(held),
+            "new": int(held["new"].sum()) if len(held) else 0,
+            "by_rule": {rule: int(count) for rule, count in held["rule"].value_counts().sort_index().items()},
+            "reasons": sorted(set(held["reason"]))[:20],
+        },
     }
     return merged, ratings, counts
 

@@ -187,6 +187,8 @@ RATING_COLUMNS = ["user_id", "movie_id", "rating", "timestamp"]
 def read_dataset(spec: DatasetSpec, source: SourceFiles) -> RawDataset:
     readers = {"ml-100k": _read_ml100k, "ml-1m": _read_ml1m, "csv": _read_csv_dataset}
     ratings, movies, users, tags = readers[spec.format](source)
+    if users is not None:
+        _check_raters_are_users(source.path(RATINGS_FILES[spec.format][0]), ratings, users, RATINGS_FILES[spec.format])
     return RawDataset(
         name=spec.name,
         ratings=ratings,
@@ -199,8 +201,13 @@ def read_dataset(spec: DatasetSpec, source: SourceFiles) -> RawDataset:
     )
 
 
+# The ratings file and the users file of the formats that ship a users table.
+RATINGS_FILES = {"ml-100k": ("u.data", "u.user"), "ml-1m": ("ratings.dat", "users.dat")}
+
+
 def _read_ratings(path: Path, user: str, movie: str, *, separator: str, header: bool = False) -> pd.DataFrame:
-    """A ratings file (user, movie, rating, timestamp) under the dataset's own column names."""
+    """A ratings file (user, movie, rating, timestamp) under the dataset's own column names;
+    user and movie ids must be positive integers (they are the ids the API and exports use)."""
     frame = read_delimited(
         path,
         [Column(user, INT), Column(movie, INT), Column("rating", FLOAT), Column("timestamp", INT)],
@@ -208,8 +215,32 @@ def _read_ratings(path: Path, user: str, movie: str, *, separator: str, header: 
         header=header,
         quoted=header,
     )
+    for column in (user, movie):
+        bad = (frame[column] < 1).to_numpy()
+        if bad.any():
+            row = int(bad.argmax())
+            raise FormatError(
+                path,
+                f"{column} {frame[column].iloc[row]} is not a positive integer",
+                line=row + 1 + int(header),
+                field=column,
+            )
     frame.columns = RATING_COLUMNS
     return frame.astype({"user_id": "int64", "movie_id": "int64", "rating": "float64", "timestamp": "int64"})
+
+
+def _check_raters_are_users(path: Path, ratings: pd.DataFrame, users: pd.DataFrame, files: tuple[str, str]) -> None:
+    """Every rating's user is in the dataset's users table (`files`: ratings file, users file)."""
+    missing = ~ratings["user_id"].isin(users["user_id"]).to_numpy()
+    if missing.any():
+        row = int(missing.argmax())
+        raise FormatError(
+            path,
+            f"user_id {ratings['user_id'].iloc[row]} is not in {files[1]} "
+            f"({int(missing.sum()):,} rating(s) by users missing from it)",
+            line=row + 1,
+            field="user_id",
+        )
 
 
 def _read_ml100k(source: SourceFiles):

@@ -55,6 +55,15 @@ def arrow_to_pandas(table: pa.Table) -> pd.DataFrame:
     return frame.astype(nullable) if nullable else frame
 
 
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def canonical_arrow(tables: CanonicalTables) -> dict[str, pa.Table]:
     return {name: to_arrow(name, frame) for name, frame in tables.as_dict().items()}
 
@@ -121,11 +130,14 @@ class SnapshotStore:
         arrow_tables = canonical_arrow(tables)
         snapshot_id = content_hash(arrow_tables)
         existing = self.get(dataset, snapshot_id)
-        if existing is not None:
+        if existing is not None and not self.damaged(existing):
             self._point_latest(dataset, snapshot_id)
             existing.reused = True
             return existing
         folder = self.dataset_dir(dataset)
+        if existing is not None:  # files changed on disk: set aside (kept for a post-mortem), rewritten
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+            os.rename(existing.path, folder / f".damaged-{snapshot_id}-{stamp}")
         folder.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".staging-{snapshot_id}-", dir=folder))
         try:
@@ -133,7 +145,7 @@ class SnapshotStore:
             for name, table in arrow_tables.items():
                 target = staging / f"{name}.parquet"
                 pq.write_table(table, target, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-                files[name] = {"rows": table.num_rows, "bytes": target.stat().st_size}
+                files[name] = {"rows": table.num_rows, "bytes": target.stat().st_size, "sha256": file_digest(target)}
             record = {
                 **lineage,
                 "dataset": dataset,
@@ -167,6 +179,22 @@ class SnapshotStore:
             table = pq.read_table(snapshot.table_path(name), schema=schema)
             frames[name] = arrow_to_pandas(table)
         return CanonicalTables(**frames)
+
+    def damaged(self, snapshot: Snapshot) -> list[str]:
+        """The snapshot's table files that are missing or differ from when it was written (their
+        SHA-256, in the lineage): cheap enough to check on every reuse. A snapshot written before
+        files had digests is checked by its content hash (`verify`)."""
+        tables = snapshot.lineage.get("tables", {})
+        if not all("sha256" in meta for meta in tables.values()):
+            try:
+                return [] if self.verify(snapshot) else sorted(f"{name}.parquet" for name in SCHEMAS)
+            except (OSError, pa.ArrowException):
+                return sorted(f"{name}.parquet" for name in SCHEMAS)
+        return [
+            f"{name}.parquet"
+            for name, meta in sorted(tables.items())
+            if not snapshot.table_path(name).is_file() or file_digest(snapshot.table_path(name)) != meta["sha256"]
+        ]
 
     def verify(self, snapshot: Snapshot) -> bool:
         """True if the files still hash to the snapshot's id."""

@@ -43,8 +43,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from movierec.data.feedback import FeedbackEvent, FeedbackStore
 from movierec.serving.champion import ChampionHolder, NoModel
+from movierec.serving.limits import BodyLimitMiddleware, RateLimiter, retry_after
 from movierec.serving.metrics import Metrics, MetricsMiddleware
-from movierec.serving.schemas import MAX_K, FeedbackIn, K, MovieId, NewUserRequest, UserId
+from movierec.serving.schemas import (
+    ERRORS,
+    MAX_K,
+    READ_ERRORS,
+    WRITE_ERRORS,
+    FeedbackConflict,
+    FeedbackIn,
+    FeedbackStored,
+    K,
+    MovieId,
+    NewUserRequest,
+    UserId,
+)
 from movierec.settings import Settings, get_settings
 from movierec.tracking import runs
 
@@ -52,9 +65,12 @@ log = logging.getLogger("movierec.serving")
 
 # The page's files: package data of movierec.serving (an install ships them as plain files).
 STATIC_DIR = Path(str(resources.files("movierec.serving").joinpath("static")))
-# Ratings accepted as feedback while no model is loaded (so none tells the dataset's scale): the
-# widest MovieLens scale. Ingestion validates every merged rating against the snapshot's scale.
-WIDEST_SCALE = (0.5, 5.0)
+_NOT_READY = {"description": "No champion model is loaded yet; `detail` says why."}
+
+
+def _client(request: Request) -> str:
+    """The client's address: the rate limit's key and what the feedback store records."""
+    return request.client.host if request.client else "unknown"
 
 
 def _dumps(payload: Any) -> bytes:
@@ -103,6 +119,17 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
     holder = ChampionHolder(settings, metrics)
     holder.check_now()
     store = FeedbackStore(settings.feedback_db)
+    limiter = RateLimiter(settings.serving.write_requests_per_minute, settings.serving.write_burst)
+
+    def limit(client: str) -> None:
+        wait = limiter.acquire(client)
+        if wait:
+            raise HTTPException(
+                429,
+                f"more than {settings.serving.write_requests_per_minute} write requests a minute from {client}; "
+                f"retry in {retry_after(wait)} s",
+                headers={"Retry-After": retry_after(wait)},
+            )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -122,6 +149,9 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
     app.state.metrics = metrics
     app.state.feedback = store
     app.state.settings = settings
+    # A body over the limit is refused before the app reads it; the metrics (outermost, added
+    # last) count that 413 like any other answer.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.serving.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics, holder=holder)
 
     @app.exception_handler(RequestValidationError)
@@ -131,7 +161,9 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, error: StarletteHTTPException) -> Response:
-        return _json({"detail": error.detail}, error.status_code)
+        response = _json({"detail": error.detail}, error.status_code)
+        response.headers.update(error.headers or {})
+        return response
 
     @app.exception_handler(NoModel)
     async def no_model(_request: Request, error: NoModel) -> Response:
@@ -144,7 +176,7 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
 
     # ------------------------------------------------------------------ recommendations
 
-    @app.get("/users/{user_id}/recommendations", tags=["recommendations"])
+    @app.get("/users/{user_id}/recommendations", tags=["recommendations"], responses=READ_ERRORS)
     async def user_recommendations(user_id: UserId, k: K = 10) -> Response:
         """Top-k for a user: the model's list without any movie they rated, or (unknown user)
         the popularity list with `fallback: true`."""
@@ -169,10 +201,12 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
             version=loaded.version,
         )
 
-    @app.post("/recommendations", tags=["recommendations"])
-    def new_user_recommendations(request: NewUserRequest) -> Response:
+    @app.post("/recommendations", tags=["recommendations"], responses=WRITE_ERRORS)
+    def new_user_recommendations(request: NewUserRequest, http: Request) -> Response:
         """Top-k for a new user from liked movies, ratings (>= the positive threshold count as
-        liked) and/or age, gender, occupation; popularity when nothing is usable."""
+        liked) and/or age, gender, occupation; popularity when nothing is usable. Rate-limited
+        per client address."""
+        limit(_client(http))
         loaded = holder.require()
         low, high = loaded.scale
         bad = [r.rating for r in request.ratings if not low <= r.rating <= high]
@@ -196,7 +230,7 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
             version=loaded.version,
         )
 
-    @app.get("/movies/{movie_id}/similar", tags=["movies"])
+    @app.get("/movies/{movie_id}/similar", tags=["movies"], responses=ERRORS)
     async def similar_movies(movie_id: MovieId, k: K = 10) -> Response:
         """The k movies closest to `movie_id` (cosine of the model's item vectors)."""
         loaded = holder.require()
@@ -216,7 +250,7 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
             version=loaded.version,
         )
 
-    @app.get("/movies", tags=["movies"])
+    @app.get("/movies", tags=["movies"], responses=READ_ERRORS)
     async def search_movies(
         query: Annotated[
             str, Query(max_length=200, description="Part of a title, any case; empty: most popular.")
@@ -230,7 +264,7 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
             {"query": query, "model_version": loaded.version, "total": total, "items": items}, version=loaded.version
         )
 
-    @app.get("/users", tags=["users"])
+    @app.get("/users", tags=["users"], responses=READ_ERRORS)
     async def search_users(
         query: Annotated[str, Query(max_length=12, pattern=r"^\d*$", description="Leading digits of a user id.")] = "",
         limit: Annotated[int, Query(ge=1, le=MAX_K)] = 20,
@@ -247,35 +281,47 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
 
     # ------------------------------------------------------------------ feedback
 
-    @app.post("/feedback", status_code=201, tags=["feedback"])
-    def feedback(event: FeedbackIn) -> Response:
-        """Store a feedback event durably; 201 when new, 200 with `duplicate: true` when its
-        event_id was stored before. Answered only after the store committed."""
-        loaded = holder.current
-        version = loaded.version if loaded else None
-        low, high = loaded.scale if loaded else WIDEST_SCALE
-        if event.type == "rating" and not low <= event.value <= high:
-            raise HTTPException(422, f"value: rating {event.value:g} is outside the rating scale {low:g}..{high:g}")
-        if event.type == "thumb" and event.value not in (1.0, -1.0):
-            raise HTTPException(422, f"value: a thumb is +1 or -1, got {event.value:g}")
-        if event.type == "click" and event.value != 1.0:
-            raise HTTPException(422, f"value: a click has value 1, got {event.value:g}")
-        try:
-            record = FeedbackEvent(
-                event.event_id, event.user_id, event.movie_id, event.type, event.value, event.timestamp
-            )
-        except ValueError as error:  # the store's own checks: still the client's input
-            raise HTTPException(422, str(error)) from None
-        new = store.append(record)
-        metrics.feedback.labels(event.type, "stored" if new else "duplicate").inc()
-        if new:
-            return _json(
-                {"stored": True, "event_id": event.event_id, "model_version": version}, 201, version=version or "none"
-            )
+    @app.post(
+        "/feedback",
+        status_code=201,
+        tags=["feedback"],
+        responses={
+            200: {"model": FeedbackStored, "description": "The same event was stored before (a retry)."},
+            201: {"model": FeedbackStored, "description": "Stored."},
+            409: {"model": FeedbackConflict, "description": "The event_id holds another event, which is kept."},
+            **WRITE_ERRORS,
+        },
+    )
+    def feedback(event: FeedbackIn, request: Request) -> Response:
+        """Store a feedback event durably; answered only after the store committed. It must be
+        what ingestion accepts as a rating (`FeedbackRules`: a movie of the served catalogue, a
+        timestamp in the plausible window, a value on the scale's grid), else 422 naming the
+        field; 409 when its event_id holds another event. Rate-limited per client address."""
+        client = _client(request)
+        limit(client)
+        loaded = holder.require()
+        problems = loaded.feedback_rules(settings).problems(event.type, event.movie_id, event.value, event.timestamp)
+        if problems:
+            metrics.feedback.labels(event.type, "rejected").inc()
+            errors = [{"loc": ["body", field], "msg": text, "type": "value_error"} for field, text in problems.items()]
+            detail = "; ".join(f"{field}: {text}" for field, text in problems.items())
+            return _json({"detail": detail, "errors": errors}, 422, version=loaded.version)
+        record = FeedbackEvent(event.event_id, event.user_id, event.movie_id, event.type, event.value, event.timestamp)
+        outcome = store.append(record, client=client)
+        metrics.feedback.labels(event.type, outcome.status).inc()
+        body = {"event_id": event.event_id, "model_version": loaded.version}
+        if outcome.status == "stored":
+            return _json({"stored": True, **body}, 201, version=loaded.version)
+        if outcome.status == "duplicate":
+            return _json({"stored": False, "duplicate": True, **body}, 200, version=loaded.version)
         return _json(
-            {"stored": False, "duplicate": True, "event_id": event.event_id, "model_version": version},
-            200,
-            version=version or "none",
+            {
+                "detail": f"event_id {event.event_id!r} already holds another event; send a new event_id",
+                "stored_event": outcome.stored.as_dict(),
+                **body,
+            },
+            409,
+            version=loaded.version,
         )
 
     # ------------------------------------------------------------------ operations
@@ -285,7 +331,7 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
         loaded = holder.current
         return _json({"status": "ok", "model_version": loaded.version if loaded else None})
 
-    @app.get("/readyz", tags=["operations"])
+    @app.get("/readyz", tags=["operations"], responses={503: _NOT_READY})
     async def readyz() -> Response:
         loaded = holder.current
         if loaded is None:

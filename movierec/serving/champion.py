@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from movierec.data.feedback import FeedbackRules
+from movierec.data.schema import RatingScale
 from movierec.serving.metrics import Metrics
 from movierec.serving.schemas import MAX_K, NewUserRequest
 from movierec.settings import Settings
@@ -53,8 +55,10 @@ class LoadedModel:
         self.name, self.version, self.bundle = name, str(version), bundle
         self.loaded_at = time.time()
         self.positive_threshold = float(bundle.positive_threshold)
-        low, high, _step = bundle.rating_scale
+        low, high, step = bundle.rating_scale
         self.scale = (low, high)
+        self.rating_scale = RatingScale(low, high, step)
+        self._feedback_rules: FeedbackRules | None = None
         items = bundle.items
         self.movie_ids: list[int] = bundle.item_ids.tolist()
         self.movie_index = {movie: index for index, movie in enumerate(self.movie_ids)}
@@ -154,6 +158,13 @@ class LoadedModel:
             return self._items(items, scores, None, POPULAR_REASON, user=-1), True, unknown
         because = self.bundle.because(liked_items, items) if len(liked_items) else None
         return self._items(items, scores, because, PROFILE_REASON, user=-1), False, unknown
+
+    def feedback_rules(self, settings: Settings) -> FeedbackRules:
+        """What feedback must be to count, against this version's catalogue and rating scale:
+        the rules ingestion applies to the same events."""
+        if self._feedback_rules is None:
+            self._feedback_rules = FeedbackRules.of(settings, self.rating_scale, self.movie_ids)
+        return self._feedback_rules
 
     def similar(self, movie_index: int, k: int) -> list[dict]:
         """The bundle's `similar_items`: cosine of item vectors."""

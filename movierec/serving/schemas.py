@@ -43,3 +43,59 @@ class FeedbackIn(BaseModel):
     type: Literal["rating", "click", "thumb"]
     value: float = Field(allow_inf_nan=False)
     timestamp: AwareDatetime
+
+
+# ---------------------------------------------------------------------- responses (OpenAPI)
+
+
+class FieldError(BaseModel):
+    loc: list[str] = Field(description='Where the problem is, e.g. ["body", "movie_id"] or ["query", "k"].')
+    msg: str
+    type: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error the API answers: a one-line `detail` naming the field, and for invalid input
+    one entry per problem in `errors`."""
+
+    detail: str
+    errors: list[FieldError] | None = None
+    model_version: str | None = None
+
+
+class FeedbackStored(BaseModel):
+    stored: bool
+    duplicate: bool | None = Field(None, description="True when the same event was stored before (a retry).")
+    event_id: str
+    model_version: str
+
+
+class StoredEvent(BaseModel):
+    event_id: str
+    user_id: int
+    movie_id: int
+    type: Literal["rating", "click", "thumb"]
+    value: float
+    timestamp: str
+
+
+class FeedbackConflict(BaseModel):
+    detail: str
+    stored_event: StoredEvent = Field(description="The event stored under the event_id, which is kept.")
+    event_id: str
+    model_version: str
+
+
+_INVALID = {"model": ErrorBody, "description": "Invalid input; `detail` names the field."}
+_NO_MODEL = {"model": ErrorBody, "description": "No champion model is loaded yet."}
+READ_ERRORS = {422: _INVALID, 503: _NO_MODEL}
+ERRORS = {404: {"model": ErrorBody, "description": "Not in the served model's catalogue."}, **READ_ERRORS}
+WRITE_ERRORS = {
+    413: {"model": ErrorBody, "description": "The request body exceeds `serving.max_body_bytes`."},
+    429: {
+        "model": ErrorBody,
+        "description": "Over the per-client write rate (`serving.write_requests_per_minute`); see Retry-After.",
+        "headers": {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}},
+    },
+    **READ_ERRORS,
+}

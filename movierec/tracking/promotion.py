@@ -20,6 +20,7 @@ from __future__ import annotations
 import mlflow
 
 from features.splits import Split
+from inference.model import ServingBundle
 from models.evaluation import holdout_metrics
 from movierec.settings import Settings
 from movierec.tracking import reports
@@ -27,31 +28,44 @@ from movierec.tracking.registry import CHAMPION, Decision, Registry, beats
 from movierec.tracking.served_model import IncompatibleModel, load_bundle
 
 
-def holdout_score(settings: Settings, model_uri: str, held_out: Split) -> float:
+def holdout_score(settings: Settings, bundle: ServingBundle, held_out: Split, users: set[int] | None = None) -> float:
+    """NDCG@k of `bundle` as served on `held_out` (its test part restricted to `users` if given;
+    NaN when none of them has a held-out positive)."""
     k = settings.training.k
-    metrics = holdout_metrics(
-        load_bundle(model_uri, evaluation=True),
-        held_out.train,
-        held_out.test,
-        k=k,
-        threshold=settings.training.positive_threshold,
-    )
-    return metrics[f"ndcg@{k}"]
+    test = held_out.test if users is None else held_out.test[held_out.test["user_id"].isin(users)]
+    metrics = holdout_metrics(bundle, held_out.train, test, k=k, threshold=settings.training.positive_threshold)
+    return metrics[f"ndcg@{k}"] if metrics["n_users_evaluated"] else float("nan")
 
 
 def gate(settings: Settings, registry: Registry, version: str, held_out: Split) -> Decision:
-    """Measure `version` and the current champion on `held_out`; decide whether to promote."""
+    """Measure `version` and the current champion on `held_out`; decide whether to promote.
+
+    The decision is taken on the held-out users the champion knew (its snapshot's users): users
+    created since (new accounts, whose feedback is in the holdout) could otherwise buy a
+    promotion, e.g. by all rating one movie that a model trained on their feedback then ranks
+    first. Both models are measured on the new users too, reported beside the decision."""
     metric = f"ndcg@{settings.training.k}"
-    challenger_score = holdout_score(settings, f"models:/{registry.name}/{version}", held_out)
+    challenger = load_bundle(f"models:/{registry.name}/{version}", evaluation=True)
     champion = registry.champion()
-    champion_score, unloadable = None, None
+    champion_bundle, unloadable = None, None
     if champion is not None:
         if str(champion.version) == str(version):
             raise ValueError(f"version {version} of '{registry.name}' already is the champion")
         try:
-            champion_score = holdout_score(settings, f"models:/{registry.name}@{CHAMPION}", held_out)
+            champion_bundle = load_bundle(f"models:/{registry.name}@{CHAMPION}", evaluation=True)
         except IncompatibleModel as error:
             unloadable = str(error)
+    held_users = set(held_out.test["user_id"].unique().tolist())
+    known = held_users if champion_bundle is None else held_users & set(champion_bundle.user_ids.tolist())
+    new = held_users - known
+    challenger_score = holdout_score(settings, challenger, held_out, known)
+    champion_score = None if champion_bundle is None else holdout_score(settings, champion_bundle, held_out, known)
+    new_scores = (None, None)
+    if new and champion_bundle is not None:
+        new_scores = (
+            holdout_score(settings, challenger, held_out, new),
+            holdout_score(settings, champion_bundle, held_out, new),
+        )
     margin = settings.promotion.margin
     return Decision(
         promote=beats(challenger_score, champion_score, margin),
@@ -62,6 +76,10 @@ def gate(settings: Settings, registry: Registry, version: str, held_out: Split) 
         margin=margin,
         metric=metric,
         champion_unloadable=unloadable,
+        users=len(known),
+        new_users=len(new) if champion_bundle is not None else 0,
+        new_users_challenger_score=new_scores[0],
+        new_users_champion_score=new_scores[1],
     )
 
 

@@ -14,6 +14,7 @@ the last registry write of a run.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +41,12 @@ class Decision:
     metric: str
     # Why the champion could not be measured (a version this code cannot load), if so.
     champion_unloadable: str | None = None
+    # Held-out users the decision was measured on (those the champion knew), and those created
+    # since the champion, on whom both were measured apart (not part of the decision).
+    users: int | None = None
+    new_users: int = 0
+    new_users_challenger_score: float | None = None
+    new_users_champion_score: float | None = None
 
     @property
     def reason(self) -> str:
@@ -53,10 +60,18 @@ class Decision:
             )
         difference = self.challenger_score - self.champion_score
         verdict = "beats" if self.promote else "does not beat"
-        return (
+        reason = (
             f"challenger v{self.challenger_version} {self.metric} {self.challenger_score:.4f} {verdict} champion "
             f"v{self.champion_version} {self.champion_score:.4f} by more than {self.margin:g} (difference {difference:+.4f})"
         )
+        if self.users is not None:
+            reason += f" on the {self.users:,} held-out users champion v{self.champion_version} knew"
+        if self.new_users and self.new_users_challenger_score is not None:
+            reason += (
+                f"; on the {self.new_users:,} users new since then (not part of the decision): challenger "
+                f"{self.new_users_challenger_score:.4f}, champion {self.new_users_champion_score:.4f}"
+            )
+        return reason
 
     def tags(self) -> dict[str, str]:
         return {
@@ -67,7 +82,15 @@ class Decision:
             "gate.champion_score": "" if self.champion_score is None else f"{self.champion_score:.6f}",
             "gate.margin": f"{self.margin:g}",
             "gate.reason": self.reason,
+            "gate.users": "" if self.users is None else str(self.users),
+            "gate.new_users": str(self.new_users),
+            "gate.new_users.challenger_score": _score(self.new_users_challenger_score),
+            "gate.new_users.champion_score": _score(self.new_users_champion_score),
         }
+
+
+def _score(value: float | None) -> str:
+    return "" if value is None or math.isnan(value) else f"{value:.6f}"
 
 
 def beats(challenger_score: float, champion_score: float | None, margin: float) -> bool:

@@ -10,8 +10,9 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from movierec.data.feedback import FeedbackEvent, FeedbackStore, feedback_ratings
+from movierec.data.feedback import FeedbackEvent, FeedbackRules, FeedbackStore, feedback_ratings, screen_feedback
 from movierec.data.schema import RatingScale
+from movierec.settings import FeedbackSettings
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 SCALE = RatingScale(0.5, 5.0, 0.5)
@@ -23,14 +24,19 @@ def event(
     return FeedbackEvent(event_id, user, movie, kind, value, T0 + timedelta(seconds=seconds))
 
 
-def test_append_is_idempotent_by_event_id(tmp_path):
+def test_append_is_idempotent_by_event_id_and_a_different_event_under_one_id_conflicts(tmp_path):
     store = FeedbackStore(tmp_path / "feedback.db")
-    assert store.append(event("a")) is True
-    assert store.append(event("a", value=1.0)) is False  # a retried request: stored once, first wins
-    assert store.append_many([event("b"), event("a"), event("b"), event("c")]) == [True, False, False, True]
+    assert store.append(event("a")).status == "stored"
+    retry = store.append(event("a"))  # a retried request: stored once
+    assert retry.status == "duplicate" and retry.stored == event("a")
+    conflict = store.append(event("a", value=1.0))  # other content under the id: the first is kept
+    assert conflict.status == "conflict" and conflict.stored == event("a")
+    outcomes = store.append_many([event("b"), event("a"), event("b"), event("c")], client="10.0.0.1")
+    assert [outcome.status for outcome in outcomes] == ["stored", "duplicate", "duplicate", "stored"]
     frame = store.events()
     assert frame["event_id"].tolist() == ["a", "b", "c"]
     assert frame.loc[frame["event_id"] == "a", "value"].item() == 4.0
+    assert frame["client"].isna().tolist() == [True, False, False] and set(frame["client"].dropna()) == {"10.0.0.1"}
 
 
 def test_events_survive_reopening(tmp_path):
@@ -55,7 +61,7 @@ def test_digest_changes_exactly_when_an_event_is_added(tmp_path):
     store = FeedbackStore(tmp_path / "feedback.db")
     digests = [store.digest()]
     for step, item in enumerate([event("a"), event("b", seconds=1), event("a"), event("c", kind="click", value=1)]):
-        added = store.append(item)
+        added = store.append(item).status == "stored"
         digests.append(store.digest())
         assert (digests[-1] != digests[-2]) == added, step
     assert len(set(digests)) == 4  # empty, a, a+b, a+b+c; the duplicate "a" changed nothing
@@ -63,8 +69,8 @@ def test_digest_changes_exactly_when_an_event_is_added(tmp_path):
     ratings_only = store.digest(kinds=("rating", "thumb"))
     store.append(event("d", kind="click", value=1))
     assert store.digest(kinds=("rating", "thumb")) == ratings_only
-    events, digest = store.read()
-    assert len(events) == 4 and digest == store.digest()
+    events, digest, released, held = store.read()
+    assert len(events) == 4 and digest == store.digest() and released == set() and held.empty
 
 
 def test_invalid_events_are_refused_not_taken_for_duplicates(tmp_path):
@@ -181,3 +187,104 @@ def test_feedback_ratings_of_no_events(tmp_path):
     events = FeedbackStore(tmp_path / "feedback.db").events()
     result = feedback_ratings(events, SCALE)
     assert result.empty and list(result.columns) == ["user_id", "movie_id", "rating", "timestamp", "event_id"]
+
+
+# ---------------------------------------------------------------------- rules and screening
+
+RULES = FeedbackRules(SCALE, frozenset(range(1, 101)), datetime(1995, 1, 1, tzinfo=UTC), 1)
+SCREENING = FeedbackSettings(
+    burst_window_minutes=60, movie_burst_new_users=3, cohort_new_users=5, cohort_top_movie_share=0.5,
+    client_burst_events=6,
+)  # fmt: skip
+
+
+def test_the_rules_name_each_field_at_fault():
+    now = datetime(2024, 6, 1, tzinfo=UTC)
+    assert RULES.problems("rating", 5, 4.5, T0, now) == {}
+    problems = RULES.problems("rating", 500, 4.2, datetime(1900, 1, 1, tzinfo=UTC), now)
+    assert set(problems) == {"movie_id", "timestamp", "value"}
+    assert problems["value"] == "rating 4.2 is not on the scale 0.5-5 (step 0.5)"
+    assert problems["movie_id"] == "movie 500 is not in the catalogue (100 movies)"
+    assert "outside the plausible window 1995-01-01 .. 2024-06-02" in problems["timestamp"]
+    # One day ahead is allowed (clocks differ), two are not.
+    assert RULES.problems("thumb", 5, 1, now + timedelta(hours=23), now) == {}
+    assert "timestamp" in RULES.problems("thumb", 5, 1, now + timedelta(days=2), now)
+    assert RULES.problems("thumb", 5, 2, T0, now) == {"value": "a thumb is +1 or -1, got 2"}
+    assert RULES.problems("click", 5, 2, T0, now) == {"value": "a click has value 1, got 2"}
+
+
+def _events(rows: list[tuple]) -> pd.DataFrame:
+    """rows: (event_id, user, movie, minutes after T0 of arrival, client)."""
+    return pd.DataFrame(
+        {
+            "event_id": [row[0] for row in rows],
+            "user_id": [row[1] for row in rows],
+            "movie_id": [row[2] for row in rows],
+            "kind": "rating",
+            "value": 5.0,
+            "timestamp": pd.Timestamp(T0),
+            "received_at": [pd.Timestamp(T0) + pd.Timedelta(minutes=row[3]) for row in rows],
+            "client": [row[4] for row in rows],
+        }
+    )
+
+
+def test_screening_holds_back_invalid_events_and_bursts_of_new_users_clients_and_cohorts():
+    rows = [
+        # Four new users (not 1..10) rate movie 50 within 10 minutes: more than 3, a movie burst.
+        *[(f"attack-{u}", u, 50, u - 100, None) for u in range(101, 105)],
+        ("real", 1, 50, 5, None),  # a real user's rating of the same movie stays
+        ("late", 105, 50, 200, None),  # a new user, hours later: not part of the burst
+        # One client sends 7 events within 30 minutes (limit 6); another sends 6.
+        *[(f"busy-{i}", 2, 60 + i, 300 + 5 * i, "10.0.0.9") for i in range(7)],
+        *[(f"calm-{i}", 3, 60 + i, 300 + 5 * i, "10.0.0.8") for i in range(6)],
+        # Six new users arrive within 20 minutes (limit 5); every one rates movie 70 (also a movie
+        # burst), two also movie 71: 6 of their 8 ratings are one movie's, over half.
+        *[(f"cohort-{u}", u, 70, 600 + 4 * (u - 201), None) for u in range(201, 207)],
+        ("cohort-extra-1", 201, 71, 630, None),
+        ("cohort-extra-2", 202, 71, 631, None),
+        ("broken", 4, 500, 700, None),  # not in the catalogue
+    ]
+    held = screen_feedback(_events(rows), RULES, range(1, 11), SCREENING, now=T0 + timedelta(days=1))
+    rule = dict(zip(held["event_id"], held["rule"], strict=True))
+    assert {event for event, name in rule.items() if name == "movie_burst"} == {
+        *(f"attack-{u}" for u in range(101, 105)),
+        *(f"cohort-{u}" for u in range(201, 207)),
+    }
+    assert {event for event, name in rule.items() if name == "client_burst"} == {f"busy-{i}" for i in range(7)}
+    assert {event for event, name in rule.items() if name == "cohort_burst"} == {"cohort-extra-1", "cohort-extra-2"}
+    assert rule["broken"] == "invalid" and len(rule) == 4 + 6 + 7 + 2 + 1
+    reasons = dict(zip(held["event_id"], held["reason"], strict=True))
+    assert reasons["attack-101"] == "4 new users rated movie 50 within 60 minutes (limit 3)"
+    assert reasons["busy-0"] == "client 10.0.0.9 sent 7 events within 60 minutes (limit 6)"
+    assert reasons["cohort-extra-1"] == (
+        "6 new users arrived within 60 minutes (limit 5) and 75% of their ratings are of movie 70"
+    )
+    assert reasons["broken"].startswith("movie_id: movie 500 is not in the catalogue")
+    # A released event still counts towards its burst but is let through; an invalid one never is.
+    again = screen_feedback(
+        _events(rows), RULES, range(1, 11), SCREENING, released={"attack-101", "broken"}, now=T0 + timedelta(days=1)
+    )
+    assert "attack-101" not in set(again["event_id"]) and {"attack-102", "broken"} <= set(again["event_id"])
+
+
+def test_quarantine_is_kept_listed_and_released(tmp_path):
+    store = FeedbackStore(tmp_path / "feedback.db")
+    store.append_many([event("a"), event("b", seconds=1), event("c", seconds=2)])
+    digest = store.digest()
+    records = pd.DataFrame(
+        {"event_id": ["a", "b"], "rule": ["movie_burst", "invalid"], "reason": ["a burst", "bad movie"]}
+    )
+    assert store.quarantine(records) == 2 and store.quarantine(records) == 0  # the first record stays
+    held = store.quarantined()
+    assert held["event_id"].tolist() == ["a", "b"] and held["rule"].tolist() == ["movie_burst", "invalid"]
+    assert store.digest() == digest  # quarantining changes no input of a snapshot by itself
+    with pytest.raises(ValueError, match="invalid events cannot be released"):
+        store.release(["b"])
+    with pytest.raises(ValueError, match="not in quarantine"):
+        store.release(["c"])
+    assert store.release(["a"]) == ["a"]
+    assert store.released() == {"a"} and store.quarantined()["event_id"].tolist() == ["b"]
+    assert store.quarantined(include_released=True)["released_at"].notna().tolist() == [True, False]
+    assert store.digest() != digest  # a release changes what the next snapshot merges
+    assert store.count() == 3  # nothing deleted

@@ -112,6 +112,41 @@ def test_ml1m_double_colon_format(tmp_path):
     assert raw.movies["genres"].tolist() == ["Drama", "Animation|Children's|Musical"]
 
 
+def _ml1m(folder: Path, ratings: bytes, users: bytes = b"1::F::1::10::48067\n") -> None:
+    folder.mkdir()
+    (folder / "ratings.dat").write_bytes(ratings)
+    (folder / "movies.dat").write_bytes(b"1193::One Flew Over the Cuckoo's Nest (1975)::Drama\n")
+    (folder / "users.dat").write_bytes(users)
+
+
+@pytest.mark.parametrize(
+    "ratings, message",
+    [
+        (b"1::1193::5::978300760\n0::1193::3::978302109\n", "ratings.dat, line 2, field 'user_id': user_id 0 is not"),
+        (b"1::-1193::5::978300760\n", "ratings.dat, line 1, field 'movie_id': movie_id -1193 is not a positive"),
+        (
+            b"1::1193::5::978300760\n1::1193::4::978300761\n7::1193::3::978302109\n",
+            "ratings.dat, line 3, field 'user_id': user_id 7 is not in users.dat (1 rating(s) by users missing",
+        ),
+    ],
+)
+def test_ratings_with_non_positive_ids_or_unknown_users_are_refused(tmp_path, ratings, message):
+    _ml1m(tmp_path / "ml-1m", ratings)
+    spec = get_spec("ml-1m")
+    with pytest.raises(FormatError) as error:
+        read_dataset(spec, locate(spec, tmp_path, tmp_path / "downloads"))
+    assert message in str(error.value)
+
+
+def test_a_csv_ratings_file_counts_its_header_line(tmp_path):
+    path = tmp_path / "ratings.csv"
+    path.write_bytes(b"userId,movieId,rating,timestamp\n1,2,4.0,100\n3,0,4.0,100\n")
+    from movierec.data.parse import _read_ratings
+
+    with pytest.raises(FormatError, match=r"ratings.csv, line 3, field 'movieId': movieId 0 is not a positive integer"):
+        _read_ratings(path, "userId", "movieId", separator=",", header=True)
+
+
 @pytest.mark.realdata
 def test_real_files_parse_to_published_counts(real_data, tmp_path):
     for name, counts in {"ml-100k": (100_000, 1_682), "ml-latest-small": (100_836, 9_742)}.items():

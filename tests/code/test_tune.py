@@ -90,6 +90,25 @@ def test_bad_trials_are_pruned_and_a_study_resumes(setting, tmp_path):
     assert resumed.best_value >= best
 
 
+def test_a_second_session_on_a_study_explores_new_settings(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'repeat.db'}"
+
+    def objective(trial: optuna.Trial) -> float:
+        return trial.suggest_float("x", 0.0, 1.0) + trial.suggest_int("n", 1, 1000)
+
+    first = create_study("repeat", storage, seed=3)
+    first.optimize(objective, n_trials=3)
+    # The first session is reproducible: a new study with the same seed samples the same start.
+    fresh = create_study("again", storage, seed=3)
+    fresh.optimize(objective, n_trials=3)
+    assert [t.params for t in fresh.trials] == [t.params for t in first.trials]
+    # A second session (another process, a resumed run) does not replay that start.
+    second = create_study("repeat", storage, seed=3)
+    second.optimize(objective, n_trials=3)
+    settings = [tuple(sorted(t.params.items())) for t in second.trials]
+    assert len(second.trials) == 6 and len(set(settings)) == 6
+
+
 def test_unknown_sampler_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown sampler 'annealing'"):
         create_study("x", f"sqlite:///{tmp_path / 'o.db'}", sampler="annealing")

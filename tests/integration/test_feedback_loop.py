@@ -13,7 +13,6 @@ import pytest
 
 from movierec.data.feedback import FeedbackEvent, FeedbackStore
 from movierec.data.snapshot import SnapshotStore
-from movierec.errors import ValidationFailed
 from movierec.settings import get_settings
 from movierec.tracking.served_model import load_bundle
 
@@ -73,7 +72,7 @@ def test_feedback_reaches_the_next_snapshot_and_model(home, quick_pipeline):
         FeedbackEvent("new-3", newcomer, newcomer_movies[2], "thumb", -1, NOW - timedelta(minutes=1)),
     ]
     feedback = _feedback()
-    assert all(feedback.append_many(events))
+    assert all(outcome.status == "stored" for outcome in feedback.append_many(events))
     digest = feedback.digest(kinds=("rating", "thumb"))
 
     second = retrain(**DATA, trials=1)
@@ -92,6 +91,7 @@ def test_feedback_reaches_the_next_snapshot_and_model(home, quick_pipeline):
         "replaced": 1,
         "older_than_dataset": 0,
         "new_users": 1,
+        "quarantined": {"events": 0, "new": 0, "by_rule": {}, "reasons": []},
     }
     snapshot = store.get("synthetic", summary["snapshot_id"])
     assert snapshot.lineage["feedback"]["digest"] == digest
@@ -145,36 +145,49 @@ def test_feedback_reaches_the_next_snapshot_and_model(home, quick_pipeline):
     assert again["feedback"]["ratings"] == 5
 
 
-def test_bad_feedback_fails_validation_and_writes_nothing(home):
+def test_invalid_stored_feedback_is_quarantined_and_blocks_nothing(home):
     from flows.ingest import ingest
 
     first = ingest(dataset="synthetic", synthetic_ratings=4_000, seed=1)
     store = _store()
     tables = store.load(store.get("synthetic", first["snapshot_id"]))
+    movie = int(tables.items["movie_id"].iloc[0])
     unknown_movie = int(tables.items["movie_id"].max()) + 1000
-    _feedback().append_many(
+    # Events the API refuses now, stored before it did (written to the store directly).
+    feedback = _feedback()
+    feedback.append_many(
         [
-            FeedbackEvent("out-of-scale", 1, int(tables.items["movie_id"].iloc[0]), "rating", 7.0, NOW),
+            FeedbackEvent("out-of-scale", 1, movie, "rating", 7.0, NOW),
+            FeedbackEvent("off-grid", 1, int(tables.items["movie_id"].iloc[1]), "rating", 4.3, NOW),
             FeedbackEvent("not-in-catalogue", 2, unknown_movie, "thumb", 1, NOW),
+            FeedbackEvent("year-1900", 3, movie, "rating", 4.0, datetime(1900, 1, 1, tzinfo=UTC)),
+            FeedbackEvent("year-3000", 4, movie, "rating", 4.0, datetime(3000, 1, 1, tzinfo=UTC)),
+            FeedbackEvent("fine", 5, movie, "rating", 4.5, NOW),
         ]
     )
-    listing = sorted(p.name for p in store.dataset_dir("synthetic").iterdir())
 
-    with pytest.raises(ValidationFailed) as failure:
-        ingest(dataset="synthetic", synthetic_ratings=4_000, seed=1)
-    message = str(failure.value)
-    assert "validation suite 'raw_ratings, raw_rated_movies' failed 3 expectation(s)" in message
-    assert "column='rating'" in message and "7.0" in message
-    assert f"{unknown_movie}" in message
-    assert "feedback event 'out-of-scale' (user 1" in message and "rating 7 is not on the scale 0.5-5" in message
-    assert (
-        f"feedback event 'not-in-catalogue' (user 2, movie {unknown_movie}): movie {unknown_movie} is not in the catalogue"
-        in message
-    )
-    assert "feedback rating(s) merged from" in message
-    # Nothing written: the same folders, LATEST unchanged.
-    assert sorted(p.name for p in store.dataset_dir("synthetic").iterdir()) == listing
-    assert store.latest("synthetic").id == first["snapshot_id"]
+    second = ingest(dataset="synthetic", synthetic_ratings=4_000, seed=1)
+    assert not second["reused"] and second["feedback"]["ratings"] == 1  # only "fine" is merged
+    held = second["feedback"]["quarantined"]
+    assert held["events"] == 5 and held["new"] == 5 and held["by_rule"] == {"invalid": 5}
+    quarantined = feedback.quarantined().set_index("event_id")
+    assert set(quarantined.index) == {"out-of-scale", "off-grid", "not-in-catalogue", "year-1900", "year-3000"}
+    reasons = quarantined["reason"]
+    assert "rating 7 is not on the scale 0.5-5 (step 0.5)" in reasons["out-of-scale"]
+    assert "rating 4.3 is not on the scale" in reasons["off-grid"]
+    assert f"movie {unknown_movie} is not in the catalogue" in reasons["not-in-catalogue"]
+    assert "timestamp: 1900-01-01" in reasons["year-1900"] and "timestamp: 3000-01-01" in reasons["year-3000"]
+    snapshot = store.get("synthetic", second["snapshot_id"])
+    assert snapshot.lineage["feedback"]["quarantined"] == held
+    merged = store.load(snapshot).ratings
+    assert len(merged) == len(tables.ratings) + 1
+    # Kept, never deleted; an invalid event cannot be released.
+    assert feedback.count() == 6
+    with pytest.raises(ValueError, match="invalid events cannot be released"):
+        feedback.release(["year-1900"])
+    # Nothing changed: the snapshot is reused and nothing new is quarantined.
+    third = ingest(dataset="synthetic", synthetic_ratings=4_000, seed=1)
+    assert third["reused"] and third["snapshot_id"] == second["snapshot_id"]
 
 
 def test_feedback_without_ratings_keeps_the_snapshot(home):

@@ -55,12 +55,10 @@ def test_two_runs_track_everything_and_the_gate_picks_the_champion(home, quick_p
     first = retrain(**DATA, trials=3)
     second = retrain(**DATA, trials=2)
 
-    # Data: the second run reused the snapshot, and its features came from Prefect's cache.
+    # Data: the second run reused the snapshot.
     assert not first["snapshot"]["reused"] and second["snapshot"]["reused"]
     assert first["snapshot"]["snapshot_id"] == second["snapshot"]["snapshot_id"]
     client = _client(home)
-    flow_run_id = client.get_run(second["run_id"]).data.tags["prefect.flow_run_id"]
-    assert _task_states(flow_run_id)["build features (holdout)"] == "Cached"
 
     # Tracking: two finished parent runs, each with its own trial runs and baseline runs.
     runs = _runs(client)
@@ -71,6 +69,13 @@ def test_two_runs_track_everything_and_the_gate_picks_the_champion(home, quick_p
     assert len(_children(runs, second["run_id"], "optuna-trial")) == 2
     assert second["tuning"]["trials_this_run"] == 2
     assert sum(second["tuning"]["counts"].values()) == 5  # the study continued
+    # ... with settings it had not tried (a seeded sampler used to replay the first run's).
+    tried = [
+        tuple(sorted(trial.data.params.items()))
+        for run_id in (first["run_id"], second["run_id"])
+        for trial in _children(runs, run_id, "optuna-trial")
+    ]
+    assert len(set(tried)) == 5
     # Selection on validation; every other candidate measured on test in a nested run, the chosen
     # one on the parent run.
     chosen = first["selection"]["chosen"]
@@ -174,6 +179,11 @@ def test_two_runs_track_everything_and_the_gate_picks_the_champion(home, quick_p
     back = cli.invoke(app, ["rollback"])
     assert back.exit_code == 0 and f"champion: version {expected}" in back.output
     assert str(client.get_model_version_by_alias(name, "champion").version) == expected
+
+    # A run without new trials keeps the tuned setting: its features come from Prefect's cache.
+    third = retrain(**DATA, trials=0)
+    states = _task_states(client.get_run(third["run_id"]).data.tags["prefect.flow_run_id"])
+    assert states["build features (holdout)"] == "Cached" and states["build features (all)"] == "Cached"
 
 
 def test_a_failed_run_leaves_the_registry_untouched(home, quick_pipeline, monkeypatch):

@@ -259,6 +259,77 @@ def test_feedback_is_stored_once_and_a_duplicate_is_reported(served):
     assert _metric(served.client, "movierec_feedback_events_total", type="thumb", result="duplicate") >= 1
 
 
+def test_the_same_event_id_with_other_content_is_a_conflict_that_keeps_the_stored_event(served):
+    event = _event(value=4.0)
+    assert served.client.post("/feedback", json=event).status_code == 201
+    changed = served.client.post("/feedback", json={**event, "value": 2.0})
+    assert changed.status_code == 409, changed.text
+    body = changed.json()
+    assert "already holds another event" in body["detail"]
+    assert body["stored_event"] == {
+        "event_id": event["event_id"],
+        "user_id": 1,
+        "movie_id": 1,
+        "type": "rating",
+        "value": 4.0,
+        "timestamp": "2024-05-01T10:00:00+00:00",
+    }
+    stored = FeedbackStore(served.settings.feedback_db).events().set_index("event_id")
+    assert stored.loc[event["event_id"], "value"] == 4.0 and stored.loc[event["event_id"], "client"] == "testclient"
+    # The same content again (a retry, the offset written differently) is still a duplicate.
+    retry = served.client.post("/feedback", json={**event, "timestamp": "2024-05-01T10:00:00Z"})
+    assert retry.status_code == 200 and retry.json()["duplicate"] is True
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_read(served):
+    limit = served.settings.serving.max_body_bytes
+    big = {"liked_movie_ids": [1] * 5, "padding": "x" * (limit + 10)}
+    response = served.client.post("/recommendations", json=big)
+    assert response.status_code == 413 and f"{limit:,} bytes" in response.json()["detail"]
+
+    def chunks():  # no Content-Length: counted as it arrives
+        for _ in range(limit // 1000 + 2):
+            yield b" " * 1000
+
+    chunked = served.client.post("/feedback", content=chunks(), headers={"content-type": "application/json"})
+    assert chunked.status_code == 413
+    assert _metric(served.client, "movierec_http_requests_total", method="POST", status="413") >= 2
+
+
+def test_write_endpoints_are_rate_limited_per_client(home, monkeypatch):
+    monkeypatch.setenv("MOVIEREC_SERVING__WRITE_REQUESTS_PER_MINUTE", "60")
+    monkeypatch.setenv("MOVIEREC_SERVING__WRITE_BURST", "3")
+    register_champion()
+    app = create_app(get_settings(), watch=False)
+    with TestClient(app) as client:
+        statuses = [client.post("/feedback", json=_event()).status_code for _ in range(3)]
+        assert statuses == [201, 201, 201]
+        limited = client.post("/feedback", json=_event())
+        assert limited.status_code == 429 and limited.headers["retry-after"] == "1"
+        assert "write requests a minute from testclient" in limited.json()["detail"]
+        assert client.post("/recommendations", json={"liked_movie_ids": [1]}).status_code == 429
+        assert client.get("/users/1/recommendations").status_code == 200  # reads are not limited
+
+
+def test_the_openapi_schema_documents_every_status_the_api_answers(served):
+    paths = served.client.get("/openapi.json").json()["paths"]
+
+    def documented(path: str, method: str) -> set[str]:
+        return set(paths[path][method]["responses"])
+
+    assert documented("/feedback", "post") >= {"200", "201", "409", "413", "422", "429", "503"}
+    assert documented("/recommendations", "post") >= {"200", "413", "422", "429", "503"}
+    assert documented("/users/{user_id}/recommendations", "get") >= {"200", "422", "503"}
+    assert documented("/movies/{movie_id}/similar", "get") >= {"200", "404", "422", "503"}
+    assert documented("/movies", "get") >= {"200", "422", "503"} and documented("/users", "get") >= {"422", "503"}
+    assert documented("/readyz", "get") >= {"200", "503"}
+    # Errors are documented with the body they have: a one-line detail, not FastAPI's default.
+    error = paths["/feedback"]["post"]["responses"]["422"]["content"]["application/json"]["schema"]["$ref"]
+    assert error.endswith("/ErrorBody")
+    conflict = paths["/feedback"]["post"]["responses"]["409"]["content"]["application/json"]["schema"]["$ref"]
+    assert conflict.endswith("/FeedbackConflict")
+
+
 @pytest.mark.parametrize("kind, value", [("rating", 0.5), ("rating", 5), ("click", 1), ("thumb", 1)])
 def test_valid_feedback_values(served, kind, value):
     assert served.client.post("/feedback", json=_event(type=kind, value=value)).status_code == 201
@@ -321,7 +392,12 @@ def test_the_page_and_its_assets_are_served(served):
         ("POST", "/recommendations", {"surprise": 1}, 422, "surprise"),
         ("POST", "/feedback", b"[1, 2", 422, "malformed JSON"),
         ("POST", "/feedback", {"event_id": "x", "user_id": 1}, 422, "movie_id"),
-        ("POST", "/feedback", "rating-out-of-scale", 422, "rating scale"),
+        ("POST", "/feedback", "rating-out-of-scale", 422, "value: rating 5.5 is not on the scale 0.5-5"),
+        ("POST", "/feedback", "rating-off-grid", 422, "value: rating 4.2 is not on the scale"),
+        ("POST", "/feedback", "unknown-movie", 422, "movie_id: movie 999999 is not in the catalogue"),
+        ("POST", "/feedback", "year-1900", 422, "timestamp: 1900-01-01 00:00:00 UTC is outside the plausible window"),
+        ("POST", "/feedback", "year-3000", 422, "timestamp: 3000-01-01 00:00:00 UTC is outside"),
+        ("POST", "/feedback", "click-two", 422, "value: a click has value 1"),
         ("POST", "/feedback", "naive-timestamp", 422, "timezone"),
         ("POST", "/feedback", "thumb-two", 422, "+1 or -1"),
         ("POST", "/feedback", "unknown-type", 422, "type"),
@@ -331,6 +407,11 @@ def test_the_page_and_its_assets_are_served(served):
 def test_bad_input_is_a_4xx_with_a_message(served, method, url, body, status, words):
     events = {
         "rating-out-of-scale": _event(value=5.5),
+        "rating-off-grid": _event(value=4.2),
+        "unknown-movie": _event(movie_id=999999),
+        "year-1900": _event(timestamp="1900-01-01T00:00:00+00:00"),
+        "year-3000": _event(timestamp="3000-01-01T00:00:00+00:00"),
+        "click-two": _event(type="click", value=2),
         "naive-timestamp": _event(timestamp="2024-05-01T12:00:00"),
         "thumb-two": _event(type="thumb", value=2),
         "unknown-type": _event(type="like"),
@@ -362,7 +443,9 @@ def test_without_a_champion_readyz_and_recommendations_are_503_and_polling_finds
             client.post("/recommendations", json={"liked_movie_ids": [1]}),
         ):
             assert response.status_code == 503 and "champion" in response.json()["detail"]
-        assert client.post("/feedback", json=_event()).status_code == 201  # feedback needs no model
+        # Feedback is checked against the served catalogue: without one it cannot be accepted.
+        refused = client.post("/feedback", json=_event())
+        assert refused.status_code == 503 and "champion" in refused.json()["detail"]
         registered = register_champion(promote=False)
         assert app.state.holder.check_now() is False  # a challenger is not served
         assert client.get("/readyz").status_code == 503
