@@ -29,8 +29,9 @@ from prefect import flow, runtime
 
 from features.splits import every_rating
 from flows.ingest import ingest
-from movierec.settings import get_settings
-from movierec.tracking import reports, runs
+from movierec.runlock import describe, run_lock
+from movierec.settings import Settings, get_settings
+from movierec.tracking import recovery, reports, runs
 from movierec.training.tuning import setup_params
 from tasks.export import export_champion
 from tasks.features import build_features, split_holdout, split_validation, store_features
@@ -71,6 +72,24 @@ def retrain(
     seed: int | None = None,
 ) -> dict:
     settings = get_settings()
+    # One run at a time per home (movierec.runlock): the stores, the registry and the gate's
+    # read-compare-move of `champion` are this run's alone until it ends.
+    with run_lock(settings.home, f"retrain {dataset}", on_wait=_waiting):
+        return _pipeline(settings, dataset, trials, timeout, synthetic_ratings, seed)
+
+
+def _waiting(holder: dict | None) -> None:
+    log.warning("waiting for %s to finish (one run at a time per MOVIEREC_HOME)", describe(holder))
+
+
+def _pipeline(
+    settings: Settings,
+    dataset: str,
+    trials: int | None,
+    timeout: float | None,
+    synthetic_ratings: int | None,
+    seed: int | None,
+) -> dict:
     trials = settings.tuning.trials if trials is None else trials
     timeout = settings.tuning.timeout_seconds if timeout is None else timeout
     k = settings.training.k
@@ -79,12 +98,16 @@ def retrain(
     with stages("ingest"):
         snapshot_summary = ingest(dataset=dataset, synthetic_ratings=synthetic_ratings, seed=seed)
     experiment_id = runs.configure(settings)
+    # This run holds the home's lock: whatever an earlier run left RUNNING, its process is gone.
+    recovery.close_dead_runs(experiment_id)
+    recovery.drop_unfinished_versions(settings.registered_model_name)
     snapshot_id = snapshot_summary["snapshot_id"]
     tags = {
         "dataset": dataset,
         "snapshot_id": snapshot_id,
         "code_version": runs.code_version(),
         "prefect.flow_run_id": str(runtime.flow_run.id),
+        **recovery.owner_tags(),
     }
     with runs.pipeline_run(f"retrain {dataset} {snapshot_id[:8]}", tags) as run:
         mlflow.log_params(

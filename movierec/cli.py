@@ -4,10 +4,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -76,6 +78,23 @@ def _prepare(flow: bool = False) -> None:
     runtime.configure(get_settings())
     if flow:
         runtime.start_prefect_api()
+
+
+@contextmanager
+def _home_lock(label: str, *, wait: bool = True) -> Iterator[None]:
+    """`movierec.runlock.run_lock` on the settings' home, saying what it waits for; exit code 1
+    when busy and not waiting."""
+    from movierec.runlock import RunLocked, describe, run_lock
+
+    def waiting(holder: dict | None) -> None:
+        console.print(f"waiting for {escape(describe(holder))} to finish…", soft_wrap=True)
+
+    try:
+        with run_lock(get_settings().home, label, wait=wait, on_wait=waiting):
+            yield
+    except RunLocked as error:
+        console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 def _print_snapshot(summary: dict) -> None:
@@ -281,20 +300,26 @@ def pipeline(
         int | None, typer.Option(min=1000, help="Ratings to generate for --dataset synthetic.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="Fail at once when another run is using MOVIEREC_HOME.")
+    ] = False,
 ) -> None:
-    """Run the whole pipeline (flow `retrain`): ingest, validate, tune, train, evaluate, register, promote."""
+    """Run the whole pipeline (flow `retrain`): ingest, validate, tune, train, evaluate, register, promote.
+    One run at a time per MOVIEREC_HOME: a second one waits for the first (or fails with --no-wait)."""
     _check_dataset(dataset)
-    _prepare(flow=True)
-    from flows.retrain import retrain
+    with _home_lock(f"pipeline {dataset}", wait=not no_wait):
+        # Before Prefect's temporary server starts: its database is the home's too.
+        _prepare(flow=True)
+        from flows.retrain import retrain
 
-    result = _run(
-        f"retraining on {dataset}",
-        retrain,
-        dataset=dataset,
-        trials=trials,
-        timeout=timeout,
-        synthetic_ratings=synthetic_ratings,
-    )
+        result = _run(
+            f"retraining on {dataset}",
+            retrain,
+            dataset=dataset,
+            trials=trials,
+            timeout=timeout,
+            synthetic_ratings=synthetic_ratings,
+        )
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
         return
@@ -412,7 +437,23 @@ def _trained_on(tags: dict) -> str:
     return f"all {int(served):,} ratings (twin {int(twin):,})" if served and twin else "–"
 
 
+def _locked(label: str) -> Callable:
+    """A command that moves `champion` holds the home's run lock (waiting for a running pipeline),
+    so it never interleaves with a run's gate."""
+
+    def decorate(command: Callable) -> Callable:
+        @functools.wraps(command)
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            with _home_lock(label):
+                return command(*args, **kwargs)
+
+        return locked
+
+    return decorate
+
+
 @app.command()
+@_locked("promote")
 def promote(
     version: Annotated[str, typer.Option("--version", "-v", help="Version to make champion.")],
     force: Annotated[bool, typer.Option(help="Promote even when the gate says no.")] = False,
@@ -453,6 +494,7 @@ def promote(
 
 
 @app.command()
+@_locked("rollback")
 def rollback() -> None:
     """Move `champion` back to the version that held it before the current one."""
     from movierec.tracking.served_model import IncompatibleModel, NotAMovierecModel, check_servable

@@ -5,12 +5,16 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 from movierec.settings import Settings
+
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a child gets when its parent dies
 
 # Prefect settings this module gives a default, each with every environment name Prefect reads it
 # from (a value the user set under any of them wins).
@@ -158,9 +162,27 @@ def start_prefect_api() -> None:
     command = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory"]
     command += ["prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port)]
     command += ["--log-level", "error", "--lifespan", "on"]
-    _TemporaryServer.process = subprocess.Popen(command, env=env)
+    _TemporaryServer.process = subprocess.Popen(command, env=env, preexec_fn=_die_with_parent(os.getpid()))
     _TemporaryServer.api_url = f"http://127.0.0.1:{port}/api"
     atexit.register(_stop_prefect_api)
+
+
+def _die_with_parent(parent: int) -> Callable[[], None] | None:
+    """For `Popen(preexec_fn=...)`: the child gets SIGTERM when this process dies, `kill -9`
+    included (Linux `PR_SET_PDEATHSIG`), so the temporary server never outlives its pipeline.
+    None elsewhere (atexit still stops it on a normal exit)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def arm() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
+
+    return arm
 
 
 def use_prefect_api() -> None:

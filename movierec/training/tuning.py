@@ -97,6 +97,23 @@ def settings_objective(settings: Settings, tables: CanonicalTables, validation: 
     )
 
 
+def close_dead_trials(study: optuna.Study) -> list[int]:
+    """Mark FAILED (with the reason as user attribute `failure`) every RUNNING trial of `study`,
+    for a caller that knows no process is running them; returns their numbers."""
+    closed = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        optuna.trial.Trial(study, trial._trial_id).set_user_attr(
+            "failure", "its run died before the trial ended; closed by the next run"
+        )
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        closed.append(trial.number)
+    if closed:
+        log.warning(
+            "tuning: trials %s of study %s were left running by a dead run: marked FAILED", closed, study.study_name
+        )
+    return closed
+
+
 def tune(
     settings: Settings,
     dataset: str,
@@ -146,6 +163,10 @@ def tune(
         )
 
     objective = settings_objective(settings, tables, validation, on_trial=log_trial, prepare_features=features)
+    if tuning.storage is None:
+        # The home's own study and this run holds the home's lock: a RUNNING trial is a dead
+        # run's (a shared storage's may be another worker's, alive).
+        close_dead_trials(study)
     before = len(study.trials)
     log.info(
         "tuning: study %s (%d earlier trials), budget %s trials, %s",

@@ -1,0 +1,116 @@
+"""One pipeline run at a time per `MOVIEREC_HOME`.
+
+Runs on one home share its stores: the SQLite MLflow database and registry, the Optuna study,
+the snapshots, the Prefect database of the temporary server. Two runs at once raced in all of
+them (both promoted themselves as the first model; MLflow's schema migration failed in one), so
+a run holds an exclusive `flock` on `<home>/pipeline.lock` from before anything opens those
+stores until it ends. The kernel releases the lock when its process dies, `kill -9` included: a
+dead run never blocks the next. The holder writes who it is into the file, so a waiting run can
+say what it waits for. Within one process the lock is re-entrant (the CLI takes it before the
+flow it runs takes it again). `movierec promote` and `rollback` take it too, so the gate's
+read-compare-move of `champion` never interleaves with a manual move.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+LOCK_FILE = "pipeline.lock"
+
+_held: dict[Path, tuple[int, int]] = {}  # path -> (file descriptor, depth) held by this process
+_guard = threading.Lock()
+
+
+class RunLocked(RuntimeError):
+    """Another run holds the home's lock and the caller chose not to wait."""
+
+
+def holder(home: Path) -> dict | None:
+    """Who holds (or last held) the lock of `home`: label, pid, started; None if unknown."""
+    try:
+        text = (Path(home) / LOCK_FILE).read_text()
+        return json.loads(text) if text.strip() else None
+    except (OSError, ValueError):
+        return None
+
+
+def describe(record: dict | None) -> str:
+    if not record:
+        return "another run"
+    return f"run '{record.get('label')}' (pid {record.get('pid')}, started {record.get('started')})"
+
+
+@contextmanager
+def run_lock(
+    home: Path,
+    label: str,
+    *,
+    wait: bool = True,
+    on_wait: Callable[[dict | None], None] | None = None,
+    poll_seconds: float = 0.5,
+) -> Iterator[None]:
+    """Hold the home's run lock for the block. Busy: with `wait`, call `on_wait(holder)` once and
+    wait; without, raise `RunLocked` naming the holder."""
+    path = (Path(home) / LOCK_FILE).resolve()
+    with _guard:
+        if path in _held:  # re-entrant within the process
+            descriptor, depth = _held[path]
+            _held[path] = (descriptor, depth + 1)
+            reentered = True
+        else:
+            reentered = False
+    if reentered:
+        try:
+            yield
+        finally:
+            _release(path)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        told = False
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                current = holder(home)
+                if not wait:
+                    raise RunLocked(
+                        f"{describe(current)} is using {home}; wait for it to finish or run without --no-wait"
+                    ) from None
+                if not told and on_wait is not None:
+                    on_wait(current)
+                    told = True
+                time.sleep(poll_seconds)
+        record = {"label": label, "pid": os.getpid(), "started": datetime.now(UTC).isoformat(timespec="seconds")}
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, json.dumps(record).encode(), 0)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    with _guard:
+        _held[path] = (descriptor, 1)
+    try:
+        yield
+    finally:
+        _release(path)
+
+
+def _release(path: Path) -> None:
+    with _guard:
+        descriptor, depth = _held[path]
+        if depth > 1:
+            _held[path] = (descriptor, depth - 1)
+            return
+        del _held[path]
+    fcntl.flock(descriptor, fcntl.LOCK_UN)
+    os.close(descriptor)
