@@ -1209,29 +1209,43 @@ def bundle_format(folder: Path | str) -> int | None:
     return json.loads(path.read_text()).get("format") if path.is_file() else None
 
 
+def _read(path: Path, reader: Callable[[Path], object]):
+    """`reader(path)`; a file that cannot be read (missing, truncated, altered) is an OSError
+    naming it."""
+    try:
+        return reader(path)
+    except Exception as error:
+        raise OSError(f"{path} cannot be read: {type(error).__name__}: {error}") from error
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as stored:
+        return {name: stored[name] for name in stored.files}
+
+
 def load_bundle(folder: Path | str) -> ServingBundle:
     folder = Path(folder)
     found = bundle_format(folder)
     if found != ServingBundle.FORMAT:
         raise ValueError(f"{folder} holds bundle format {found}; this code reads format {ServingBundle.FORMAT}")
-    meta = json.loads((folder / "bundle.json").read_text())
-    with np.load(folder / "arrays.npz", allow_pickle=False) as stored:
-        arrays = {name: stored[name] for name in stored.files}
+    meta = _read(folder / "bundle.json", lambda path: json.loads(path.read_text()))
+    arrays = _read(folder / "arrays.npz", _arrays)
+    matrix = lambda name: _read(folder / name, lambda path: sp.load_npz(path).tocsr())  # noqa: E731
     scale = meta["rating_scale"]
     content = None
     if meta["content"] is not None:
         content = ContentScorer(
-            item_rows=sp.load_npz(folder / "content-items.npz").tocsr(),
+            item_rows=matrix("content-items.npz"),
             **{name: arrays[f"content_{name}"] for name in CONTENT_ARRAYS},
             spans=[tuple(span) for span in meta["content"]["spans"]],
             prior_weight=meta["content"]["prior_weight"],
         )
     return ServingBundle(
         **{name: arrays[name] for name in ARRAYS},
-        seen=sp.load_npz(folder / "seen.npz").tocsr(),
-        trained=sp.load_npz(folder / "trained.npz").tocsr(),
-        positives=sp.load_npz(folder / "positives.npz").tocsr(),
-        items=pd.read_parquet(folder / "items.parquet"),
+        seen=matrix("seen.npz"),
+        trained=matrix("trained.npz"),
+        positives=matrix("positives.npz"),
+        items=_read(folder / "items.parquet", pd.read_parquet),
         **{name: arrays.get(name) for name in FEATURE_ARRAYS},
         **{name: arrays.get(name) for name in RATING_ARRAYS},
         rating_mean=meta["rating_mean"],
@@ -1245,7 +1259,7 @@ def load_bundle(folder: Path | str) -> ServingBundle:
         rating_scale=(scale["min"], scale["max"], scale["step"]),
         positive_threshold=meta["positive_threshold"],
         blend=meta["blend"],
-        item_item={name: sp.load_npz(folder / f"item_item-{name}.npz").tocsr() for name in meta["item_item"]},
+        item_item={name: matrix(f"item_item-{name}.npz") for name in meta["item_item"]},
         about=meta["about"],
         content=content,
         unrated_content_weight=meta["unrated_content_weight"],

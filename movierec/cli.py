@@ -630,7 +630,7 @@ def export_recs(
     model_uri = model_uri or f"models:/{settings.registered_model_name}@champion"
     try:
         path, frame = export_model(model_uri, k, Path(out))
-    except (MlflowException, OSError, ValueError, IncompatibleModel) as error:
+    except (MlflowException, OSError, ValueError, IncompatibleModel, DataError) as error:
         message = error.message if isinstance(error, MlflowException) else str(error)
         console.print(f"[bold red]error:[/] cannot export {model_uri}: {message}", soft_wrap=True)
         raise typer.Exit(1) from None

@@ -176,8 +176,7 @@ class SnapshotStore:
     def load(self, snapshot: Snapshot) -> CanonicalTables:
         frames = {}
         for name, schema in SCHEMAS.items():
-            table = pq.read_table(snapshot.table_path(name), schema=schema)
-            frames[name] = arrow_to_pandas(table)
+            frames[name] = arrow_to_pandas(_read_table(snapshot, name, schema))
         return CanonicalTables(**frames)
 
     def damaged(self, snapshot: Snapshot) -> list[str]:
@@ -188,7 +187,7 @@ class SnapshotStore:
         if not all("sha256" in meta for meta in tables.values()):
             try:
                 return [] if self.verify(snapshot) else sorted(f"{name}.parquet" for name in SCHEMAS)
-            except (OSError, pa.ArrowException):
+            except DataError:
                 return sorted(f"{name}.parquet" for name in SCHEMAS)
         return [
             f"{name}.parquet"
@@ -198,5 +197,18 @@ class SnapshotStore:
 
     def verify(self, snapshot: Snapshot) -> bool:
         """True if the files still hash to the snapshot's id."""
-        arrow_tables = {name: pq.read_table(snapshot.table_path(name), schema=s) for name, s in SCHEMAS.items()}
+        arrow_tables = {name: _read_table(snapshot, name, schema) for name, schema in SCHEMAS.items()}
         return content_hash(arrow_tables) == snapshot.id
+
+
+def _read_table(snapshot: Snapshot, name: str, schema: pa.Schema) -> pa.Table:
+    """One table of a snapshot; a missing, truncated or altered file is a `DataError` naming it."""
+    path = snapshot.table_path(name)
+    try:
+        return pq.read_table(path, schema=schema)
+    except (OSError, pa.ArrowException) as error:
+        reason = str(error).splitlines()[0][:200]
+        raise DataError(
+            f"{path} cannot be read ({type(error).__name__}: {reason}): snapshot {snapshot.id} is damaged; "
+            f"ingest it again (`movierec ingest --dataset {snapshot.dataset}` writes it anew)"
+        ) from None

@@ -11,7 +11,8 @@ and the holdout's training part are excluded from its rankings, and users it doe
 its popularity fallback. The holdout is the held-out split of the dataset's current snapshot.
 
 A champion this code cannot load (`IncompatibleModel`: a version logged before the model became
-self-contained) cannot be served by this code's API either; the gate then measures the
+self-contained; `CorruptModel`: its stored files are damaged) cannot be served by this code's API
+either; the gate then measures the
 challenger alone and says so in its reason, as for the first model.
 """
 
@@ -25,7 +26,7 @@ from models.evaluation import holdout_metrics
 from movierec.settings import Settings
 from movierec.tracking import reports
 from movierec.tracking.registry import CHAMPION, Decision, Registry, beats
-from movierec.tracking.served_model import IncompatibleModel, load_bundle
+from movierec.tracking.served_model import CorruptModel, IncompatibleModel, load_bundle
 
 
 def holdout_score(settings: Settings, bundle: ServingBundle, held_out: Split, users: set[int] | None = None) -> float:
@@ -53,7 +54,7 @@ def gate(settings: Settings, registry: Registry, version: str, held_out: Split) 
             raise ValueError(f"version {version} of '{registry.name}' already is the champion")
         try:
             champion_bundle = load_bundle(f"models:/{registry.name}@{CHAMPION}", evaluation=True)
-        except IncompatibleModel as error:
+        except (IncompatibleModel, CorruptModel) as error:  # it cannot be served either: absent
             unloadable = str(error)
     held_users = set(held_out.test["user_id"].unique().tolist())
     known = held_users if champion_bundle is None else held_users & set(champion_bundle.user_ids.tolist())

@@ -57,6 +57,7 @@ from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
 
 import inference.model
 from inference.model import ServingBundle, bundle_format, save_bundle
+from movierec.errors import DataError
 
 # Distribution names whose installed versions are pinned in the model's requirements: what the
 # model's script imports (pyarrow: pandas' Parquet reader).
@@ -83,6 +84,10 @@ class NotAMovierecModel(ValueError):
 class IncompatibleModel(Exception):
     """A movierec model this code cannot serve: another bundle format, code paths, or a scoring
     API without a method this code calls."""
+
+
+class CorruptModel(DataError):
+    """A movierec model of this code's format whose files cannot be read (truncated, altered)."""
 
 
 def model_script() -> str:
@@ -115,7 +120,8 @@ def load_bundle(
     `models:/name@champion`, `runs:/...`), or with `evaluation=True` its holdout-trained twin,
     scoring with the model's own code. Without explicit URIs, MLflow's current ones (e.g. set by
     `movierec.tracking.runs.configure`). Raises `IncompatibleModel` for a movierec model this code
-    cannot serve and `NotAMovierecModel` for anything else."""
+    cannot serve, `CorruptModel` for one whose files cannot be read and `NotAMovierecModel` for
+    anything else."""
     with tempfile.TemporaryDirectory(prefix="movierec-load-") as temporary:
         local = Path(
             mlflow.artifacts.download_artifacts(
@@ -124,8 +130,11 @@ def load_bundle(
         )
         check_format(model_uri, local)
         with isolated_imports():
-            python_model = mlflow.pyfunc.load_model(str(local)).unwrap_python_model()
-            bundle = python_model.evaluation_bundle() if evaluation else getattr(python_model, "bundle", None)
+            try:
+                python_model = mlflow.pyfunc.load_model(str(local)).unwrap_python_model()
+                bundle = python_model.evaluation_bundle() if evaluation else getattr(python_model, "bundle", None)
+            except Exception as error:
+                raise CorruptModel(_corrupt_message(model_uri, local, error)) from None
     if bundle is None:
         raise NotAMovierecModel(f"{model_uri} loaded no movierec bundle")
     missing = [name for name in SCORING_API if not hasattr(bundle, name)]
@@ -137,6 +146,18 @@ def load_bundle(
 
 
 REGISTER = "; register a new version with `movierec pipeline`"
+
+
+def _corrupt_message(model_uri: str, local: Path, error: Exception) -> str:
+    """One line: which model, which of its files (where the error names one), what to do."""
+    text = f"{type(error).__name__}: {error}".splitlines()[0]
+    named = [str(path.relative_to(local)) for path in sorted(local.rglob("*")) if path.is_file() and str(path) in text]
+    where = f" (file {named[0]})" if named else ""
+    cause = str(error.__cause__ or error).splitlines()[0][:200]
+    return (
+        f"{model_uri} cannot be read{where}: {type(error.__cause__ or error).__name__}: {cause}. Its stored files are damaged: "
+        "move `champion` back with `movierec rollback`, or register a new version with `movierec pipeline`"
+    )
 
 
 def check_servable(model_uri: str) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import mlflow
 import optuna
+import sqlalchemy.exc
 
 import models.tune
 from features.prepare import Prepared
@@ -34,6 +35,7 @@ from models.tune import (
     make_objective,
     trial_counts,
 )
+from movierec.errors import DataError
 from movierec.settings import Settings
 from movierec.tracking import reports, runs
 from movierec.training.protocol import feature_code_hash
@@ -76,9 +78,20 @@ def setup_params(setup: TrialSetup) -> dict:
 
 
 def settings_study(settings: Settings, name: str, storage: str) -> optuna.Study:
-    """The study `name` in `storage` with the settings' sampler, pruner and seed."""
+    """The study `name` in `storage` with the settings' sampler, pruner and seed; a storage that
+    cannot be read (a damaged SQLite file, a database that refuses) is a `DataError` naming it."""
     tuning = settings.tuning
-    return create_study(name, storage, sampler=tuning.sampler, seed=tuning.seed, pruner=tuning.pruner)
+    try:
+        return create_study(name, storage, sampler=tuning.sampler, seed=tuning.seed, pruner=tuning.pruner)
+    except sqlalchemy.exc.SQLAlchemyError as error:
+        reason = str(getattr(error, "orig", None) or error).splitlines()[0][:200]
+        where = storage.removeprefix("sqlite:///") if storage.startswith("sqlite:///") else storage.split("@")[-1]
+        advice = (
+            f"delete {where} to start the study afresh (its finished trials are lost)"
+            if storage.startswith("sqlite:///")
+            else "check that the database is up and reachable (tuning.storage)"
+        )
+        raise DataError(f"the Optuna study storage {where} cannot be used ({reason}): {advice}") from None
 
 
 def settings_objective(settings: Settings, tables: CanonicalTables, validation: Split, **hooks) -> Callable:
