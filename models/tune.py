@@ -149,6 +149,10 @@ def make_objective(
 
     def objective(trial: optuna.Trial) -> float:
         setup = suggest(trial, max_epochs=max_epochs, grid=grid, item_groups=item_groups, user_groups=user_groups)
+        earlier = repeated_trial(trial)
+        if earlier is not None:  # e.g. two workers that started together on a new study
+            trial.set_user_attr("repeats_trial", earlier)
+            raise optuna.TrialPruned(f"the same setting as trial {earlier}: not trained again")
         prepared = prepared_for(setup)
         scores: list[float] = []
 
@@ -211,6 +215,16 @@ def evaluate_ndcg(model: LightFMRecommender, prepared: Prepared, k: int) -> floa
     after every epoch of every trial)."""
     users = evaluated_users(prepared)
     return ndcg(model.recommend(users, k, exclude=prepared.seen)[0], prepared, users, k)
+
+
+def repeated_trial(trial: optuna.Trial) -> int | None:
+    """The number of another trial of the study (finished, pruned or running) with exactly this
+    trial's setting, or None."""
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
+    for other in trial.study.get_trials(deepcopy=False, states=states):
+        if other.number != trial.number and other.params == trial.params:
+            return other.number
+    return None
 
 
 def session_seed(name: str, storage: str, seed: int) -> int:

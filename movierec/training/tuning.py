@@ -110,6 +110,20 @@ def settings_objective(settings: Settings, tables: CanonicalTables, validation: 
     )
 
 
+def run_trials(study: optuna.Study, objective: Callable, trials: int | None, timeout: float | None) -> int:
+    """Optimise `study` for `trials` and/or `timeout`; returns how many trials this call ran (other
+    workers on a shared study add theirs meanwhile, so the study's count does not tell)."""
+    ran = []
+    study.optimize(
+        objective,
+        n_trials=trials,
+        timeout=timeout,
+        gc_after_trial=False,
+        callbacks=[lambda _study, trial: ran.append(trial.number)],
+    )
+    return len(ran)
+
+
 def close_dead_trials(study: optuna.Study) -> list[int]:
     """Mark FAILED (with the reason as user attribute `failure`) every RUNNING trial of `study`,
     for a caller that knows no process is running them; returns their numbers."""
@@ -188,8 +202,7 @@ def tune(
         "no limit on" if trials is None else trials,
         f"{timeout:g} s" if timeout else "no timeout",
     )
-    if trials != 0:
-        study.optimize(objective, n_trials=trials, timeout=timeout, gc_after_trial=False)
+    ran = run_trials(study, objective, trials, timeout) if trials != 0 else 0
     completed = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
     if not completed:
         raise RuntimeError(f"study '{name}' has no completed trial (all pruned or failed); raise the trial budget")
@@ -200,7 +213,7 @@ def tune(
         best_value=study.best_value,
         best_trial=study.best_trial.number,
         counts=trial_counts(study),
-        trials_this_run=len(study.trials) - before,
+        trials_this_run=ran,
     )
     mlflow.log_params(
         {

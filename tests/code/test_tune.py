@@ -1,3 +1,6 @@
+import threading
+import time
+
 import optuna
 import pandas as pd
 import pytest
@@ -6,6 +9,7 @@ from features.splits import user_temporal_split, validation_split
 from models.tune import best_setup, create_study, make_objective, present_groups, trial_counts
 from movierec.data.preprocess import canonicalize
 from movierec.data.synthetic import generate
+from movierec.training.tuning import run_trials
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -61,8 +65,8 @@ def test_bad_trials_are_pruned_and_a_study_resumes(setting, tmp_path):
         on_trial=lambda trial, setup, scores, state: ended.append((state, len(scores))),
     )
     study = create_study("hybrid", storage, seed=1)
-    for _ in range(4):
-        study.enqueue_trial(GOOD)
+    for step in range(4):  # four settings (a repeated one would not be trained again)
+        study.enqueue_trial({**GOOD, "item_alpha": (1 + step) * 1e-8})
     # A learning rate this small barely moves from the random start: the median pruner stops it.
     study.enqueue_trial({**GOOD, "learning_rate": 0.005, "loss": "bpr"})
     study.optimize(objective, n_trials=5)
@@ -145,3 +149,42 @@ def test_the_search_space_leaves_out_groups_the_data_has_no_values_for(setting, 
         assert not {"user_age", "user_gender", "user_occupation", "item_keyword", "item_cast"} & set(trial.params)
         assert {"user_taste", "item_genre", "item_text"} <= set(trial.params)
     assert set(best_setup(study).user_groups) <= {"identity", "taste"}
+
+
+def test_each_worker_counts_its_own_trials_on_a_shared_study(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    create_study("shared", storage, seed=5)  # created once, before the workers join
+
+    def objective(trial: optuna.Trial) -> float:
+        time.sleep(0.02)
+        return trial.suggest_float("x", 0.0, 1.0)
+
+    counts = []
+
+    def worker() -> None:
+        counts.append(run_trials(create_study("shared", storage, seed=5), objective, trials=4, timeout=None))
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert counts == [4, 4] and len(optuna.load_study(study_name="shared", storage=storage).trials) == 8
+
+
+def test_a_setting_already_tried_is_not_trained_again(setting, tmp_path):
+    tables, _, validation = setting
+    trained = []
+    objective = make_objective(
+        validation,
+        {"users": tables.users, "items": tables.items, "tags": tables.tags},
+        max_epochs=2,
+        on_trial=lambda trial, setup, scores, state: trained.append(trial.number),
+    )
+    study = create_study("twice", f"sqlite:///{tmp_path / 'twice.db'}", seed=1, pruner="none")
+    study.enqueue_trial(GOOD)
+    study.enqueue_trial(GOOD)  # as two workers starting together on a new study would sample
+    study.optimize(objective, n_trials=2)
+    assert trained == [0]
+    second = study.trials[1]
+    assert second.state == optuna.trial.TrialState.PRUNED and second.user_attrs["repeats_trial"] == 0
