@@ -97,6 +97,20 @@ def _home_lock(label: str, *, wait: bool = True) -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
+_PROCESS_LOCKS: list = []
+
+
+def _flow_process(label: str, *, wait: bool = True) -> None:
+    """Set up a process that runs a flow on the home: take the home's run lock and keep it until
+    the process exits (after Prefect's temporary server has stopped at exit: a waiting run must
+    not start its own server on the same database beside it), then `_prepare(flow=True)`, which
+    starts that server."""
+    held = _home_lock(label, wait=wait)
+    held.__enter__()
+    _PROCESS_LOCKS.append(held)  # referenced until exit: a dropped context manager would release it now
+    _prepare(flow=True)
+
+
 def _print_snapshot(summary: dict) -> None:
     state = "unchanged, reused" if summary["reused"] else "written"
     console.print(f"[bold green]snapshot {summary['snapshot_id']}[/] of {summary['dataset']} ({state})")
@@ -131,7 +145,7 @@ def ingest(
 ) -> None:
     """Ingest a dataset: locate or download, parse, validate, write a Parquet snapshot."""
     _check_dataset(dataset)
-    _prepare(flow=True)
+    _flow_process(f"ingest {dataset}")
     from flows.ingest import ingest as ingest_flow
 
     summary = _run(
@@ -155,7 +169,7 @@ def validate(
 ) -> None:
     """Re-validate a stored snapshot against the expectation suites in expectations/."""
     _check_dataset(dataset)
-    _prepare(flow=True)
+    _flow_process(f"validate {dataset}")
     from flows.validate import validate as validate_flow
 
     result = _run(f"validating {dataset}", validate_flow, dataset=dataset, snapshot_id=snapshot)
@@ -253,7 +267,7 @@ def _train(dataset: str, models: list[str] | None, snapshot: str | None, cold_st
             f"unknown model(s) {unknown}; choose from {', '.join(MODEL_NAMES)}", param_hint="--model"
         )
     _check_dataset(dataset)
-    _prepare(flow=True)
+    _flow_process(f"train {dataset}")
     from flows.train import train as train_flow
 
     result = _run(
@@ -307,19 +321,17 @@ def pipeline(
     """Run the whole pipeline (flow `retrain`): ingest, validate, tune, train, evaluate, register, promote.
     One run at a time per MOVIEREC_HOME: a second one waits for the first (or fails with --no-wait)."""
     _check_dataset(dataset)
-    with _home_lock(f"pipeline {dataset}", wait=not no_wait):
-        # Before Prefect's temporary server starts: its database is the home's too.
-        _prepare(flow=True)
-        from flows.retrain import retrain
+    _flow_process(f"pipeline {dataset}", wait=not no_wait)
+    from flows.retrain import retrain
 
-        result = _run(
-            f"retraining on {dataset}",
-            retrain,
-            dataset=dataset,
-            trials=trials,
-            timeout=timeout,
-            synthetic_ratings=synthetic_ratings,
-        )
+    result = _run(
+        f"retraining on {dataset}",
+        retrain,
+        dataset=dataset,
+        trials=trials,
+        timeout=timeout,
+        synthetic_ratings=synthetic_ratings,
+    )
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
         return
@@ -535,8 +547,11 @@ def deploy(
 
 
 QUARANTINE_COLUMNS = (
-    "event_id", "user_id", "movie_id", "kind", "value", "client", "rule", "quarantined_at", "released_at",
+    "event_id", "dataset", "user_id", "movie_id", "kind", "value", "client", "rule", "quarantined_at", "released_at",
 )  # fmt: skip
+QuarantineDataset = Annotated[
+    str | None, typer.Option("--dataset", "-d", help="Only this dataset's quarantine (default: every dataset).")
+]
 feedback_app = typer.Typer(help="Feedback held back from training: list and release quarantined events.")
 app.add_typer(feedback_app, name="feedback")
 
@@ -545,6 +560,7 @@ app.add_typer(feedback_app, name="feedback")
 def feedback_quarantined(
     released: Annotated[bool, typer.Option("--released", help="Include events released already.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    dataset: QuarantineDataset = None,
 ) -> None:
     """Feedback events kept out of training (invalid, or part of a burst), with the reason."""
     from movierec.data.feedback import FeedbackStore
@@ -553,7 +569,7 @@ def feedback_quarantined(
     if not settings.feedback_db.is_file():
         console.print(f"no feedback store at {settings.feedback_db}")
         return
-    frame = FeedbackStore(settings.feedback_db).quarantined(include_released=released)
+    frame = FeedbackStore(settings.feedback_db).quarantined(include_released=released, dataset=dataset)
     if as_json:
         for record in frame.to_dict(orient="records"):
             sys.stdout.write(json.dumps(record, default=str) + "\n")
@@ -581,6 +597,7 @@ def feedback_quarantined(
 def feedback_release(
     event_ids: Annotated[list[str] | None, typer.Argument(help="Event ids to release.")] = None,
     rule: Annotated[str | None, typer.Option(help="Release every held event of this rule.")] = None,
+    dataset: QuarantineDataset = None,
 ) -> None:
     """Let quarantined events into the next snapshot (never an invalid one)."""
     from movierec.data.feedback import FeedbackStore
@@ -592,13 +609,13 @@ def feedback_release(
     store = FeedbackStore(settings.feedback_db)
     chosen = list(event_ids or [])
     if rule is not None:
-        held = store.quarantined()
+        held = store.quarantined(dataset=dataset)
         chosen += held.loc[held["rule"] == rule, "event_id"].tolist()
     if not chosen:
         console.print(f"nothing held under rule {rule!r}")
         return
     try:
-        released = store.release(chosen)
+        released = store.release(list(dict.fromkeys(chosen)), dataset=dataset)
     except ValueError as error:
         console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
         raise typer.Exit(1) from None

@@ -81,7 +81,7 @@ def hold_back_feedback(raw: RawDataset, events: Feedback, settings: Settings) ->
     if len(new):
         store = feedback.FeedbackStore(events.path)
         try:
-            store.quarantine(new)
+            store.quarantine(new, raw.name)
         finally:
             store.close()
     return held

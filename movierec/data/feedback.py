@@ -50,15 +50,18 @@ CREATE TABLE IF NOT EXISTS events (
     client TEXT
 );
 CREATE TABLE IF NOT EXISTS quarantine (
-    event_id TEXT PRIMARY KEY REFERENCES events (event_id),
+    event_id TEXT NOT NULL REFERENCES events (event_id),
+    dataset TEXT NOT NULL,
     rule TEXT NOT NULL,
     reason TEXT NOT NULL,
     quarantined_at TEXT NOT NULL,
-    released_at TEXT
+    released_at TEXT,
+    PRIMARY KEY (event_id, dataset)
 );
 """
-# Rules that put an event in quarantine (`screen_feedback`). An invalid event stays out for good;
-# the others are suspicions an operator may release.
+# Rules that put an event in quarantine (`screen_feedback`), per dataset (one store serves every
+# dataset of a home: an event invalid for one may be valid for another). An invalid event stays
+# out of that dataset for good; the others are suspicions an operator may release.
 INVALID, MOVIE_BURST, COHORT_BURST, CLIENT_BURST = "invalid", "movie_burst", "cohort_burst", "client_burst"
 RULES = (INVALID, MOVIE_BURST, COHORT_BURST, CLIENT_BURST)
 
@@ -181,9 +184,10 @@ class FeedbackStore:
 
     # ------------------------------------------------------------------ quarantine
 
-    def quarantine(self, records: pd.DataFrame) -> int:
-        """Put events in quarantine (`records`: event_id, rule, reason); an event already there
-        keeps its first record, a released one stays released. Returns how many were added."""
+    def quarantine(self, records: pd.DataFrame, dataset: str) -> int:
+        """Put events in quarantine for `dataset` (`records`: event_id, rule, reason); an event
+        already there keeps its first record, a released one stays released. Returns how many
+        were added."""
         now = datetime.now(UTC).isoformat()
         connection = self._connection()
         connection.execute("BEGIN IMMEDIATE")
@@ -191,8 +195,8 @@ class FeedbackStore:
             added = 0
             for event_id, rule, reason in records[["event_id", "rule", "reason"]].itertuples(index=False):
                 cursor = connection.execute(
-                    "INSERT INTO quarantine VALUES (?, ?, ?, ?, NULL) ON CONFLICT(event_id) DO NOTHING",
-                    (event_id, rule, reason, now),
+                    "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, NULL) ON CONFLICT(event_id, dataset) DO NOTHING",
+                    (event_id, dataset, rule, reason, now),
                 )
                 added += cursor.rowcount
             connection.execute("COMMIT")
@@ -201,42 +205,44 @@ class FeedbackStore:
             raise
         return added
 
-    def quarantined(self, include_released: bool = False) -> pd.DataFrame:
-        """Quarantined events with their record (rule, reason, quarantined_at, released_at), in
-        the order they were quarantined."""
-        released = "" if include_released else "WHERE q.released_at IS NULL"
+    def quarantined(self, include_released: bool = False, dataset: str | None = None) -> pd.DataFrame:
+        """Quarantined events with their record (dataset, rule, reason, quarantined_at,
+        released_at), in the order they were quarantined; of one dataset if given."""
+        conditions = [] if include_released else ["q.released_at IS NULL"]
+        if dataset is not None:
+            conditions.append("q.dataset = ?")
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         frame = pd.read_sql_query(
-            "SELECT q.event_id, e.user_id, e.movie_id, e.kind, e.value, e.timestamp, e.client, q.rule, q.reason, "
-            f"q.quarantined_at, q.released_at FROM quarantine q JOIN events e USING (event_id) {released} "
-            "ORDER BY q.quarantined_at, q.event_id",
+            "SELECT q.event_id, q.dataset, e.user_id, e.movie_id, e.kind, e.value, e.timestamp, e.client, q.rule, "
+            f"q.reason, q.quarantined_at, q.released_at FROM quarantine q JOIN events e USING (event_id) {where} "
+            "ORDER BY q.quarantined_at, q.event_id, q.dataset",
             self._connection(),
+            params=[] if dataset is None else [dataset],
         )
         return frame.astype({"user_id": "int64", "movie_id": "int64", "value": "float64"})
 
-    def release(self, event_ids: Iterable[str]) -> list[str]:
-        """Release quarantined events so the next ingestion merges them; invalid events cannot be
-        released (ValueError naming them). Returns the ids released now."""
+    def release(self, event_ids: Iterable[str], dataset: str | None = None) -> list[str]:
+        """Release quarantined events (for `dataset`, or every dataset holding them) so the next
+        ingestion merges them; invalid events cannot be released (ValueError naming them).
+        Returns the ids released now."""
         event_ids = list(dict.fromkeys(event_ids))
-        connection = self._connection()
-        marks = ", ".join("?" * len(event_ids))
-        rows = dict(
-            connection.execute(
-                f"SELECT event_id, rule FROM quarantine WHERE released_at IS NULL AND event_id IN ({marks})", event_ids
-            ).fetchall()
-        )
-        unknown = [event_id for event_id in event_ids if event_id not in rows]
+        held = self.quarantined(dataset=dataset)
+        held = held[held["event_id"].isin(event_ids)]
+        unknown = [event_id for event_id in event_ids if event_id not in set(held["event_id"])]
         if unknown:
             raise ValueError(f"not in quarantine (or released already): {', '.join(unknown[:20])}")
-        invalid = [event_id for event_id, rule in rows.items() if rule == INVALID]
+        invalid = sorted(set(held.loc[held["rule"] == INVALID, "event_id"]))
         if invalid:
             raise ValueError(
                 f"invalid events cannot be released, ingestion would reject them: {', '.join(invalid[:20])}"
             )
         now = datetime.now(UTC).isoformat()
+        connection = self._connection()
         connection.execute("BEGIN IMMEDIATE")
         try:
             connection.executemany(
-                "UPDATE quarantine SET released_at = ? WHERE event_id = ?", [(now, event_id) for event_id in event_ids]
+                "UPDATE quarantine SET released_at = ? WHERE event_id = ? AND dataset = ?",
+                [(now, event_id, name) for event_id, name in held[["event_id", "dataset"]].itertuples(index=False)],
             )
             connection.execute("COMMIT")
         except BaseException:
@@ -244,10 +250,15 @@ class FeedbackStore:
             raise
         return event_ids
 
-    def released(self) -> set[str]:
-        """Ids of the events an operator released from quarantine."""
-        rows = self._connection().execute("SELECT event_id FROM quarantine WHERE released_at IS NOT NULL")
-        return {row[0] for row in rows}
+    def released(self) -> dict[str, set[str]]:
+        """dataset -> ids of the events an operator released from quarantine for it."""
+        rows = self._connection().execute(
+            "SELECT dataset, event_id FROM quarantine WHERE released_at IS NOT NULL ORDER BY dataset, event_id"
+        )
+        found: dict[str, set[str]] = {}
+        for dataset, event_id in rows:
+            found.setdefault(dataset, set()).add(event_id)
+        return found
 
     def count(self) -> int:
         return self._connection().execute("SELECT COUNT(*) FROM events").fetchone()[0]
@@ -274,12 +285,12 @@ class FeedbackStore:
         )
         for row in self._connection().execute(query, kinds):
             digest.update(repr(row).encode())
-        released = sorted(self.released())
+        released = sorted((dataset, sorted(ids)) for dataset, ids in self.released().items())
         if released:  # a store nothing was released from hashes as before releases existed
             digest.update(repr(("released", released)).encode())
         return digest.hexdigest()
 
-    def read(self, kinds: Iterable[str] = KINDS) -> tuple[pd.DataFrame, str, set[str], pd.DataFrame]:
+    def read(self, kinds: Iterable[str] = KINDS) -> tuple[pd.DataFrame, str, dict[str, set[str]], pd.DataFrame]:
         """`events()`, `digest(kinds)`, `released()` and `quarantined()` of one consistent state
         of the store (one read transaction), even while writers append."""
         connection = self._connection()
@@ -492,9 +503,12 @@ class Feedback:
     path: Path
     events: pd.DataFrame  # FeedbackStore.events()
     digest: str  # FeedbackStore.digest of the rating-like events (clicks do not change a snapshot)
-    released: set[str] = dataclasses.field(default_factory=set)  # ids released from quarantine
+    # dataset -> ids released from quarantine for it
+    released_by_dataset: dict[str, set[str]] = dataclasses.field(default_factory=dict)
     # Events in quarantine and not released (FeedbackStore.quarantined()): never merged.
-    held: pd.DataFrame = dataclasses.field(default_factory=lambda: pd.DataFrame(columns=["event_id", "rule", "reason"]))
+    held: pd.DataFrame = dataclasses.field(
+        default_factory=lambda: pd.DataFrame(columns=["event_id", "dataset", "rule", "reason"])
+    )
 
     @property
     def rating_events(self) -> int:
@@ -525,8 +539,10 @@ def hold_back(raw: RawDataset, feedback: Feedback, settings: Settings) -> pd.Dat
     known = set(raw.ratings["user_id"].unique().tolist())
     if raw.users is not None:
         known |= set(raw.users["user_id"].unique().tolist())
-    found = screen_feedback(feedback.events, rules, known, settings.feedback, feedback.released)
-    before = feedback.held[["event_id", "rule", "reason"]].assign(new=False)
+    held = feedback.held[feedback.held["dataset"] == raw.name]
+    released = feedback.released_by_dataset.get(raw.name, set())
+    found = screen_feedback(feedback.events, rules, known, settings.feedback, released)
+    before = held[["event_id", "rule", "reason"]].assign(new=False)
     found = found[~found["event_id"].isin(before["event_id"])].assign(new=True)
     return pd.concat([before, found], ignore_index=True)
 

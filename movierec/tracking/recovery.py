@@ -3,7 +3,8 @@
 A pipeline run's parent MLflow run carries the pid and host of its process (`OWNER_TAGS`). The
 next run on the home holds the run lock (`movierec.runlock`), so no other pipeline run is alive
 there: a run still RUNNING whose process is gone on this host died. It is marked FAILED with the
-reason, and so are its nested runs (trials, candidates) still RUNNING. A registered version
+reason, and so are the nested runs (trials, candidates) still RUNNING under it or under a run
+that has ended; a RUNNING run of unknown owner (no pid tag: a notebook's) is left alone. A registered version
 without a gate decision whose run is no longer running never finished the gate: it is deleted,
 so no `challenger` alias points at a model nobody measured and the registry is as the dead run
 found it. (Optuna trials left RUNNING are closed by the tuning stage, which owns the study.)
@@ -51,11 +52,13 @@ def close_dead_runs(experiment_id: str, client: MlflowClient | None = None) -> l
         tags = run.data.tags
         if PID_TAG in tags and tags.get(HOST_TAG) == host and not process_alive(int(tags[PID_TAG])):
             dead[run.info.run_id] = f"its process (pid {tags[PID_TAG]} on {host}) died before the run ended"
-    alive_parents = {run.info.run_id for run in running if PID_TAG in run.data.tags} - set(dead)
+    # Nested runs of a dead run, or of a run that has ended (a RUNNING parent of unknown owner,
+    # a notebook's, is left alone with its children).
+    still_running = {run.info.run_id for run in running} - set(dead)
     for run in running:
         parent = run.data.tags.get("mlflow.parentRunId")
-        if parent is not None and parent not in alive_parents and run.info.run_id not in dead:
-            dead[run.info.run_id] = f"its pipeline run {parent} ended without closing it"
+        if parent is not None and parent not in still_running and run.info.run_id not in dead:
+            dead[run.info.run_id] = f"its parent run {parent} ended without closing it"
     for run_id, reason in dead.items():
         client.set_tag(run_id, FAILURE_TAG, reason)
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))

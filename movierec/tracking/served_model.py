@@ -133,7 +133,7 @@ def load_bundle(
             try:
                 python_model = mlflow.pyfunc.load_model(str(local)).unwrap_python_model()
                 bundle = python_model.evaluation_bundle() if evaluation else getattr(python_model, "bundle", None)
-            except Exception as error:
+            except OSError as error:  # a file that cannot be read (the bundle loader names it)
                 raise CorruptModel(_corrupt_message(model_uri, local, error)) from None
     if bundle is None:
         raise NotAMovierecModel(f"{model_uri} loaded no movierec bundle")
@@ -180,11 +180,14 @@ def check_format(model_uri: str, local: Path) -> None:
     self-contained movierec model of this code's bundle format."""
     if not (local / "MLmodel").is_file():
         raise NotAMovierecModel(f"{model_uri} is not an MLflow model (no MLmodel file)")
-    meta = yaml.safe_load((local / "MLmodel").read_text()) or {}
-    pyfunc = (meta.get("flavors") or {}).get("python_function") or {}
-    artifacts = pyfunc.get("artifacts") or {}
-    bundle = artifacts.get("bundle")
-    found = bundle_format(local / bundle["path"]) if bundle else None
+    try:
+        meta = yaml.safe_load((local / "MLmodel").read_text()) or {}
+        pyfunc = (meta.get("flavors") or {}).get("python_function") or {}
+        artifacts = pyfunc.get("artifacts") or {}
+        bundle = artifacts.get("bundle")
+        found = bundle_format(local / bundle["path"]) if bundle else None
+    except (yaml.YAMLError, ValueError, UnicodeDecodeError, AttributeError) as error:  # JSON errors are ValueErrors
+        raise CorruptModel(_corrupt_message(model_uri, local, error)) from None
     if found is None:
         raise NotAMovierecModel(f"{model_uri} is not a movierec model (no bundle)")
     code_paths = bool(pyfunc.get("code"))

@@ -159,6 +159,11 @@ def tune(
     name = study_name(settings, dataset, snapshot_id, held_out)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = settings_study(settings, name, settings.optuna_storage)
+    if tuning.storage is None and close_dead_trials(study):
+        # The home's own study and this run holds the home's lock: a RUNNING trial was a dead
+        # run's (a shared storage's may be another worker's, alive). Opened again, the sampler is
+        # seeded as for any resumed study, not as beside a running worker.
+        study = settings_study(settings, name, settings.optuna_storage)
     metric = f"val_ndcg@{training.k}"
 
     def log_trial(trial: optuna.Trial, setup: TrialSetup, scores: list[float], state: str) -> None:
@@ -190,10 +195,6 @@ def tune(
         )
 
     objective = settings_objective(settings, tables, validation, on_trial=log_trial, prepare_features=features)
-    if tuning.storage is None:
-        # The home's own study and this run holds the home's lock: a RUNNING trial is a dead
-        # run's (a shared storage's may be another worker's, alive).
-        close_dead_trials(study)
     before = len(study.trials)
     log.info(
         "tuning: study %s (%d earlier trials), budget %s trials, %s",

@@ -70,7 +70,7 @@ def test_digest_changes_exactly_when_an_event_is_added(tmp_path):
     store.append(event("d", kind="click", value=1))
     assert store.digest(kinds=("rating", "thumb")) == ratings_only
     events, digest, released, held = store.read()
-    assert len(events) == 4 and digest == store.digest() and released == set() and held.empty
+    assert len(events) == 4 and digest == store.digest() and released == {} and held.empty
 
 
 def test_invalid_events_are_refused_not_taken_for_duplicates(tmp_path):
@@ -275,16 +275,39 @@ def test_quarantine_is_kept_listed_and_released(tmp_path):
     records = pd.DataFrame(
         {"event_id": ["a", "b"], "rule": ["movie_burst", "invalid"], "reason": ["a burst", "bad movie"]}
     )
-    assert store.quarantine(records) == 2 and store.quarantine(records) == 0  # the first record stays
+    assert store.quarantine(records, "ml-100k") == 2 and store.quarantine(records, "ml-100k") == 0  # the first stays
     held = store.quarantined()
     assert held["event_id"].tolist() == ["a", "b"] and held["rule"].tolist() == ["movie_burst", "invalid"]
+    # One store serves every dataset: what is invalid for one may be fine for another.
+    assert store.quarantined(dataset="ml-latest-small").empty
     assert store.digest() == digest  # quarantining changes no input of a snapshot by itself
     with pytest.raises(ValueError, match="invalid events cannot be released"):
         store.release(["b"])
     with pytest.raises(ValueError, match="not in quarantine"):
         store.release(["c"])
     assert store.release(["a"]) == ["a"]
-    assert store.released() == {"a"} and store.quarantined()["event_id"].tolist() == ["b"]
+    assert store.released() == {"ml-100k": {"a"}} and store.quarantined()["event_id"].tolist() == ["b"]
     assert store.quarantined(include_released=True)["released_at"].notna().tolist() == [True, False]
     assert store.digest() != digest  # a release changes what the next snapshot merges
     assert store.count() == 3  # nothing deleted
+
+
+def test_what_is_invalid_for_one_dataset_is_not_held_back_from_another(tmp_path):
+    import dataclasses
+
+    from movierec.data.feedback import hold_back, read_feedback
+    from movierec.data.synthetic import generate
+    from movierec.settings import get_settings
+
+    full = generate(2_000, seed=3)
+    movie = int(full.movies["movie_id"].iloc[-1])
+    small = dataclasses.replace(full, name="other", movies=full.movies[full.movies["movie_id"] != movie])
+    path = tmp_path / "feedback.db"
+    store = FeedbackStore(path)
+    store.append(FeedbackEvent("e", 1, movie, "rating", 4.0, datetime.now(UTC)))
+    settings = get_settings()
+    held = hold_back(small, read_feedback(path), settings)
+    assert held["event_id"].tolist() == ["e"] and held["rule"].tolist() == ["invalid"]
+    store.quarantine(held, small.name)
+    assert hold_back(small, read_feedback(path), settings)["new"].tolist() == [False]  # held from before
+    assert hold_back(full, read_feedback(path), settings).empty  # the other dataset knows the movie

@@ -25,7 +25,8 @@ def test_quarantined_events_are_listed_and_released_by_rule(home):
                 "rule": ["movie_burst", "movie_burst", "invalid"],
                 "reason": ["40 new users rated movie 7 within 60 minutes (limit 30)"] * 2 + ["movie_id: not known"],
             }
-        )
+        ),
+        "ml-latest-small",
     )
     cli, env = CliRunner(), {"MOVIEREC_HOME": str(home)}
     listed = cli.invoke(app, ["feedback", "quarantined"], env=env)
@@ -39,7 +40,7 @@ def test_quarantined_events_are_listed_and_released_by_rule(home):
     assert refused.exit_code == 1 and "invalid events cannot be released" in refused.output
     released = cli.invoke(app, ["feedback", "release", "--rule", "movie_burst"], env=env)
     assert released.exit_code == 0 and "released 2 event(s)" in released.output
-    assert store.released() == {"e0", "e1"}
+    assert store.released() == {"ml-latest-small": {"e0", "e1"}}
     left = cli.invoke(app, ["feedback", "quarantined"], env=env)
     assert "1 event(s): invalid 1" in left.output
     nothing = cli.invoke(app, ["feedback", "release"], env=env)

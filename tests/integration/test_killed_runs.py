@@ -129,10 +129,15 @@ def test_a_version_whose_run_died_before_the_gate_is_deleted_and_its_run_failed(
     client.set_registered_model_alias(registry.name, "challenger", version.version)
     by_hand = mlflow.register_model(logged.model_uri, registry.name)  # registered otherwise: left alone
 
+    # A run of unknown owner (no pid tag: a notebook's), still going, with a nested run: left alone.
+    notebook = client.create_run(experiment_id)
+    nested = client.create_run(experiment_id, tags={"mlflow.parentRunId": notebook.info.run_id})
+
     closed = recovery.close_dead_runs(experiment_id)
     assert set(closed) == {parent.info.run_id, child.info.run_id}
     assert client.get_run(parent.info.run_id).info.status == "FAILED"
     assert client.get_run(child.info.run_id).info.status == "FAILED"
+    assert {client.get_run(run.info.run_id).info.status for run in (notebook, nested)} == {"RUNNING"}
     assert recovery.drop_unfinished_versions(registry.name) == [str(version.version)]
     remaining = {str(v.version) for v in client.search_model_versions(f"name = '{registry.name}'")}
     assert remaining == {str(by_hand.version)}
