@@ -29,6 +29,8 @@ from prefect import flow, runtime
 
 from features.splits import every_rating
 from flows.ingest import ingest
+from movierec.data.schema import RatingScale
+from movierec.monitoring.reference import REFERENCE_ARTIFACT, REFERENCE_TAG, reference_statistics
 from movierec.runlock import describe, run_lock
 from movierec.settings import Settings, get_settings
 from movierec.tracking import recovery, reports, runs
@@ -185,8 +187,19 @@ def _pipeline(
                 "validation": selection.table[[f"ndcg@{k}", "eligible"]],
             }
             test_ndcg = evaluation.table.loc[chosen, f"ndcg@{k}"]
+            # What the served model learned, for monitoring to compare fresh data with.
+            reference = reference_statistics(
+                tables.ratings,
+                tables.items,
+                RatingScale(**snapshot_summary["rating_scale"]).values(),
+                settings.training.positive_threshold,
+                holdout_ndcg=test_ndcg,
+                k=k,
+            )
+            mlflow.log_dict(reference, REFERENCE_ARTIFACT)
             version_tags = {
                 **tags,
+                REFERENCE_TAG: f"runs:/{run.info.run_id}/{REFERENCE_ARTIFACT}",
                 "run_id": run.info.run_id,
                 runs.metric_key(f"test_ndcg@{k}"): f"{test_ndcg:.6f}",
                 "model": chosen,

@@ -102,7 +102,7 @@ def test_movierec_keeps_at_most_ten_app_level_modules_beside_its_groups():
     top = sorted(path.stem for path in (REPO / "movierec").glob("*.py") if path.stem != "__init__")
     assert len(top) <= 10, top
     groups = sorted(path.name for path in (REPO / "movierec").iterdir() if (path / "__init__.py").is_file())
-    assert groups == ["data", "serving", "tracking", "training"]
+    assert groups == ["data", "monitoring", "serving", "tracking", "training"]
 
 
 def test_every_imported_distribution_is_declared():

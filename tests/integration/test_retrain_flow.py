@@ -156,6 +156,10 @@ def test_two_runs_track_everything_and_the_gate_picks_the_champion(home, quick_p
     # The gate's challenger score is the same protocol as the test metric of the evaluation table.
     registered = next(row for row in second["metrics"] if row["registered"])
     assert registration["challenger_score"] == pytest.approx(registered["ndcg@10"], abs=1e-6)
+    # Stored with the version for monitoring: what the served model learned, summarised.
+    reference = mlflow.artifacts.load_dict(tags["monitoring.reference"])
+    assert reference["ratings"] == second["snapshot"]["rows"]["ratings"] == sum(reference["rating_counts"].values())
+    assert reference["holdout_ndcg@10"] == pytest.approx(registered["ndcg@10"]) and reference["positive_genre_counts"]
     # The version says what it serves: every rating of the snapshot; its twin, the holdout's training part.
     assert tags["model"] == second["selection"]["chosen"]
     assert int(tags["served_ratings"]) == second["snapshot"]["rows"]["ratings"] > int(tags["evaluation_ratings"])
