@@ -201,6 +201,9 @@ class ServingSettings(Section):
     write_burst: int = Field(100, ge=1)
     # Largest request body accepted (413 beyond).
     max_body_bytes: int = Field(65_536, ge=1_024)
+    # Impressions (what the API showed) are kept this many days, and at most this many rows.
+    impressions_retention_days: float = Field(90.0, gt=0)
+    impressions_max_rows: int = Field(5_000_000, ge=1)
 
 
 class LoggingSettings(Section):
@@ -276,6 +279,11 @@ class Settings(BaseSettings):
     @property
     def experiment_name(self) -> str:
         return os.environ.get("MLFLOW_EXPERIMENT_NAME") or self.mlflow.experiment_name
+
+    @property
+    def impressions_db(self) -> Path:
+        """SQLite file of the impressions the API recorded (`movierec.data.impressions`)."""
+        return self.home / "impressions.db"
 
     @property
     def feedback_db(self) -> Path:

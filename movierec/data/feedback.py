@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS events (
     value REAL NOT NULL,
     timestamp TEXT NOT NULL,
     received_at TEXT NOT NULL,
-    client TEXT
+    client TEXT,
+    impression_id TEXT
 );
 CREATE TABLE IF NOT EXISTS quarantine (
     event_id TEXT NOT NULL REFERENCES events (event_id),
@@ -74,6 +75,8 @@ class FeedbackEvent:
     kind: Literal["rating", "thumb", "click"]
     value: float  # rating: on the dataset's scale; thumb: +1 or -1; click: 1
     timestamp: datetime  # timezone-aware
+    # The impression (`movierec.data.impressions`) the event answers, if the client says so.
+    impression_id: str | None = None
 
     def __post_init__(self) -> None:
         # SQLite's CHECK would reject a bad kind, but `INSERT OR IGNORE` used to turn that into a
@@ -128,8 +131,9 @@ class FeedbackStore:
         connection = self._connection()
         connection.executescript(SCHEMA)
         columns = {row[1] for row in connection.execute("PRAGMA table_info(events)")}
-        if "client" not in columns:  # a store written before clients were recorded
-            connection.execute("ALTER TABLE events ADD COLUMN client TEXT")
+        for column in ("client", "impression_id"):  # a store written before they were recorded
+            if column not in columns:
+                connection.execute(f"ALTER TABLE events ADD COLUMN {column} TEXT")
 
     def _connection(self) -> sqlite3.Connection:
         """One connection per thread and process: sqlite3 connections must not be shared across
@@ -157,9 +161,9 @@ class FeedbackStore:
             for event in events:
                 # Only a repeated id is left alone; any other constraint violation raises.
                 cursor = connection.execute(
-                    "INSERT INTO events (event_id, user_id, movie_id, kind, value, timestamp, received_at, client) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(event_id) DO NOTHING",
-                    (event.event_id, *event.content(), received_at, client),
+                    "INSERT INTO events (event_id, user_id, movie_id, kind, value, timestamp, received_at, client, "
+                    "impression_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(event_id) DO NOTHING",
+                    (event.event_id, *event.content(), received_at, client, event.impression_id),
                 )
                 if cursor.rowcount == 1:
                     outcomes.append(Appended("stored"))
@@ -266,8 +270,8 @@ class FeedbackStore:
     def events(self) -> pd.DataFrame:
         """Every stored event, in the order received (then by id)."""
         frame = pd.read_sql_query(
-            "SELECT event_id, user_id, movie_id, kind, value, timestamp, received_at, client FROM events "
-            "ORDER BY received_at, event_id",
+            "SELECT event_id, user_id, movie_id, kind, value, timestamp, received_at, client, impression_id "
+            "FROM events ORDER BY received_at, event_id",
             self._connection(),
         )
         for column in ("timestamp", "received_at"):

@@ -42,6 +42,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from movierec.data.feedback import FeedbackEvent, FeedbackStore
+from movierec.data.impressions import ImpressionRecorder, ImpressionStore
 from movierec.serving.champion import ChampionHolder, NoModel
 from movierec.serving.limits import BodyLimitMiddleware, RateLimiter, retry_after
 from movierec.serving.metrics import Metrics, MetricsMiddleware
@@ -119,6 +120,12 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
     holder = ChampionHolder(settings, metrics)
     holder.check_now()
     store = FeedbackStore(settings.feedback_db)
+    # What was shown, written off the request path (movierec.data.impressions).
+    recorder = ImpressionRecorder(
+        ImpressionStore(settings.impressions_db),
+        settings.serving.impressions_retention_days,
+        settings.serving.impressions_max_rows,
+    )
     limiter = RateLimiter(settings.serving.write_requests_per_minute, settings.serving.write_burst)
 
     def limit(client: str) -> None:
@@ -135,10 +142,12 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
     async def lifespan(_app: FastAPI):
         if watch:
             holder.start()
+        recorder.start()
         try:
             yield
         finally:
             holder.stop()
+            recorder.stop()
 
     app = FastAPI(
         title="movierec",
@@ -148,6 +157,7 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
     app.state.holder = holder
     app.state.metrics = metrics
     app.state.feedback = store
+    app.state.impressions = recorder
     app.state.settings = settings
     # A body over the limit is refused before the app reads it; the metrics (outermost, added
     # last) count that 413 like any other answer.
@@ -189,6 +199,7 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
         else:
             metrics.recommendations.labels("user", "model").inc()
             items, source = loaded.known_user(index, k), "model"
+        shown = recorder.record(user_id, loaded.version, source, [item["movie_id"] for item in items])
         return _json(
             {
                 "user_id": user_id,
@@ -196,6 +207,7 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
                 "source": source,
                 "fallback": index is None,
                 "k": k,
+                "impression_id": shown,
                 "items": items,
             },
             version=loaded.version,
@@ -217,6 +229,7 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
         if fallback:
             metrics.fallbacks.labels("new_user").inc()
         metrics.recommendations.labels("new_user", source).inc()
+        shown = recorder.record(None, loaded.version, source, [item["movie_id"] for item in items])
         return _json(
             {
                 "user_id": None,
@@ -224,6 +237,7 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
                 "source": source,
                 "fallback": fallback,
                 "k": request.k,
+                "impression_id": shown,
                 "unknown_movie_ids": unknown,
                 "items": items,
             },
@@ -306,7 +320,15 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
             errors = [{"loc": ["body", field], "msg": text, "type": "value_error"} for field, text in problems.items()]
             detail = "; ".join(f"{field}: {text}" for field, text in problems.items())
             return _json({"detail": detail, "errors": errors}, 422, version=loaded.version)
-        record = FeedbackEvent(event.event_id, event.user_id, event.movie_id, event.type, event.value, event.timestamp)
+        record = FeedbackEvent(
+            event.event_id,
+            event.user_id,
+            event.movie_id,
+            event.type,
+            event.value,
+            event.timestamp,
+            event.impression_id,
+        )
         outcome = store.append(record, client=client)
         metrics.feedback.labels(event.type, outcome.status).inc()
         body = {"event_id": event.event_id, "model_version": loaded.version}

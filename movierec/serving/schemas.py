@@ -43,6 +43,9 @@ class FeedbackIn(BaseModel):
     type: Literal["rating", "click", "thumb"]
     value: float = Field(allow_inf_nan=False)
     timestamp: AwareDatetime
+    impression_id: str | None = Field(
+        None, max_length=64, pattern=r"^[A-Za-z0-9]+$", description="The `impression_id` of the list this answers."
+    )
 
 
 # ---------------------------------------------------------------------- responses (OpenAPI)

@@ -7,6 +7,7 @@ import uuid
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -14,6 +15,7 @@ from ranking import assert_same_ranking
 from registered import register_champion
 
 from movierec.data.feedback import FeedbackStore
+from movierec.data.impressions import ImpressionStore
 from movierec.serving.app import create_app
 from movierec.settings import get_settings
 
@@ -328,6 +330,24 @@ def test_the_openapi_schema_documents_every_status_the_api_answers(served):
     assert error.endswith("/ErrorBody")
     conflict = paths["/feedback"]["post"]["responses"]["409"]["content"]["application/json"]["schema"]["$ref"]
     assert conflict.endswith("/FeedbackConflict")
+
+
+def test_what_is_shown_is_recorded_as_an_impression_that_feedback_can_reference(home):
+    register_champion()
+    settings = get_settings()
+    app = create_app(settings, watch=False)
+    with TestClient(app) as client:
+        known = client.get("/users/1/recommendations?k=5").json()
+        new = client.post("/recommendations", json={"liked_movie_ids": [1], "k": 3}).json()
+        answer = _event(movie_id=known["items"][0]["movie_id"], impression_id=known["impression_id"])
+        assert client.post("/feedback", json=answer).status_code == 201
+    # Written off the request path; everything is on disk once the app has stopped.
+    shown = ImpressionStore(settings.impressions_db).read().set_index("impression_id")
+    assert shown.loc[known["impression_id"], "movie_ids"] == [item["movie_id"] for item in known["items"]]
+    assert shown.loc[known["impression_id"], "user_id"] == 1 and shown.loc[new["impression_id"], "user_id"] is pd.NA
+    assert shown.loc[new["impression_id"], "model_version"] == known["model_version"]
+    events = FeedbackStore(settings.feedback_db).events().set_index("event_id")
+    assert events.loc[answer["event_id"], "impression_id"] == known["impression_id"]
 
 
 @pytest.mark.parametrize("kind, value", [("rating", 0.5), ("rating", 5), ("click", 1), ("thumb", 1)])

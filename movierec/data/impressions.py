@@ -1,0 +1,190 @@
+"""Impressions: which movies the API showed to whom, by which model version, for monitoring.
+
+Stored in their own SQLite file beside the feedback store (`settings.impressions_db`, WAL), so
+recording them never waits on feedback's synced commits. The API does not write on the request
+path: `ImpressionRecorder.record` puts the row on a queue and a background thread writes what
+is queued every `FLUSH_SECONDS` (one commit per batch, and on shutdown). A crash of the API can
+lose the last fraction of a second of impressions, never acknowledged feedback. Retention is
+bounded (`ImpressionStore.prune`: rows older than N days, then the oldest beyond M rows).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS impressions (
+    impression_id TEXT PRIMARY KEY,
+    shown_at TEXT NOT NULL,
+    user_id INTEGER,
+    model_version TEXT,
+    source TEXT NOT NULL,
+    movie_ids TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS impressions_shown_at ON impressions (shown_at);
+"""
+FLUSH_SECONDS = 0.2
+BATCH_ROWS = 500
+
+
+@dataclass(frozen=True)
+class Impression:
+    impression_id: str
+    shown_at: datetime
+    user_id: int | None  # None: a new user (POST /recommendations)
+    model_version: str | None
+    source: str  # "model" or "popularity"
+    movie_ids: tuple[int, ...]  # in the order shown
+
+    def row(self) -> tuple:
+        return (
+            self.impression_id,
+            self.shown_at.astimezone(UTC).isoformat(),
+            self.user_id,
+            self.model_version,
+            self.source,
+            json.dumps(list(self.movie_ids)),
+        )
+
+
+class ImpressionStore:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._connection().executescript(SCHEMA)
+
+    def _connection(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None or getattr(self._local, "pid", None) != os.getpid():
+            connection = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            connection.execute("PRAGMA journal_mode=WAL")
+            # A crash of the process loses no committed impression; a power cut may lose the last.
+            connection.execute("PRAGMA synchronous=NORMAL")
+            self._local.connection, self._local.pid = connection, os.getpid()
+        return connection
+
+    def append_many(self, impressions: Iterable[Impression]) -> int:
+        rows = [impression.row() for impression in impressions]
+        connection = self._connection()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            connection.executemany("INSERT OR IGNORE INTO impressions VALUES (?, ?, ?, ?, ?, ?)", rows)
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        return len(rows)
+
+    def read(self, since: datetime | None = None) -> pd.DataFrame:
+        """Impressions shown at or after `since` (all by default), oldest first; `movie_ids` as lists."""
+        query = "SELECT * FROM impressions"
+        params: list = []
+        if since is not None:
+            query += " WHERE shown_at >= ?"
+            params.append(since.astimezone(UTC).isoformat())
+        frame = pd.read_sql_query(query + " ORDER BY shown_at, impression_id", self._connection(), params=params)
+        frame["shown_at"] = pd.to_datetime(frame["shown_at"], utc=True, format="ISO8601")
+        frame["user_id"] = frame["user_id"].astype("Int64")
+        frame["movie_ids"] = [json.loads(value) for value in frame["movie_ids"]]
+        return frame
+
+    def count(self) -> int:
+        return self._connection().execute("SELECT COUNT(*) FROM impressions").fetchone()[0]
+
+    def prune(self, max_age_days: float, max_rows: int, now: datetime | None = None) -> int:
+        """Delete impressions older than `max_age_days`, then the oldest beyond `max_rows`;
+        returns how many were deleted."""
+        cutoff = (now or datetime.now(UTC)) - timedelta(days=max_age_days)
+        connection = self._connection()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            deleted = connection.execute("DELETE FROM impressions WHERE shown_at < ?", (cutoff.isoformat(),)).rowcount
+            deleted += connection.execute(
+                "DELETE FROM impressions WHERE impression_id IN (SELECT impression_id FROM impressions "
+                "ORDER BY shown_at DESC, impression_id DESC LIMIT -1 OFFSET ?)",
+                (max_rows,),
+            ).rowcount
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        return deleted
+
+    def close(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
+
+class ImpressionRecorder:
+    """Records impressions off the request path: `record` queues, a daemon thread wakes every
+    `FLUSH_SECONDS` and writes what is queued in transactions of up to `BATCH_ROWS` rows (one
+    commit per batch, not per request); `stop` writes what is left. Pruning (`max_age_days`,
+    `max_rows`) runs when the recorder starts and then once an hour."""
+
+    def __init__(self, store: ImpressionStore, max_age_days: float, max_rows: int) -> None:
+        self.store, self.max_age_days, self.max_rows = store, max_age_days, max_rows
+        # Plain tuples (the fields of `Impression`, time as epoch seconds): the request path only
+        # draws an id and appends; the writer thread builds the rows.
+        self._queue: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_prune = float("-inf")
+
+    def record(self, user_id: int | None, model_version: str | None, source: str, movie_ids: Iterable[int]) -> str:
+        impression_id = os.urandom(16).hex()
+        self._queue.put((impression_id, time.time(), user_id, model_version, source, movie_ids))
+        return impression_id
+
+    def start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stopping.clear()
+            self._thread = threading.Thread(target=self._run, name="impression-writer", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stopping.set()
+            self._thread.join(timeout=30)
+            self._thread = None
+        self.flush()
+
+    def flush(self) -> None:
+        """Write everything queued now, in batches (the caller's thread)."""
+        while True:
+            batch = []
+            while len(batch) < BATCH_ROWS:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if batch:
+                self.store.append_many(
+                    Impression(key, datetime.fromtimestamp(stamp, UTC), user, version, source, tuple(movies))
+                    for key, stamp, user, version, source, movies in batch
+                )
+            if len(batch) < BATCH_ROWS:
+                return
+
+    def _run(self) -> None:
+        while True:
+            if time.monotonic() - self._last_prune > 3600:
+                self.store.prune(self.max_age_days, self.max_rows)
+                self._last_prune = time.monotonic()
+            stopping = self._stopping.wait(FLUSH_SECONDS)
+            self.flush()
+            if stopping:
+                return
