@@ -323,15 +323,13 @@ class ContentScorer:
             block /= norms
         return profiles
 
-    def scores(self, liked_rows: sp.spmatrix, items: np.ndarray | None = None) -> np.ndarray:
-        """(n, n_items) float32 scores of the users whose liked items are `liked_rows` (users x
-        items); only the columns `items` (in that order) when given."""
-        rows = self.item_rows if items is None else self.item_rows[np.asarray(items, dtype=np.int64)]
-        prior = self.prior if items is None else self.prior[np.asarray(items, dtype=np.int64)]
-        return self.scores_of_rows(liked_rows, rows, prior)
+    def scores(self, liked_rows: sp.spmatrix) -> np.ndarray:
+        """(n, n_items) float32 scores of the users whose liked items are `liked_rows` (users x items)."""
+        return self.scores_of_rows(liked_rows, self.item_rows, self.prior)
 
     def scores_of_rows(self, liked_rows: sp.spmatrix, rows: sp.csr_matrix, prior: np.ndarray) -> np.ndarray:
-        """`scores` against given item rows of `item_rows` and their prior (a caller's cached slice)."""
+        """`scores` against some items only: their rows of `item_rows` and their prior (a caller's
+        cached slice)."""
         profiles = self.profiles(liked_rows)
         # Item blocks carry their group's weight, profile blocks are unit: sum of w_g cos_g / sum of w_g.
         taste = np.asarray(rows @ profiles.T, dtype=np.float32).T / np.float32(self.span_weights.sum() or 1.0)

@@ -61,18 +61,23 @@ def run_lock(
     wait; without, raise `RunLocked` naming the holder."""
     path = (Path(home) / LOCK_FILE).resolve()
     with _guard:
-        if path in _held:  # re-entrant within the process
-            descriptor, depth = _held[path]
-            _held[path] = (descriptor, depth + 1)
-            reentered = True
-        else:
-            reentered = False
-    if reentered:
-        try:
-            yield
-        finally:
-            _release(path)
-        return
+        held = _held.get(path)
+        if held is not None:  # re-entrant within the process
+            _held[path] = (held[0], held[1] + 1)
+    if held is None:
+        descriptor = _acquire(path, home, label, wait, on_wait, poll_seconds)
+        with _guard:
+            _held[path] = (descriptor, 1)
+    try:
+        yield
+    finally:
+        _release(path)
+
+
+def _acquire(
+    path: Path, home: Path, label: str, wait: bool, on_wait: Callable[[dict | None], None] | None, poll_seconds: float
+) -> int:
+    """Take the flock of `path` (see `run_lock`), write who holds it; returns the descriptor."""
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -97,12 +102,7 @@ def run_lock(
     except BaseException:
         os.close(descriptor)
         raise
-    with _guard:
-        _held[path] = (descriptor, 1)
-    try:
-        yield
-    finally:
-        _release(path)
+    return descriptor
 
 
 def _release(path: Path) -> None:

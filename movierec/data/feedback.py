@@ -632,23 +632,11 @@ def explain_feedback_failure(
 ) -> ValidationFailed:
     """`error` of the raw suites, with lines naming the feedback events at fault (if any): raw
     row numbers beyond the dataset's rows are feedback, which has no file line to point at."""
-    scale = raw.rating_scale
-    allowed = np.round(np.asarray(scale.values(), dtype=np.float64), 4)
-    earliest = settings.validation.earliest_timestamp
-    earliest = earliest if earliest.tzinfo else earliest.replace(tzinfo=UTC)
-    latest = datetime.now(UTC) + timedelta(days=settings.validation.max_future_days)
-    known_movies = set(raw.movies["movie_id"].to_numpy(np.int64).tolist())
+    rules = FeedbackRules.of(settings, raw.rating_scale, raw.movies["movie_id"].to_numpy(np.int64))
     notes = []
     for row in feedback_rows.itertuples(index=False):
-        problems = []
-        if not np.isin(round(float(row.rating), 4), allowed):
-            problems.append(
-                f"rating {row.rating:g} is not on the scale {scale.min:g}-{scale.max:g} (step {scale.step:g})"
-            )
-        if int(row.movie_id) not in known_movies:
-            problems.append(f"movie {row.movie_id} is not in the catalogue")
-        if not earliest <= row.timestamp.to_pydatetime() <= latest:
-            problems.append(f"timestamp {row.timestamp} is outside {earliest:%Y-%m-%d} .. {latest:%Y-%m-%d}")
+        # Merged feedback ratings are on the scale already (a thumb became its top or bottom).
+        problems = list(rules.problems("rating", row.movie_id, row.rating, row.timestamp.to_pydatetime()).values())
         if problems:
             notes.append(
                 f"feedback event {row.event_id!r} (user {row.user_id}, movie {row.movie_id}): {'; '.join(problems)}"

@@ -69,7 +69,6 @@ def evaluate_candidates(
 
     ratings = candidates.fit_rating_predictor(prepared, selection.rating_params)
     rating_table = rating_errors_table(prepared, ratings)
-    new_users = (selection.new_user_policy, selection.segment_columns)
     models, seconds = {}, {}
     for name in settings.pipeline.baselines:
         if unscalable(name, prepared.n_items):
@@ -92,18 +91,7 @@ def evaluate_candidates(
             fitted=models,
         )
         seconds.setdefault(name, fitted.seconds)
-        models[name] = candidates.bundle(
-            settings,
-            fitted,
-            prepared,
-            tables,
-            snapshot,
-            setup,
-            "evaluation",
-            ratings,
-            new_users,
-            unrated_content_weight=selection.unrated_content_weight,
-        )
+        models[name] = _bundle(settings, fitted, prepared, tables, snapshot, setup, "evaluation", ratings, selection)
 
     rows, recommended = [], {}
     for name in dict.fromkeys((HYBRID, BLEND, *models)):
@@ -177,17 +165,33 @@ def refit_for_serving(
         half_life=selection.half_life,
     )
     ratings = candidates.fit_rating_predictor(prepared, selection.rating_params)
-    new_users = (selection.new_user_policy, selection.segment_columns)
-    bundle = candidates.bundle(
+    bundle = _bundle(settings, fitted, prepared, tables, snapshot, setup, "serving", ratings, selection)
+    return Served(bundle=bundle, factors=fitted.factors)
+
+
+def _bundle(
+    settings: Settings,
+    fitted: candidates.Fitted,
+    prepared: Prepared,
+    tables: CanonicalTables,
+    snapshot: Snapshot,
+    setup: TrialSetup,
+    role: str,
+    ratings: BiasedMF,
+    selection: Selection,
+) -> ServingBundle:
+    """`candidates.bundle` with the answers selection chose for what the recipe cannot score
+    (new users known by demographics only, movies without a rating): the twin and the served
+    bundle get the same ones."""
+    return candidates.bundle(
         settings,
         fitted,
         prepared,
         tables,
         snapshot,
         setup,
-        "serving",
+        role,
         ratings,
-        new_users,
+        (selection.new_user_policy, selection.segment_columns),
         unrated_content_weight=selection.unrated_content_weight,
     )
-    return Served(bundle=bundle, factors=fitted.factors)

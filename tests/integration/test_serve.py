@@ -418,6 +418,7 @@ def test_the_page_and_its_assets_are_served(served):
         ("POST", "/feedback", "year-1900", 422, "timestamp: 1900-01-01 00:00:00 UTC is outside the plausible window"),
         ("POST", "/feedback", "year-3000", 422, "timestamp: 3000-01-01 00:00:00 UTC is outside"),
         ("POST", "/feedback", "click-two", 422, "value: a click has value 1"),
+        ("POST", "/feedback", "bad-impression-id", 422, "impression_id"),
         ("POST", "/feedback", "naive-timestamp", 422, "timezone"),
         ("POST", "/feedback", "thumb-two", 422, "+1 or -1"),
         ("POST", "/feedback", "unknown-type", 422, "type"),
@@ -432,6 +433,7 @@ def test_bad_input_is_a_4xx_with_a_message(served, method, url, body, status, wo
         "year-1900": _event(timestamp="1900-01-01T00:00:00+00:00"),
         "year-3000": _event(timestamp="3000-01-01T00:00:00+00:00"),
         "click-two": _event(type="click", value=2),
+        "bad-impression-id": _event(impression_id="not/an id"),
         "naive-timestamp": _event(timestamp="2024-05-01T12:00:00"),
         "thumb-two": _event(type="thumb", value=2),
         "unknown-type": _event(type="like"),
@@ -439,12 +441,14 @@ def test_bad_input_is_a_4xx_with_a_message(served, method, url, body, status, wo
     }
     if isinstance(body, str):
         body = events[body]
+    stored_before = FeedbackStore(served.settings.feedback_db).count()
     if isinstance(body, bytes):
         response = served.client.request(method, url, content=body, headers={"content-type": "application/json"})
     else:
         response = served.client.request(method, url, json=body)
     assert response.status_code == status, response.text
     assert words in response.json()["detail"], response.json()
+    assert FeedbackStore(served.settings.feedback_db).count() == stored_before  # nothing stored
 
 
 # ---------------------------------------------------------------------- no champion, hot swap
