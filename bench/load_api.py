@@ -136,8 +136,16 @@ class Server:
     """A server subprocess in its own process group (mlflow's uvicorn is a grandchild)."""
 
     def __init__(
-        self, name: str, command: list[str], env: dict, ready_url: str, ready_body: dict | None, log: Path
+        self,
+        name: str,
+        command: list[str],
+        env: dict,
+        ready_url: str,
+        ready_body: dict | None,
+        log: Path,
+        cwd: Path = REPO,
     ) -> None:
+        self.cwd = cwd
         self.name, self.command, self.env, self.ready_url, self.ready_body, self.log_path = (
             name,
             command,
@@ -151,7 +159,7 @@ class Server:
     def __enter__(self) -> Server:
         self.log = open(self.log_path, "w+")
         self.process = subprocess.Popen(
-            self.command, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO
+            self.command, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.cwd
         )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

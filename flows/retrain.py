@@ -193,7 +193,7 @@ def _pipeline(
                 tables.items,
                 RatingScale(**snapshot_summary["rating_scale"]).values(),
                 settings.training.positive_threshold,
-                holdout_ndcg=test_ndcg,
+                holdout=evaluation.table.loc[chosen].to_dict(),
                 k=k,
             )
             mlflow.log_dict(reference, REFERENCE_ARTIFACT)

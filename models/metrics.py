@@ -85,7 +85,7 @@ def ranking_metrics(
     if item_popularity is not None:
         metrics[f"novelty@{k}"] = _mean(_novelty(rec, np.asarray(item_popularity, dtype=np.float64)))
     if item_genres is not None:
-        metrics[f"diversity@{k}"] = _mean(_intra_list_diversity(rec, sp.csr_matrix(item_genres)))
+        metrics[f"diversity@{k}"] = _mean(intra_list_diversity(rec, sp.csr_matrix(item_genres)))
     metrics["n_users_evaluated"] = int(n_eval)
     metrics["users_without_test_positives"] = int((~has_positives).sum())
     return metrics
@@ -271,7 +271,7 @@ def _novelty(rec: np.ndarray, popularity: np.ndarray) -> np.ndarray:
     return information.sum(axis=1) / np.maximum(valid.sum(axis=1), 1)
 
 
-def _intra_list_diversity(rec: np.ndarray, genres: sp.csr_matrix) -> np.ndarray:
+def intra_list_diversity(rec: np.ndarray, genres: sp.csr_matrix) -> np.ndarray:
     """Mean pairwise cosine distance of genre vectors within each list; 0 below two items.
 
     The sum of pairwise similarities is (|sum of unit vectors|^2 - sum of |unit vector|^2) / 2,

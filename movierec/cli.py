@@ -1,16 +1,18 @@
 """`movierec`: the commands users run, grouped as they work: data (`ingest`, `validate`,
 `snapshots`), models (`train`, `evaluate`, `pipeline`), the registry (`models`, `promote`,
-`rollback`), serving (`serve`, `export-recs`) and orchestration (`deploy`). Run `movierec --help`."""
+`rollback`), serving (`serve`, `export-recs`), operations (`monitor`, `feedback`) and
+orchestration (`deploy`). Run `movierec --help`."""
 
 from __future__ import annotations
 
 import functools
 import json
 import math
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import typer
@@ -528,7 +530,7 @@ def rollback() -> None:
 def deploy(
     work_pool: Annotated[str | None, typer.Option(help="Work pool (default: the one in prefect.yaml).")] = None,
 ) -> None:
-    """Register prefect.yaml's deployments (weekly and manual retraining) with the Prefect server."""
+    """Register prefect.yaml's deployments (weekly and manual retraining, daily monitoring) with the Prefect server."""
     _prepare()
     from movierec.deploy import DEFAULT_PREFECT_FILE, api_url
     from movierec.deploy import deploy as deploy_all
@@ -544,6 +546,81 @@ def deploy(
         f"server {api_url()}; start a worker: scripts/prefect-server.sh --worker (or prefect worker start --pool movierec)"
     )
     console.print("trigger a run: .venv/bin/prefect deployment run 'retrain/retrain-manual' -p trials=5")
+
+
+MONITOR_JSON_KEYS = ("champion_version", "window", "metrics", "alerts")
+
+
+def _since(text: str | None, now: datetime) -> datetime | None:
+    """--since: an ISO date or date-time (UTC unless it names a zone) or a span back from now
+    (90m, 24h, 7d, 2w)."""
+    if text is None:
+        return None
+    units = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+    span = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([mhdw])", text.strip().lower())
+    if span:
+        return now - timedelta(**{units[span.group(2)]: float(span.group(1))})
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is neither an ISO date/time (2026-11-30, 2026-11-30T06:00) nor a span (90m, 24h, 7d, 2w)",
+            param_hint="--since",
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+@app.command()
+def monitor(
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Start of the window: an ISO date/time (UTC unless it names a zone) or a span back from now "
+            "(90m, 24h, 7d). Default: where the last monitor run ended (the champion's registration at first)."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
+    fail_on_alert: Annotated[
+        bool, typer.Option("--fail-on-alert", help="Exit with code 3 when an alert fired.")
+    ] = False,
+) -> None:
+    """Monitor the champion (flow `monitor`): data drift, serving health, online and offline
+    quality, beyond-accuracy measures; alerts; an MLflow run, an HTML report and the history.
+    Like every flow command it waits for a pipeline running on the same MOVIEREC_HOME."""
+    start = _since(since, datetime.now(UTC))
+    _flow_process("monitor")
+    from flows.monitor import monitor as monitor_flow
+
+    result = _run("monitoring", monitor_flow, since=start)
+    if as_json:
+        sys.stdout.write(json.dumps({key: result[key] for key in MONITOR_JSON_KEYS}, indent=2) + "\n")
+    else:
+        _print_monitor(result)
+    if fail_on_alert and result["alerts"]:
+        raise typer.Exit(3)
+
+
+def _print_monitor(result: dict) -> None:
+    window = result["window"]
+    console.print(
+        f"[bold]champion version {result['champion_version']}[/], window {window['since']} to {window['until']} "
+        f"({window['days']:.2f} days, start: {window['source']})",
+        soft_wrap=True,
+    )
+    table = Table("measure", "value", header_style="bold")
+    alerted = {alert["metric"] for alert in result["alerts"]}
+    for name, value in result["metrics"].items():
+        shown = "–" if value is None else (f"{value:,.4f}" if isinstance(value, float) else f"{value:,}")
+        table.add_row(name, shown, style="bold red" if name in alerted else None)
+    console.print(table)
+    for alert in result["alerts"]:
+        console.print(f"[bold red]ALERT[/] {escape(alert['metric'])}: {escape(alert['message'])}", soft_wrap=True)
+    if not result["alerts"]:
+        console.print("[bold green]no alert[/]")
+    console.print(f"report: {result['report']}", soft_wrap=True)
+    console.print(f"MLflow run: {result['run_id']} (experiment {get_settings().monitoring.experiment_name})")
+    if result.get("retrain"):
+        console.print(escape(result["retrain"]), soft_wrap=True)
 
 
 QUARANTINE_COLUMNS = (

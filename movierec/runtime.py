@@ -230,6 +230,15 @@ def use_prefect_api() -> None:
     _TemporaryServer.in_use = True
 
 
+def prefect_server_url() -> str | None:
+    """The Prefect API the user configured (a server that holds deployments and has workers), or
+    None when flows run on a temporary API server (started here or by Prefect) that forgets them."""
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    return None if not url or url == _TemporaryServer.api_url else url
+
+
 def _stop_prefect_api() -> None:
     """At exit (after Prefect has flushed its logs and events to it), as Prefect stops its server."""
     process, _TemporaryServer.process = _TemporaryServer.process, None

@@ -204,6 +204,47 @@ class ServingSettings(Section):
     # Impressions (what the API showed) are kept this many days, and at most this many rows.
     impressions_retention_days: float = Field(90.0, gt=0)
     impressions_max_rows: int = Field(5_000_000, ge=1)
+    # How often the API stores its request counts and latencies (kept as long as impressions).
+    stats_seconds: float = Field(60.0, gt=0)
+
+
+class MonitoringSettings(Section):
+    """`movierec monitor`: where its runs go, and when a measure raises an alert (null: never).
+    A measure raises no alert when it rests on fewer than `min_sample` observations (events,
+    impressions, requests or users: whichever it counts)."""
+
+    experiment_name: str = "movierec-monitoring"
+    min_sample: int = Field(50, ge=1)
+    # Feedback answers an impression when the same user sends it within this many hours after
+    # it was shown (or names its impression_id).
+    attribution_hours: float = Field(24.0, gt=0)
+    # Data drift against the champion's training data.
+    rating_psi_max: float | None = Field(0.2, gt=0)
+    genre_psi_max: float | None = Field(0.2, gt=0)
+    unknown_user_share_max: float | None = Field(0.5, ge=0, le=1)
+    unknown_movie_share_max: float | None = Field(0.2, ge=0, le=1)
+    ratings_per_day_min_ratio: float | None = Field(None, ge=0)
+    ratings_per_day_max_ratio: float | None = Field(None, gt=0)
+    schema_failures_max: int | None = Field(0, ge=0)
+    # Serving health.
+    fallback_share_max: float | None = Field(0.3, ge=0, le=1)
+    error_rate_max: float | None = Field(0.01, ge=0, le=1)
+    latency_p99_ms_max: float | None = Field(500.0, gt=0)
+    # Quality, as a share of what the champion measured on its holdout when registered.
+    online_hit_rate_min_ratio: float | None = Field(0.5, ge=0)
+    offline_ndcg_min_ratio: float | None = Field(0.5, ge=0)
+    champion_max_age_days: float | None = Field(30.0, gt=0)
+    # Alerts are POSTed as JSON here too (retried with backoff; a failure never fails the run).
+    webhook_url: str | None = None
+    webhook_timeout_seconds: float = Field(5.0, gt=0)
+    webhook_retries: int = Field(3, ge=0)
+    webhook_backoff_seconds: float = Field(1.0, ge=0)
+    # On an alert, trigger this deployment when a Prefect server is configured (else print the
+    # command to run).
+    retrain_on_alert: bool = False
+    retrain_deployment: str = "retrain/retrain-manual"
+    # Monitor runs the web page charts.
+    page_runs: int = Field(30, ge=1, le=1000)
 
 
 class LoggingSettings(Section):
@@ -228,6 +269,7 @@ class Settings(BaseSettings):
     pipeline: PipelineSettings = PipelineSettings()
     serving: ServingSettings = ServingSettings()
     feedback: FeedbackSettings = FeedbackSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @field_validator("home", "data_dir", mode="after")
@@ -289,6 +331,11 @@ class Settings(BaseSettings):
     def feedback_db(self) -> Path:
         """SQLite file of the feedback events the API acknowledged."""
         return self.home / "feedback.db"
+
+    @property
+    def monitoring_dir(self) -> Path:
+        """Monitoring reports, the history of monitor runs and the append-only alert log."""
+        return self.reports_dir / "monitoring"
 
     @property
     def exports_dir(self) -> Path:

@@ -1,4 +1,5 @@
-"""Impressions: which movies the API showed to whom, by which model version, for monitoring.
+"""Impressions: which movies the API showed to whom, by which model version, and the API's
+request counts and latencies per interval, for monitoring.
 
 Stored in their own SQLite file beside the feedback store (`settings.impressions_db`, WAL), so
 recording them never waits on feedback's synced commits. The API does not write on the request
@@ -6,6 +7,11 @@ path: `ImpressionRecorder.record` puts the row on a queue and a background threa
 is queued every `FLUSH_SECONDS` (one commit per batch, and on shutdown). A crash of the API can
 lose the last fraction of a second of impressions, never acknowledged feedback. Retention is
 bounded (`ImpressionStore.prune`: rows older than N days, then the oldest beyond M rows).
+
+Serving statistics: the same thread asks the API's metrics for their totals every
+`STATS_SECONDS` (and on shutdown) and stores what changed since the last call, one row per
+endpoint and interval (requests, client and server errors, latency histogram), so request
+counts and latency percentiles survive restarts of the API and can be summed over any window.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,9 +40,48 @@ CREATE TABLE IF NOT EXISTS impressions (
     movie_ids TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS impressions_shown_at ON impressions (shown_at);
+CREATE TABLE IF NOT EXISTS serving_stats (
+    started_at TEXT NOT NULL,
+    ended_at TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    client_errors INTEGER NOT NULL,
+    server_errors INTEGER NOT NULL,
+    latency_seconds REAL NOT NULL,
+    bucket_bounds TEXT NOT NULL,
+    bucket_counts TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS serving_stats_ended_at ON serving_stats (ended_at);
 """
 FLUSH_SECONDS = 0.2
 BATCH_ROWS = 500
+STATS_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class EndpointTotals:
+    """What an endpoint served, counted since some start: requests, 4xx and 5xx answers, the sum
+    of latencies, and how many requests took at most each of `bucket_bounds` seconds (cumulative,
+    as a Prometheus histogram; the last bound is infinity)."""
+
+    requests: int
+    client_errors: int
+    server_errors: int
+    latency_seconds: float
+    bucket_bounds: tuple[float, ...]
+    cumulative_counts: tuple[int, ...]
+
+    def minus(self, earlier: EndpointTotals | None) -> EndpointTotals:
+        if earlier is None or earlier.bucket_bounds != self.bucket_bounds:
+            return self
+        return EndpointTotals(
+            self.requests - earlier.requests,
+            self.client_errors - earlier.client_errors,
+            self.server_errors - earlier.server_errors,
+            self.latency_seconds - earlier.latency_seconds,
+            self.bucket_bounds,
+            tuple(now - then for now, then in zip(self.cumulative_counts, earlier.cumulative_counts, strict=True)),
+        )
 
 
 @dataclass(frozen=True)
@@ -75,16 +121,22 @@ class ImpressionStore:
             self._local.connection, self._local.pid = connection, os.getpid()
         return connection
 
-    def append_many(self, impressions: Iterable[Impression]) -> int:
-        rows = [impression.row() for impression in impressions]
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed when the block ends, rolled back if it raises."""
         connection = self._connection()
         connection.execute("BEGIN IMMEDIATE")
         try:
-            connection.executemany("INSERT OR IGNORE INTO impressions VALUES (?, ?, ?, ?, ?, ?)", rows)
+            yield connection
             connection.execute("COMMIT")
         except BaseException:
             connection.execute("ROLLBACK")
             raise
+
+    def append_many(self, impressions: Iterable[Impression]) -> int:
+        rows = [impression.row() for impression in impressions]
+        with self._transaction() as connection:
+            connection.executemany("INSERT OR IGNORE INTO impressions VALUES (?, ?, ?, ?, ?, ?)", rows)
         return len(rows)
 
     def read(self, since: datetime | None = None) -> pd.DataFrame:
@@ -103,23 +155,58 @@ class ImpressionStore:
     def count(self) -> int:
         return self._connection().execute("SELECT COUNT(*) FROM impressions").fetchone()[0]
 
+    def append_stats(self, started_at: datetime, ended_at: datetime, totals: dict[str, EndpointTotals]) -> None:
+        """One row per endpoint that served requests in [started_at, ended_at)."""
+        rows = [
+            (
+                started_at.astimezone(UTC).isoformat(),
+                ended_at.astimezone(UTC).isoformat(),
+                endpoint,
+                t.requests,
+                t.client_errors,
+                t.server_errors,
+                t.latency_seconds,
+                json.dumps([_bound(bound) for bound in t.bucket_bounds]),
+                json.dumps(list(t.cumulative_counts)),
+            )
+            for endpoint, t in sorted(totals.items())
+            if t.requests > 0
+        ]
+        if rows:
+            with self._transaction() as connection:
+                connection.executemany("INSERT INTO serving_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def read_stats(self, since: datetime | None = None, until: datetime | None = None) -> pd.DataFrame:
+        """Serving statistics of the intervals that ended in [since, until]; `bucket_bounds` and
+        `bucket_counts` (cumulative) as lists."""
+        query, params = "SELECT * FROM serving_stats WHERE 1 = 1", []
+        if since is not None:
+            query += " AND ended_at >= ?"
+            params.append(since.astimezone(UTC).isoformat())
+        if until is not None:
+            query += " AND ended_at <= ?"
+            params.append(until.astimezone(UTC).isoformat())
+        frame = pd.read_sql_query(query + " ORDER BY ended_at, endpoint", self._connection(), params=params)
+        for column in ("started_at", "ended_at"):
+            frame[column] = pd.to_datetime(frame[column], utc=True, format="ISO8601")
+        frame["bucket_bounds"] = [[float(value) for value in json.loads(text)] for text in frame["bucket_bounds"]]
+        frame["bucket_counts"] = [json.loads(text) for text in frame["bucket_counts"]]
+        return frame
+
     def prune(self, max_age_days: float, max_rows: int, now: datetime | None = None) -> int:
-        """Delete impressions older than `max_age_days`, then the oldest beyond `max_rows`;
-        returns how many were deleted."""
+        """Delete impressions and serving statistics older than `max_age_days`, then the oldest
+        impressions beyond `max_rows`; returns how many rows were deleted."""
         cutoff = (now or datetime.now(UTC)) - timedelta(days=max_age_days)
-        connection = self._connection()
-        connection.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as connection:
             deleted = connection.execute("DELETE FROM impressions WHERE shown_at < ?", (cutoff.isoformat(),)).rowcount
+            deleted += connection.execute(
+                "DELETE FROM serving_stats WHERE ended_at < ?", (cutoff.isoformat(),)
+            ).rowcount
             deleted += connection.execute(
                 "DELETE FROM impressions WHERE impression_id IN (SELECT impression_id FROM impressions "
                 "ORDER BY shown_at DESC, impression_id DESC LIMIT -1 OFFSET ?)",
                 (max_rows,),
             ).rowcount
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
         return deleted
 
     def close(self) -> None:
@@ -133,10 +220,23 @@ class ImpressionRecorder:
     """Records impressions off the request path: `record` queues, a daemon thread wakes every
     `FLUSH_SECONDS` and writes what is queued in transactions of up to `BATCH_ROWS` rows (one
     commit per batch, not per request); `stop` writes what is left. Pruning (`max_age_days`,
-    `max_rows`) runs when the recorder starts and then once an hour."""
+    `max_rows`) runs when the recorder starts and then once an hour. With `totals` (the API's
+    metrics: endpoint -> `EndpointTotals` since the process started), the same thread stores
+    their change every `stats_seconds` and on stop."""
 
-    def __init__(self, store: ImpressionStore, max_age_days: float, max_rows: int) -> None:
+    def __init__(
+        self,
+        store: ImpressionStore,
+        max_age_days: float,
+        max_rows: int,
+        totals: Callable[[], dict[str, EndpointTotals]] | None = None,
+        stats_seconds: float = STATS_SECONDS,
+    ) -> None:
         self.store, self.max_age_days, self.max_rows = store, max_age_days, max_rows
+        self.totals, self.stats_seconds = totals, stats_seconds
+        self._stored_totals: dict[str, EndpointTotals] = {}
+        self._stats_since = datetime.now(UTC)
+        self._last_stats = time.monotonic()
         # Plain tuples (the fields of `Impression`, time as epoch seconds): the request path only
         # draws an id and appends; the writer thread builds the rows.
         self._queue: queue.SimpleQueue[tuple] = queue.SimpleQueue()
@@ -161,6 +261,7 @@ class ImpressionRecorder:
             self._thread.join(timeout=30)
             self._thread = None
         self.flush()
+        self.store_stats()
 
     def flush(self) -> None:
         """Write everything queued now, in batches (the caller's thread)."""
@@ -179,6 +280,15 @@ class ImpressionRecorder:
             if len(batch) < BATCH_ROWS:
                 return
 
+    def store_stats(self) -> None:
+        """Store what the API served since the last call (the caller's thread)."""
+        if self.totals is None:
+            return
+        now, totals = datetime.now(UTC), self.totals()
+        changes = {endpoint: t.minus(self._stored_totals.get(endpoint)) for endpoint, t in totals.items()}
+        self.store.append_stats(self._stats_since, now, changes)
+        self._stored_totals, self._stats_since, self._last_stats = totals, now, time.monotonic()
+
     def _run(self) -> None:
         while True:
             if time.monotonic() - self._last_prune > 3600:
@@ -188,3 +298,10 @@ class ImpressionRecorder:
             self.flush()
             if stopping:
                 return
+            if time.monotonic() - self._last_stats >= self.stats_seconds:
+                self.store_stats()
+
+
+def _bound(value: float) -> float | str:
+    """A bucket bound as JSON (which has no infinity)."""
+    return "inf" if value == float("inf") else value

@@ -124,6 +124,37 @@ def validate_canonical(
     return _validate(batches, parameters, settings, run_name=f"{dataset}-canonical")
 
 
+def validate_fresh_ratings(
+    ratings: pd.DataFrame, movies: pd.DataFrame, rating_scale: RatingScale, settings: Settings, *, dataset: str
+) -> list[str]:
+    """Check ratings that arrived after a model's training data (monitoring) with the raw
+    ratings suites of ingestion: columns, nulls, the scale, plausible timestamps, one rating per
+    user, movie and time, every movie in `movies`. `ratings`: user_id, movie_id, rating,
+    timestamp (Unix seconds or datetimes). Returns one line per failed expectation (none: valid)."""
+    earliest, latest = _timestamp_bounds(settings)
+    frame = ratings[["user_id", "movie_id", "rating", "timestamp"]].copy()
+    if pd.api.types.is_datetime64_any_dtype(frame["timestamp"]):  # as the raw suites read them
+        stamps = pd.to_datetime(frame["timestamp"], utc=True)
+        frame["timestamp"] = (stamps - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+    parameters = {
+        "rating_min": rating_scale.min,
+        "rating_max": rating_scale.max,
+        "rating_values": rating_scale.values(),
+        "timestamp_min": int(earliest.timestamp()),
+        "timestamp_max": int(latest.timestamp()),
+        "min_ratings": 1,
+    }
+    batches = {
+        "raw_ratings": frame,
+        "raw_rated_movies": _movie_references(frame, movies, "movie_id_in_movies"),
+    }
+    try:
+        _validate(batches, parameters, settings, run_name=f"{dataset}-fresh")
+    except ValidationFailed as failed:
+        return failed.failures
+    return []
+
+
 def _timestamp_bounds(settings: Settings) -> tuple[datetime, datetime]:
     """Plausible rating times: from the configured start until a little after now (clock skew)."""
     earliest = settings.validation.earliest_timestamp

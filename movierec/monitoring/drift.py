@@ -67,3 +67,60 @@ def aligned(reference: Mapping[str, float], current: Mapping[str, float]) -> tup
     """Two keyed distributions over the union of their keys (a key one lacks counts 0 there)."""
     keys = sorted(set(reference) | set(current))
     return [float(reference.get(key, 0)) for key in keys], [float(current.get(key, 0)) for key in keys]
+
+
+def data_drift(
+    reference: Mapping,
+    events: pd.DataFrame,
+    ratings: pd.Series,
+    positives: pd.Series,
+    *,
+    days: float,
+    known_users: Iterable[int],
+    known_movies: Iterable[int],
+    genres: pd.Series,
+    scale_values: Iterable[float],
+) -> tuple[dict[str, float | None], dict[str, dict]]:
+    """How the data of a window differs from the champion's training data (`reference`, see
+    `movierec.monitoring.reference`): `events` (user_id, movie_id) every event of the window,
+    `ratings` the explicit rating values, `positives` the movie ids liked (ratings at or above the
+    positive threshold, thumbs up), `days` the window's length, `genres` "|"-joined genres by
+    movie id. Returns the measures (None where the window has nothing to measure) and the two
+    sides' distributions (rating values, genres of positives) for plots."""
+    rating_counts = rating_distribution(ratings, scale_values)
+    reference_ratings, current_ratings = aligned(reference["rating_counts"], rating_counts)
+    genre_counts = genre_mix(positives, genres)
+    reference_genres, current_genres = aligned(reference["positive_genre_counts"], genre_counts)
+    per_day = len(ratings) / days if days > 0 else None
+    reference_per_day = reference["ratings_per_day"]["last_30_days"]
+    measures = {
+        "events": len(events),
+        "unknown_user_share": _share_outside(events["user_id"], known_users),
+        "unknown_movie_share": _share_outside(events["movie_id"], known_movies),
+        "rating_events": len(ratings),
+        "mean_rating": float(ratings.mean()) if len(ratings) else None,
+        "rating_psi": psi(reference_ratings, current_ratings) if sum(current_ratings) else None,
+        "rating_js": jensen_shannon(reference_ratings, current_ratings) if sum(current_ratings) else None,
+        "ratings_per_day": per_day,
+        "ratings_per_day_ratio": per_day / reference_per_day if per_day is not None and reference_per_day else None,
+        "positive_events": len(positives),
+        "genre_psi": psi(reference_genres, current_genres) if sum(current_genres) else None,
+        "genre_js": jensen_shannon(reference_genres, current_genres) if sum(current_genres) else None,
+    }
+    distributions = {
+        "rating_counts": {"reference": dict(reference["rating_counts"]), "current": rating_counts},
+        "positive_genre_counts": {"reference": dict(reference["positive_genre_counts"]), "current": genre_counts},
+    }
+    return measures, distributions
+
+
+def genre_mix(movie_ids: pd.Series, genres: pd.Series) -> dict[str, int]:
+    """How many of `movie_ids` carry each genre (`genres`: "|"-joined genres by movie id; a movie
+    with several counts once for each)."""
+    found = genres.reindex(pd.Index(movie_ids.to_numpy())).dropna().astype(str).str.split("|").explode()
+    counts = found[found != ""].value_counts()
+    return {str(genre): int(count) for genre, count in counts.sort_index().items()}
+
+
+def _share_outside(values: pd.Series, known: Iterable[int]) -> float | None:
+    return float((~values.isin(pd.Index(known))).mean()) if len(values) else None

@@ -5,12 +5,12 @@ Pure: tables in, a JSON-ready dict out."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
-from movierec.monitoring.drift import rating_distribution
+from movierec.monitoring.drift import genre_mix, rating_distribution
 
 REFERENCE_ARTIFACT = "monitoring/reference.json"
 REFERENCE_TAG = "monitoring.reference"
@@ -22,23 +22,21 @@ def reference_statistics(
     scale_values: Iterable[float],
     positive_threshold: float,
     *,
-    holdout_ndcg: float | None = None,
+    holdout: Mapping[str, float] | None = None,
     k: int = 10,
 ) -> dict:
     """Summary of `ratings` (user_id, movie_id, rating, timestamp in UTC seconds or datetimes)
     over catalogue `items` (movie_id, genres "|"-joined): the rating-value counts on the scale,
     ratings per day (median over the days with ratings, and over the last 30 days of the data),
     the genre mix of positives, the size of the data and its time span, and the held-out NDCG@k
-    the model had when registered."""
+    and hit rate@k the model had when registered (`holdout`: its metrics, keys "ndcg@k" ...)."""
+    holdout = holdout or {}
     stamps = _datetimes(ratings["timestamp"])
     days = stamps.dt.floor("D")
     per_day = days.value_counts()
     last = stamps.max()
     recent = per_day[per_day.index > last.floor("D") - pd.Timedelta(days=30)]
     positives = ratings.loc[ratings["rating"] >= positive_threshold, "movie_id"]
-    genres = items.set_index("movie_id")["genres"].reindex(positives.to_numpy())
-    mix = genres.dropna().astype(str).str.split("|").explode()
-    mix = mix[mix != ""].value_counts()
     return {
         "ratings": len(ratings),
         "users": int(ratings["user_id"].nunique()),
@@ -52,10 +50,15 @@ def reference_statistics(
             "median": float(np.median(per_day.to_numpy())) if len(per_day) else 0.0,
             "last_30_days": float(recent.sum() / 30.0),
         },
-        "positive_genre_counts": {str(genre): int(count) for genre, count in mix.sort_index().items()},
+        "positive_genre_counts": genre_mix(positives, items.set_index("movie_id")["genres"]),
         "positive_threshold": float(positive_threshold),
-        f"holdout_ndcg@{k}": None if holdout_ndcg is None else float(holdout_ndcg),
+        "k": k,
+        **{f"holdout_{name}@{k}": _number(holdout.get(f"{name}@{k}")) for name in ("ndcg", "hit_rate")},
     }
+
+
+def _number(value: float | None) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
 
 
 def _datetimes(values: pd.Series) -> pd.Series:

@@ -15,6 +15,7 @@ Endpoints:
   GET  /users?query=&limit=20                  known user ids (for the page's user picker)
   POST /feedback                               durable event store (movierec.data.feedback)
   GET  /healthz, /readyz, /metrics             liveness, readiness, Prometheus text
+  GET  /monitoring, /monitoring/report         the last monitor runs, current alerts; the latest report
   GET  /                                       the web page (movierec/serving/static)
 
 Performance: the hot endpoints are `async def` (no thread hop; their work is ~0.1 ms of numpy),
@@ -27,8 +28,9 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -43,6 +45,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from movierec.data.feedback import FeedbackEvent, FeedbackStore
 from movierec.data.impressions import ImpressionRecorder, ImpressionStore
+from movierec.monitoring import history
 from movierec.serving.champion import ChampionHolder, NoModel
 from movierec.serving.limits import BodyLimitMiddleware, RateLimiter, retry_after
 from movierec.serving.metrics import Metrics, MetricsMiddleware
@@ -125,6 +128,8 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
         ImpressionStore(settings.impressions_db),
         settings.serving.impressions_retention_days,
         settings.serving.impressions_max_rows,
+        totals=metrics.totals,
+        stats_seconds=settings.serving.stats_seconds,
     )
     limiter = RateLimiter(settings.serving.write_requests_per_minute, settings.serving.write_burst)
 
@@ -375,6 +380,55 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
     @app.get("/metrics", tags=["operations"])
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/monitoring", tags=["operations"])
+    def monitoring(
+        runs: Annotated[
+            int, Query(ge=1, le=1000, description="How many monitor runs.")
+        ] = settings.monitoring.page_runs,
+    ) -> Response:
+        """The champion served now (version, registration, age), the last monitor runs (oldest
+        first: window end, version, charted measures, alert count), the latest run's alerts and
+        the measures the page charts; written by `movierec monitor`."""
+        recent = history.last_runs(settings.monitoring_dir, runs)
+        charts = history.trend_names(settings.training.k)
+        loaded = holder.current
+        champion = None
+        if loaded is not None:
+            registered = loaded.registered_at
+            champion = {
+                "version": loaded.version,
+                "registered_at": None if registered is None else datetime.fromtimestamp(registered, UTC).isoformat(),
+                "age_days": None if registered is None else (time.time() - registered) / 86_400,
+            }
+        latest = recent[-1] if recent else None
+        return _json(
+            {
+                "champion": champion,
+                "charts": [{"metric": metric, "label": label} for metric, label in charts],
+                "runs": [
+                    {
+                        "until": run["window"]["until"],
+                        "champion_version": run["champion_version"],
+                        "alerts": len(run["alerts"]),
+                        "metrics": {metric: run["metrics"].get(metric) for metric, _ in charts},
+                    }
+                    for run in recent
+                ],
+                "alerts": latest["alerts"] if latest else [],
+                "last_run": None
+                if latest is None
+                else {key: latest.get(key) for key in ("champion_version", "window", "run_id")},
+                "report": "/monitoring/report" if (settings.monitoring_dir / history.LATEST_REPORT).is_file() else None,
+            }
+        )
+
+    @app.get("/monitoring/report", include_in_schema=False)
+    async def monitoring_report() -> Response:
+        path = settings.monitoring_dir / history.LATEST_REPORT
+        if not path.is_file():
+            return _json({"detail": "no monitoring report yet: run `movierec monitor`"}, 404)
+        return FileResponse(path, media_type="text/html")
 
     # ------------------------------------------------------------------ the page
 

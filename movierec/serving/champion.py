@@ -54,6 +54,7 @@ class LoadedModel:
             raise ValueError(f"version {version} of '{name}' has no rating scale")
         self.name, self.version, self.bundle = name, str(version), bundle
         self.loaded_at = time.time()
+        self.registered_at: float | None = None  # epoch seconds of the version's registration
         self.positive_threshold = float(bundle.positive_threshold)
         low, high, step = bundle.rating_scale
         self.scale = (low, high)
@@ -248,6 +249,7 @@ class ChampionHolder:
                 return False
             try:
                 loaded = self._load(number)
+                loaded.registered_at = version.creation_timestamp / 1000
             except Exception as error:
                 self.metrics.load_failures.inc()
                 self.last_error = f"loading version {number} failed: {type(error).__name__}: {error}"

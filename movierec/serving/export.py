@@ -13,8 +13,6 @@ has fewer than k rows.
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from inference.model import PAD_MOVIE, ServingBundle
+from movierec.data.files import atomic_file
 from movierec.tracking.served_model import load_bundle
 
 COLUMNS = ("user_id", "movie_id", "rank", "score")
@@ -71,26 +70,13 @@ def write_parquet(table: pa.Table, out: Path, *, metadata: dict[str, str] | None
     """Write `table` to `out` as zstd Parquet, atomically: a temporary file in the same folder,
     fsynced, then renamed over `out`, so a reader never sees half a file and a failure leaves
     nothing behind. Parent folders are created; `metadata` goes into the schema metadata."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if metadata:
         table = table.replace_schema_metadata(
             {**(table.schema.metadata or {}), **{str(k): str(v) for k, v in metadata.items()}}
         )
-    # Not mkstemp: its mode is 0600; this one is created like any file (0666 less the umask).
-    temporary = out.parent / f".{out.name}.{uuid.uuid4().hex}.tmp"
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            with pq.ParquetWriter(file, table.schema, compression="zstd") as writer:
-                for batch in table.to_batches(max_chunksize=ROWS_PER_GROUP):
-                    writer.write_batch(batch)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, out)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with atomic_file(out) as file, pq.ParquetWriter(file, table.schema, compression="zstd") as writer:
+        for batch in table.to_batches(max_chunksize=ROWS_PER_GROUP):
+            writer.write_batch(batch)
     return out
 
 

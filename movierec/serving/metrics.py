@@ -6,6 +6,8 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from movierec.data.impressions import EndpointTotals
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -64,6 +66,37 @@ class Metrics:
             )
         children[0].inc()
         children[1].observe(seconds)
+
+    def totals(self) -> dict[str, EndpointTotals]:
+        """Per endpoint, what was served since the app started (what the impression recorder
+        stores between restarts): requests, 4xx, 5xx, latency sum and histogram."""
+        requests: dict[str, list[int]] = {}
+        for sample in self.requests.collect()[0].samples:
+            if sample.name.endswith("_total"):
+                counts = requests.setdefault(sample.labels["endpoint"], [0, 0, 0])
+                status = sample.labels["status"]
+                counts[0] += int(sample.value)
+                counts[1] += int(status.startswith("4")) * int(sample.value)
+                counts[2] += int(status.startswith("5")) * int(sample.value)
+        buckets: dict[str, list[tuple[float, int]]] = {}
+        latency: dict[str, float] = {}
+        for sample in self.latency.collect()[0].samples:
+            endpoint = sample.labels["endpoint"]
+            if sample.name.endswith("_bucket"):
+                buckets.setdefault(endpoint, []).append((float(sample.labels["le"]), int(sample.value)))
+            elif sample.name.endswith("_sum"):
+                latency[endpoint] = float(sample.value)
+        return {
+            endpoint: EndpointTotals(
+                counts[0],
+                counts[1],
+                counts[2],
+                latency.get(endpoint, 0.0),
+                tuple(bound for bound, _ in sorted(buckets.get(endpoint, []))),
+                tuple(count for _, count in sorted(buckets.get(endpoint, []))),
+            )
+            for endpoint, counts in requests.items()
+        }
 
     def served(self, name: str, version: str, previous: str | None) -> None:
         if previous is not None:

@@ -54,19 +54,24 @@ def configure(settings: Settings) -> str:
     settings.home.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.registry_uri)
-    experiment = mlflow.get_experiment_by_name(settings.experiment_name)
-    if experiment is None:
-        local = settings.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in settings.tracking_uri
-        location = settings.artifacts_dir.as_uri() if local else None
-        experiment_id = mlflow.create_experiment(
-            settings.experiment_name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND}
-        )
-    else:
-        experiment_id = experiment.experiment_id
-        if EXPERIMENT_KIND_TAG not in experiment.tags:
-            mlflow.MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    experiment_id = experiment(settings, settings.experiment_name)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def experiment(settings: Settings, name: str) -> str:
+    """The id of experiment `name` in the current tracking store, created if absent (artifacts
+    under `<home>/mlartifacts` with the default local store)."""
+    found = mlflow.get_experiment_by_name(name)
+    if found is None:
+        local = settings.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in settings.tracking_uri
+        location = settings.artifacts_dir.as_uri() if local else None
+        return mlflow.create_experiment(
+            name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND}
+        )
+    if EXPERIMENT_KIND_TAG not in found.tags:
+        mlflow.MlflowClient().set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    return found.experiment_id
 
 
 def code_version() -> str:

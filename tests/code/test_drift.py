@@ -55,7 +55,9 @@ def test_reference_statistics_by_hand():
         }
     )
     items = pd.DataFrame({"movie_id": [10, 20, 30, 40], "genres": ["Drama|Comedy", "Horror", "Drama", ""]})
-    stats = reference_statistics(ratings, items, [1, 2, 3, 4, 5, 4.5], 4.0, holdout_ndcg=0.2)
+    stats = reference_statistics(
+        ratings, items, [1, 2, 3, 4, 5, 4.5], 4.0, holdout={"ndcg@10": 0.2, "hit_rate@10": 0.5}
+    )
     assert (stats["ratings"], stats["users"], stats["movies"], stats["catalogue"]) == (5, 3, 3, 4)
     assert stats["rating_counts"] == {"1": 1, "2": 0, "3": 1, "4": 1, "5": 1, "4.5": 1}
     # Positives (>= 4): movie 10 twice (Drama|Comedy), movie 30 (Drama).
@@ -63,4 +65,8 @@ def test_reference_statistics_by_hand():
     # Days with ratings: 2, 2, 1 -> median 2; the last 30 days (days 11..40) hold 1 rating.
     assert stats["ratings_per_day"] == {"median": 2.0, "last_30_days": 1 / 30}
     assert stats["first_rating"] == "1970-01-01T00:00:00+00:00" and stats["last_rating"].startswith("1970-02-10")
-    assert stats["holdout_ndcg@10"] == 0.2 and stats["mean_rating"] == pytest.approx(17.5 / 5)
+    assert (
+        stats["holdout_ndcg@10"] == 0.2
+        and stats["holdout_hit_rate@10"] == 0.5
+        and stats["mean_rating"] == pytest.approx(17.5 / 5)
+    )

@@ -1,10 +1,13 @@
-"""Impressions: stored in batches off the request path, read back, pruned by age and count."""
+"""Impressions: stored in batches off the request path, read back, pruned by age and count; the
+API's serving statistics stored as changes per interval, across restarts."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from movierec.data.impressions import Impression, ImpressionRecorder, ImpressionStore
+import pytest
+
+from movierec.data.impressions import EndpointTotals, Impression, ImpressionRecorder, ImpressionStore
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
@@ -40,3 +43,32 @@ def test_the_recorder_writes_in_the_background_and_everything_on_stop(tmp_path):
     recorder.record(None, "2", "popularity", [5])
     recorder.stop()
     assert store.count() == 1_001 and store.read()["source"].iloc[-1] == "popularity"
+
+
+def _totals(requests: int, errors: int, fast: int) -> dict[str, EndpointTotals]:
+    return {
+        "/feedback": EndpointTotals(
+            requests, 0, errors, requests * 0.002, (0.001, 0.01, float("inf")), (fast, requests, requests)
+        )
+    }
+
+
+def test_serving_statistics_are_stored_as_changes_and_survive_a_restart(tmp_path):
+    store = ImpressionStore(tmp_path / "impressions.db")
+    totals = {"now": _totals(10, 1, 4)}
+    recorder = ImpressionRecorder(store, max_age_days=90, max_rows=1_000, totals=lambda: totals["now"])
+    recorder.store_stats()
+    totals["now"] = _totals(25, 1, 10)  # 15 more requests, no new error
+    recorder.stop()  # stores the change since the last call
+    # The API restarts: its counters start from zero again.
+    restarted = ImpressionRecorder(store, max_age_days=90, max_rows=1_000, totals=lambda: _totals(5, 2, 5))
+    restarted.stop()
+    stats = store.read_stats()
+    assert stats["requests"].tolist() == [10, 15, 5] and stats["server_errors"].tolist() == [1, 0, 2]
+    assert stats["bucket_counts"].tolist() == [[4, 10, 10], [6, 15, 15], [5, 5, 5]]
+    assert stats["bucket_bounds"].iloc[0] == [0.001, 0.01, float("inf")]
+    assert stats["latency_seconds"].sum() == pytest.approx(30 * 0.002)
+    assert (stats["ended_at"] >= stats["started_at"]).all()
+    # Kept as long as impressions: the age limit prunes them too.
+    later = stats["ended_at"].max().to_pydatetime() + timedelta(days=91)
+    assert store.prune(max_age_days=90, max_rows=1_000, now=later) == 3 and store.read_stats().empty

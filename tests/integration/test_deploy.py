@@ -10,11 +10,11 @@ from movierec.deploy import DeployError, api_url, deploy
 
 REPO = Path(__file__).resolve().parents[2]
 PREFECT_FILE = REPO / "prefect.yaml"
-FULL_NAMES = ["retrain/retrain-weekly", "retrain/retrain-manual"]
+FULL_NAMES = ["retrain/retrain-weekly", "retrain/retrain-manual", "monitor/monitor-daily"]
 
 
 def _read_back() -> tuple[object, dict[str, object]]:
-    """The `movierec` pool and the deployments of flow `retrain` in it, by name."""
+    """The `movierec` pool and the deployments of flows `retrain` and `monitor` in it, by name."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName, WorkPoolFilter, WorkPoolFilterName
     from prefect.client.schemas.sorting import DeploymentSort
@@ -22,7 +22,7 @@ def _read_back() -> tuple[object, dict[str, object]]:
     with get_client(sync_client=True) as client:
         pool = client.read_work_pool("movierec")
         deployments = client.read_deployments(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=["retrain"])),
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["retrain", "monitor"])),
             work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=["movierec"])),
             limit=50,  # the sync client sends null otherwise, which the server refuses (422)
             sort=DeploymentSort.NAME_ASC,
@@ -33,16 +33,16 @@ def _read_back() -> tuple[object, dict[str, object]]:
 
 
 @pytest.mark.usefixtures("prefect_api")
-def test_deploy_registers_both_deployments_idempotently(tmp_path, monkeypatch):
+def test_deploy_registers_every_deployment_idempotently(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the file's directory, not the caller's, anchors the entrypoints
     assert deploy(PREFECT_FILE) == FULL_NAMES
     assert Path.cwd() == tmp_path
 
     pool, deployments = _read_back()
     assert pool.type == "process"
-    assert set(deployments) == {"retrain-weekly", "retrain-manual"}
+    assert set(deployments) == {"retrain-weekly", "retrain-manual", "monitor-daily"}
 
-    weekly, manual = deployments["retrain-weekly"], deployments["retrain-manual"]
+    weekly, manual, daily = deployments["retrain-weekly"], deployments["retrain-manual"], deployments["monitor-daily"]
     for deployment in (weekly, manual):
         assert deployment.entrypoint == "flows/retrain.py:retrain"
         assert deployment.work_pool_name == "movierec"
@@ -61,12 +61,17 @@ def test_deploy_registers_both_deployments_idempotently(tmp_path, monkeypatch):
     assert schedule.schedule.timezone == "UTC"
     assert manual.schedules == []
 
-    # Again: the same two deployments, updated in place, still one schedule.
+    assert daily.entrypoint == "flows/monitor.py:monitor" and daily.work_pool_name == "movierec"
+    assert set(daily.tags) == {"movierec", "monitoring"} and daily.parameters == {}
+    assert "since" in daily.parameter_openapi_schema["properties"]
+    assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in daily.schedules] == [("0 6 * * *", "UTC", True)]
+
+    # Again: the same deployments, updated in place, still one schedule each.
     ids = {name: d.id for name, d in deployments.items()}
     assert deploy(PREFECT_FILE) == FULL_NAMES
     _, again = _read_back()
     assert {name: d.id for name, d in again.items()} == ids
-    assert len(again["retrain-weekly"].schedules) == 1
+    assert len(again["retrain-weekly"].schedules) == len(again["monitor-daily"].schedules) == 1
     assert again["retrain-manual"].schedules == []
 
 
@@ -74,7 +79,7 @@ def test_deploy_registers_both_deployments_idempotently(tmp_path, monkeypatch):
 def test_deploy_selects_by_name_and_rejects_unknown_names():
     assert deploy(PREFECT_FILE, names=["retrain/retrain-manual"]) == ["retrain/retrain-manual"]
     with pytest.raises(
-        DeployError, match="no deployment named retrain-daily; it defines retrain-weekly, retrain-manual"
+        DeployError, match="no deployment named retrain-daily; it defines retrain-weekly, retrain-manual, monitor-daily"
     ):
         deploy(PREFECT_FILE, names=["retrain-daily"])
 

@@ -1,17 +1,21 @@
 """The web page in headless Chromium (Playwright, the system's /usr/bin/chromium): an existing
 user's recommendations with reasons, a new user rating movies found by search, a thumbs-up that
-lands in the feedback store."""
+lands in the feedback store naming the list it answers, the monitoring view."""
 
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from registered import register_champion
 from server import Server
 
 from movierec.data.feedback import FeedbackStore
+from movierec.data.impressions import ImpressionStore
+from movierec.monitoring import history
 from movierec.settings import get_settings
 
 pytestmark = pytest.mark.slow
@@ -43,15 +47,53 @@ def browser():
             browser.close()
 
 
+def _monitor_run(until: str, version: str, psi: float, alerts: list[dict]) -> dict:
+    metrics = {metric: 0.1 for metric, _ in history.trend_names(10)}
+    return {
+        "champion_version": version,
+        "window": {"since": "2026-11-29T06:00:00+00:00", "until": until, "days": 1.0, "source": "last monitor run"},
+        "metrics": {**metrics, "drift.rating_psi": psi},
+        "alerts": alerts,
+        "run_id": "r" + until[:10],
+        "report": "unused",
+    }
+
+
 def test_pick_a_user_rate_movies_as_a_new_user_and_send_a_thumbs_up(home, tmp_path, browser):
     registered = register_champion()
     bundle = registered.bundle
+    # Two monitor runs on record (what `movierec monitor` appends), the latest with an alert.
+    folder = get_settings().monitoring_dir
+    drift = {
+        "metric": "drift.rating_psi",
+        "value": 0.4,
+        "threshold": 0.2,
+        "message": "rating values drifted (PSI 0.400 > 0.2)",
+    }
+    history.append(folder, _monitor_run("2026-11-29T06:00:00+00:00", registered.version, 0.05, []))
+    history.append(folder, _monitor_run("2026-11-30T06:00:00+00:00", registered.version, 0.4, [drift]))
+    history.write_text(folder / history.LATEST_REPORT, "<html><body><h1>the latest report</h1></body></html>")
     server = Server(home, tmp_path / "server.log").start()
     try:
         page = browser.new_page()
         page.set_default_timeout(20_000)
         page.goto(server.url + "/")
         page.get_by_test_id("model-status").filter(has_text=f"version {registered.version}").wait_for()
+
+        # The monitoring view: champion and its age, the last run's alert, one chart per charted measure.
+        summary = page.get_by_test_id("monitoring-summary")
+        summary.filter(has_text="Last monitor run").wait_for()
+        assert (
+            f"Champion version {registered.version}, " in summary.inner_text() and "1 alert(s)" in summary.inner_text()
+        )
+        assert "2 run(s) charted" in summary.inner_text()
+        assert page.get_by_test_id("monitoring-alert").all_inner_texts() == [drift["message"]]
+        charts = page.get_by_test_id("monitoring-chart")
+        assert charts.count() == len(history.trend_names(10))
+        psi_chart = page.locator('[data-testid="monitoring-chart"][data-metric="drift.rating_psi"]')
+        assert "alerting" in psi_chart.get_attribute("class") and "latest 0.400" in psi_chart.inner_text()
+        assert psi_chart.locator("polyline").get_attribute("points").count(",") == 2  # two runs
+        assert page.get_by_test_id("monitoring-report").is_visible()
 
         # An existing user: ten recommendations, each with title, genres and a "because you liked" reason.
         user = int(bundle.user_ids[4])
@@ -108,6 +150,14 @@ def test_pick_a_user_rate_movies_as_a_new_user_and_send_a_thumbs_up(home, tmp_pa
         thumbs = events[events["kind"] == "thumb"]
         assert thumbs["event_id"].tolist() == [event_id]
         assert thumbs.iloc[0]["movie_id"] == target and thumbs.iloc[0]["value"] == 1
+        # The thumb names the list it answers: the impression the API recorded for it.
+        impression = thumbs.iloc[0]["impression_id"]
+        recorded = ImpressionStore(get_settings().impressions_db)
+        deadline = time.monotonic() + 20  # the API writes impressions every 0.2 s, off the request path
+        while impression not in set(recorded.read()["impression_id"]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        shown_lists = recorded.read().set_index("impression_id")
+        assert shown_lists.loc[impression, "movie_ids"] == shown and pd.isna(shown_lists.loc[impression, "user_id"])
         assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", event_id)
         ratings = events[events["kind"] == "rating"]  # the page also records the ratings it sent
         assert sorted(ratings["movie_id"].tolist()) == sorted(liked)

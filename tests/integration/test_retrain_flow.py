@@ -160,6 +160,7 @@ def test_two_runs_track_everything_and_the_gate_picks_the_champion(home, quick_p
     reference = mlflow.artifacts.load_dict(tags["monitoring.reference"])
     assert reference["ratings"] == second["snapshot"]["rows"]["ratings"] == sum(reference["rating_counts"].values())
     assert reference["holdout_ndcg@10"] == pytest.approx(registered["ndcg@10"]) and reference["positive_genre_counts"]
+    assert reference["holdout_hit_rate@10"] == pytest.approx(registered["hit_rate@10"])
     # The version says what it serves: every rating of the snapshot; its twin, the holdout's training part.
     assert tags["model"] == second["selection"]["chosen"]
     assert int(tags["served_ratings"]) == second["snapshot"]["rows"]["ratings"] > int(tags["evaluation_ratings"])

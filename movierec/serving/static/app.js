@@ -232,6 +232,7 @@ async function loadRecommendations(request, who) {
 }
 
 function renderRecommendations(result, who) {
+  state.impressionId = result.impression_id;  // feedback on this list names it
   const source = result.fallback ? "popular movies (nothing personal to go on yet)" : "picked by the model";
   $("recs-summary").textContent = `${result.items.length} movies for ${who}, ${source}; model version ${result.model_version}.`;
   $("recs-summary").dataset.source = result.source;
@@ -276,8 +277,77 @@ async function sendFeedback(movieId, type, value) {
     body: JSON.stringify({
       event_id: uuid(), user_id: state.userId, movie_id: movieId, type, value,
       timestamp: new Date().toISOString(),
+      ...(state.impressionId ? { impression_id: state.impressionId } : {}),
     }),
   });
 }
 
+// ------------------------------------------------------------------ monitoring
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function sparkline(values) {
+  // One point per monitor run, scaled to the runs' range; missing values break nothing.
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("viewBox", "0 0 200 60");
+  svg.setAttribute("preserveAspectRatio", "none");
+  svg.setAttribute("aria-hidden", "true");
+  const known = values.filter((v) => v !== null && v !== undefined);
+  if (!known.length) return svg;
+  const low = Math.min(...known), high = Math.max(...known);
+  const span = high - low || 1;
+  const x = (i) => (values.length === 1 ? 100 : 5 + (190 * i) / (values.length - 1));
+  const y = (v) => 55 - (50 * (v - low)) / span;
+  const points = values.map((v, i) => (v === null || v === undefined ? null : `${x(i)},${y(v)}`)).filter(Boolean);
+  const line = document.createElementNS(SVG, "polyline");
+  line.setAttribute("points", points.join(" "));
+  svg.append(line);
+  const last = points[points.length - 1].split(",");
+  const dot = document.createElementNS(SVG, "circle");
+  dot.setAttribute("cx", last[0]); dot.setAttribute("cy", last[1]); dot.setAttribute("r", "3");
+  svg.append(dot);
+  return svg;
+}
+
+function formatValue(value) {
+  if (value === null || value === undefined) return "–";
+  return Math.abs(value) >= 100 ? value.toFixed(0) : value.toPrecision(3);
+}
+
+function age(days) {
+  if (days === null || days === undefined) return "";
+  return days < 1 ? `${Math.round(days * 24)} h old` : `${days.toFixed(1)} days old`;
+}
+
+async function loadMonitoring() {
+  try {
+    const view = await api("/monitoring");
+    const champion = view.champion
+      ? `Champion version ${view.champion.version}${view.champion.age_days !== null ? `, ${age(view.champion.age_days)}` : ""}.`
+      : "No champion served yet.";
+    if (!view.runs.length) {
+      $("monitoring-summary").textContent = `${champion} No monitor run yet: run \`movierec monitor\`.`;
+      return;
+    }
+    const last = view.last_run;
+    const alerts = view.alerts.length ? `${view.alerts.length} alert(s)` : "no alert";
+    $("monitoring-summary").textContent =
+      `${champion} Last monitor run: ${last.window.until} (version ${last.champion_version}), ${alerts}; ` +
+      `${view.runs.length} run(s) charted.`;
+    $("monitoring-alerts").replaceChildren(...view.alerts.map((alert) =>
+      el("li", { dataset: { testid: "monitoring-alert", metric: alert.metric } }, alert.message)));
+    const alerting = new Set(view.alerts.map((alert) => alert.metric));
+    $("monitoring-charts").replaceChildren(...view.charts.map(({ metric, label }) => {
+      const values = view.runs.map((run) => run.metrics[metric]);
+      return el("figure", { className: `chart${alerting.has(metric) ? " alerting" : ""}`, dataset: { testid: "monitoring-chart", metric } },
+        el("h3", {}, label), sparkline(values),
+        el("span", { className: "value" }, `latest ${formatValue(values[values.length - 1])}`));
+    }));
+    $("monitoring-report").hidden = !view.report;
+  } catch (error) {
+    $("monitoring-summary").textContent = `Monitoring not available (${error.message}).`;
+  }
+}
+
 checkModel();
+loadMonitoring();
