@@ -19,7 +19,7 @@ It changes nothing the API serves: it reads the stores and writes only its own r
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 from prefect import flow
@@ -42,6 +42,9 @@ from tasks.monitor import (
 
 log = logging.getLogger("movierec")
 SCHEMA_METRIC = "drift.schema_failures"
+# The window ends this long before now: the API writes impressions every 0.2 s from a queue, so a
+# list shown in the last instant may not be stored yet; it belongs to the next window.
+SETTLE = timedelta(seconds=2)
 
 
 @flow(
@@ -53,15 +56,16 @@ def monitor(since: datetime | None = None) -> dict:
     """The run's result: champion_version, window, metrics, alerts (what `movierec monitor --json`
     prints), plus run_id, report, webhook_delivered and retrain (what was done on alert)."""
     settings = get_settings()
-    until = datetime.now(UTC)
+    until = datetime.now(UTC) - SETTLE
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
     if since is not None and since >= until:
         raise DataError(f"--since {since.isoformat()} is not before now ({until.isoformat()})")
     runs.configure(settings)
-    k = settings.training.k
 
     champion = load_champion(settings)
+    # The cutoff the champion was measured at when registered: its values are the yardstick.
+    k = int(champion.reference.get("k", settings.training.k))
     window = monitoring_window(settings, since, until, champion.registered_at)
     observed = observe(settings, champion, window)
     observed.schema_failures = check_ratings(settings, champion, observed)

@@ -92,19 +92,24 @@ def _reference(settings: Settings, tags: dict, dataset: str) -> dict:
 
 def monitoring_window(settings: Settings, since: datetime | None, until: datetime, registered_at: datetime) -> Window:
     """From `since` if given, else from where the last monitor run of this home ended, else from
-    the champion's registration; until `until`."""
+    the champion's registration; until `until`. Never before the champion's registration: what
+    arrived before it may be its training data, and other versions served it."""
     if since is not None:
-        return Window(since, until, "--since")
-    last = history.last_runs(settings.monitoring_dir, 1)
-    if last:
-        return Window(datetime.fromisoformat(last[-1]["window"]["until"]), until, "last monitor run")
-    return Window(registered_at, until, "champion registration")
+        window = Window(since, until, "--since")
+    elif last := history.last_runs(settings.monitoring_dir, 1):
+        window = Window(datetime.fromisoformat(last[-1]["window"]["until"]), until, "last monitor run")
+    else:
+        window = Window(registered_at, until, "champion registration")
+    if window.since < registered_at:
+        return Window(registered_at, until, f"champion registration (after {window.source})")
+    return window
 
 
 @task(name="read the window", cache_policy=NO_CACHE)
 def observe(settings: Settings, champion: Champion, window: Window) -> Observed:
-    """Feedback received, impressions shown and serving statistics stored in the window, and the
-    newest snapshot's ratings newer than the champion's training data."""
+    """Feedback received, the champion's impressions (other versions' are only counted) and
+    serving statistics stored in the window, and the newest snapshot's ratings newer than the
+    champion's training data."""
     since, until = window.since, window.until
     # Opening a store creates an empty one where the API has not written yet.
     feedback = FeedbackStore(settings.feedback_db)
@@ -113,12 +118,15 @@ def observe(settings: Settings, champion: Champion, window: Window) -> Observed:
     held = feedback.quarantined(dataset=champion.dataset)
     shown = ImpressionStore(settings.impressions_db)
     impressions = shown.read(since)
+    impressions = impressions[impressions["shown_at"] < until]
+    champions = impressions["model_version"] == champion.version
     return Observed(
         events,
-        impressions[impressions["shown_at"] < until].reset_index(drop=True),
+        impressions[champions].reset_index(drop=True),
         shown.read_stats(since, until),
         _newer_ratings(settings, champion, window),
         quarantined=int(held["event_id"].isin(events["event_id"]).sum()),
+        other_impressions=int((~champions).sum()),
     )
 
 
@@ -165,7 +173,7 @@ def publish(settings: Settings, champion: Champion, result: dict, distributions:
     write the HTML report, append to the history and the alert log. Returns the run id and the
     report's path."""
     folder = settings.monitoring_dir
-    k = settings.training.k
+    k = int(champion.reference.get("k", settings.training.k))
     earlier = history.last_runs(folder, settings.monitoring.page_runs - 1)
     page = report.render(result, distributions, earlier, k)
     until = datetime.fromisoformat(result["window"]["until"])

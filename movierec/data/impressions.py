@@ -2,7 +2,9 @@
 request counts and latencies per interval, for monitoring.
 
 Stored in their own SQLite file beside the feedback store (`settings.impressions_db`, WAL), so
-recording them never waits on feedback's synced commits. The API does not write on the request
+recording them never waits on feedback's synced commits. Impression ids are random 128-bit
+values, so the table keeps no unique index on them: an insert only appends to the time index
+(half the cost of a random-key index, measured). The API does not write on the request
 path: `ImpressionRecorder.record` puts the row on a queue and a background thread writes what
 is queued every `FLUSH_SECONDS` (one commit per batch, and on shutdown). A crash of the API can
 lose the last fraction of a second of impressions, never acknowledged feedback. Retention is
@@ -17,6 +19,7 @@ counts and latency percentiles survive restarts of the API and can be summed ove
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import sqlite3
@@ -30,9 +33,11 @@ from pathlib import Path
 
 import pandas as pd
 
+log = logging.getLogger("movierec")
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS impressions (
-    impression_id TEXT PRIMARY KEY,
+    impression_id TEXT NOT NULL,
     shown_at TEXT NOT NULL,
     user_id INTEGER,
     model_version TEXT,
@@ -136,7 +141,7 @@ class ImpressionStore:
     def append_many(self, impressions: Iterable[Impression]) -> int:
         rows = [impression.row() for impression in impressions]
         with self._transaction() as connection:
-            connection.executemany("INSERT OR IGNORE INTO impressions VALUES (?, ?, ?, ?, ?, ?)", rows)
+            connection.executemany("INSERT INTO impressions VALUES (?, ?, ?, ?, ?, ?)", rows)
         return len(rows)
 
     def read(self, since: datetime | None = None) -> pd.DataFrame:
@@ -177,14 +182,14 @@ class ImpressionStore:
                 connection.executemany("INSERT INTO serving_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def read_stats(self, since: datetime | None = None, until: datetime | None = None) -> pd.DataFrame:
-        """Serving statistics of the intervals that ended in [since, until]; `bucket_bounds` and
-        `bucket_counts` (cumulative) as lists."""
+        """Serving statistics of the intervals that ended in [since, until) (consecutive windows
+        count each interval once); `bucket_bounds` and `bucket_counts` (cumulative) as lists."""
         query, params = "SELECT * FROM serving_stats WHERE 1 = 1", []
         if since is not None:
             query += " AND ended_at >= ?"
             params.append(since.astimezone(UTC).isoformat())
         if until is not None:
-            query += " AND ended_at <= ?"
+            query += " AND ended_at < ?"
             params.append(until.astimezone(UTC).isoformat())
         frame = pd.read_sql_query(query + " ORDER BY ended_at, endpoint", self._connection(), params=params)
         for column in ("started_at", "ended_at"):
@@ -203,8 +208,8 @@ class ImpressionStore:
                 "DELETE FROM serving_stats WHERE ended_at < ?", (cutoff.isoformat(),)
             ).rowcount
             deleted += connection.execute(
-                "DELETE FROM impressions WHERE impression_id IN (SELECT impression_id FROM impressions "
-                "ORDER BY shown_at DESC, impression_id DESC LIMIT -1 OFFSET ?)",
+                "DELETE FROM impressions WHERE rowid IN (SELECT rowid FROM impressions "
+                "ORDER BY shown_at DESC, rowid DESC LIMIT -1 OFFSET ?)",
                 (max_rows,),
             ).rowcount
         return deleted
@@ -237,6 +242,7 @@ class ImpressionRecorder:
         self._stored_totals: dict[str, EndpointTotals] = {}
         self._stats_since = datetime.now(UTC)
         self._last_stats = time.monotonic()
+        self._stats_lock = threading.Lock()
         # Plain tuples (the fields of `Impression`, time as epoch seconds): the request path only
         # draws an id and appends; the writer thread builds the rows.
         self._queue: queue.SimpleQueue[tuple] = queue.SimpleQueue()
@@ -273,33 +279,44 @@ class ImpressionRecorder:
                 except queue.Empty:
                     break
             if batch:
-                self.store.append_many(
-                    Impression(key, datetime.fromtimestamp(stamp, UTC), user, version, source, tuple(movies))
-                    for key, stamp, user, version, source, movies in batch
-                )
+                try:
+                    self.store.append_many(
+                        Impression(key, datetime.fromtimestamp(stamp, UTC), user, version, source, tuple(movies))
+                        for key, stamp, user, version, source, movies in batch
+                    )
+                except BaseException:
+                    for row in batch:  # kept for the next try
+                        self._queue.put(row)
+                    raise
             if len(batch) < BATCH_ROWS:
                 return
 
     def store_stats(self) -> None:
-        """Store what the API served since the last call (the caller's thread)."""
+        """Store what the API served since the last call (the caller's thread; one at a time)."""
         if self.totals is None:
             return
-        now, totals = datetime.now(UTC), self.totals()
-        changes = {endpoint: t.minus(self._stored_totals.get(endpoint)) for endpoint, t in totals.items()}
-        self.store.append_stats(self._stats_since, now, changes)
-        self._stored_totals, self._stats_since, self._last_stats = totals, now, time.monotonic()
+        with self._stats_lock:
+            now, totals = datetime.now(UTC), self.totals()
+            changes = {endpoint: t.minus(self._stored_totals.get(endpoint)) for endpoint, t in totals.items()}
+            self.store.append_stats(self._stats_since, now, changes)
+            self._stored_totals, self._stats_since, self._last_stats = totals, now, time.monotonic()
 
     def _run(self) -> None:
         while True:
-            if time.monotonic() - self._last_prune > 3600:
-                self.store.prune(self.max_age_days, self.max_rows)
-                self._last_prune = time.monotonic()
             stopping = self._stopping.wait(FLUSH_SECONDS)
-            self.flush()
+            try:
+                if time.monotonic() - self._last_prune > 3600:
+                    self.store.prune(self.max_age_days, self.max_rows)
+                    self._last_prune = time.monotonic()
+                self.flush()
+                if not stopping and time.monotonic() - self._last_stats >= self.stats_seconds:
+                    self.store_stats()
+            except (sqlite3.Error, OSError) as error:
+                # The store is locked or the disk full: keep serving and recording; what is queued
+                # (and the statistics' change) is written at the next try.
+                log.warning("impressions not written yet: %s: %s", type(error).__name__, error)
             if stopping:
                 return
-            if time.monotonic() - self._last_stats >= self.stats_seconds:
-                self.store_stats()
 
 
 def _bound(value: float) -> float | str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import urllib.error
 import urllib.request
@@ -20,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from movierec.monitoring.history import append_lines
 from movierec.settings import MonitoringSettings
 
 log = logging.getLogger("movierec")
@@ -76,14 +76,8 @@ def evaluate(metrics: dict[str, float | None], settings: MonitoringSettings, k: 
 
 def append_alert_log(path: Path, alerts: list[dict], context: dict) -> None:
     """Append one JSON line per alert (with `context`: time, champion version, run id) and sync."""
-    if not alerts:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = "".join(json.dumps({**context, **alert}, default=str) + "\n" for alert in alerts)
-    with open(path, "a", encoding="utf-8") as file:
-        file.write(lines)
-        file.flush()
-        os.fsync(file.fileno())
+    if alerts:
+        append_lines(path, [{**context, **alert} for alert in alerts])
 
 
 def post_webhook(

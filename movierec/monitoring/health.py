@@ -15,8 +15,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-# Endpoints that say nothing about what users get: probes, Prometheus scrapes, the page's files.
-OPERATIONS = ("/healthz", "/readyz", "/metrics", "/", "/static")
+# Endpoints that say nothing about what users get: probes, Prometheus scrapes, the page, its
+# files and its monitoring view.
+OPERATIONS = ("/healthz", "/readyz", "/metrics", "/", "/static", "/monitoring", "/monitoring/report")
 
 
 def histogram_quantile(q: float, bounds: Sequence[float], cumulative: Sequence[float]) -> float | None:

@@ -33,9 +33,20 @@ def trend_names(k: int) -> list[tuple[str, str]]:
 
 def append(folder: Path, record: dict) -> None:
     """Append `record` as one line and sync (a crash leaves at most a torn last line, skipped)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / HISTORY_FILE, "a", encoding="utf-8") as file:
-        file.write(json.dumps(record, default=str) + "\n")
+    append_lines(folder / HISTORY_FILE, [record])
+
+
+def append_lines(path: Path, records: list[dict]) -> None:
+    """Append one JSON line per record and sync. A line torn by a crash is ended first, so it
+    stays one unreadable line instead of swallowing the next record."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab+") as file:
+        torn = False
+        if file.seek(0, os.SEEK_END) > 0:
+            file.seek(-1, os.SEEK_END)
+            torn = file.read(1) != b"\n"
+        text = "".join(json.dumps(record, default=str) + "\n" for record in records)
+        file.write((("\n" if torn else "") + text).encode("utf-8"))
         file.flush()
         os.fsync(file.fileno())
 
@@ -43,7 +54,7 @@ def append(folder: Path, record: dict) -> None:
 def last_runs(folder: Path, n: int) -> list[dict]:
     """The last `n` runs, oldest first (lines that do not parse are skipped)."""
     path = folder / HISTORY_FILE
-    if not path.is_file():
+    if n <= 0 or not path.is_file():
         return []
     with open(path, encoding="utf-8") as file:
         lines = deque(file, maxlen=n + 1)

@@ -20,7 +20,7 @@ import pandas as pd
 from features.users import genre_matrix
 from inference.model import ServingBundle
 from models.evaluation import holdout_metrics
-from movierec.data.feedback import feedback_ratings
+from movierec.data.feedback import RATING_KINDS, feedback_ratings
 from movierec.data.schema import RatingScale
 from movierec.monitoring.drift import data_drift
 from movierec.monitoring.health import serving_health
@@ -53,21 +53,29 @@ class Observed:
     """What the window holds."""
 
     events: pd.DataFrame  # feedback events received in the window (FeedbackStore.events columns)
-    impressions: pd.DataFrame  # ImpressionStore.read
+    impressions: pd.DataFrame  # ImpressionStore.read: the champion's lists shown in the window
     stats: pd.DataFrame  # ImpressionStore.read_stats
     # Ratings of the newest snapshot newer than the champion's training data (RATING_COLUMNS)
     snapshot_ratings: pd.DataFrame
     quarantined: int  # feedback events of the window held in quarantine
+    other_impressions: int = 0  # lists shown in the window by other model versions
     schema_failures: list[str] | None = None  # failed expectations of the window's ratings; None: not checked
+
+    def __post_init__(self) -> None:
+        # A later ingestion merged feedback into the snapshot: a (user, movie) the window's
+        # feedback rates is that feedback, counted once, from the events.
+        rated = self.events.loc[self.events["kind"].isin(RATING_KINDS), ["user_id", "movie_id"]]
+        pairs = pd.MultiIndex.from_frame(rated.astype("int64"))
+        keys = pd.MultiIndex.from_frame(self.snapshot_ratings[["user_id", "movie_id"]].astype("int64"))
+        self.snapshot_ratings = self.snapshot_ratings[~keys.isin(pairs)].reset_index(drop=True)
 
     def ratings(self, scale: RatingScale) -> pd.DataFrame:
         """The window's ratings: feedback as ratings (thumbs as the scale's ends, the latest per
         user and movie) and the newer snapshot ratings (RATING_COLUMNS)."""
         feedback = feedback_ratings(self.events, scale)[RATING_COLUMNS]
-        frames = [frame for frame in (feedback, self.snapshot_ratings[RATING_COLUMNS]) if len(frame)]
-        if not frames:
+        if self.snapshot_ratings.empty:
             return feedback
-        return pd.concat(frames, ignore_index=True).drop_duplicates(["user_id", "movie_id"], keep="last")
+        return pd.concat([feedback, self.snapshot_ratings[RATING_COLUMNS]], ignore_index=True)
 
 
 def measure(
@@ -108,6 +116,7 @@ def measure(
     drift["schema_failures"] = None if observed.schema_failures is None else len(observed.schema_failures)
 
     health = serving_health(observed.stats, observed.impressions)
+    health["other_version_impressions"] = observed.other_impressions
     online = online_quality(observed.impressions, events, k=k, positive_threshold=threshold, attribution=attribution)
     online[f"registration_hit_rate@{k}"] = reference.get(f"holdout_hit_rate@{k}")
 

@@ -1,9 +1,10 @@
 """Quality of what was served, from impressions and the feedback that followed them. Pure:
 frames in, numbers out; the ranking metrics are `models.metrics`' (one home for NDCG).
 
-Online quality. Feedback answers an impression when it names the impression's id, or when the
-impression's user sends it within `attribution` after the impression was shown (arrival time
-at the API, not the client's timestamp). An impression is evaluated when at least one positive
+Online quality. Feedback answers an impression when it names the impression's id (and comes
+from its user, when the impression knows one, after it was shown), or when it names no
+impression and the impression's user sends it within `attribution` after the impression was
+shown (arrival time at the API, not the client's timestamp). An impression is evaluated when at least one positive
 event (a rating at or above the positive threshold, a thumbs-up) answers it; its relevant
 movies are every movie those events liked, shown or not. Per evaluated impression:
 hit rate@k = 1 if a relevant movie is among the first k shown, NDCG@k as offline with the
@@ -39,9 +40,19 @@ def answers(impressions: pd.DataFrame, events: pd.DataFrame, attribution: pd.Tim
     """(impression row position, movie_id) pairs: the events that answer each impression."""
     columns = ["row", "movie_id"]
     shown = impressions.assign(row=np.arange(len(impressions)))
-    by_id = shown[["row", "impression_id"]].merge(events[["impression_id", "movie_id"]].dropna(), on="impression_id")
+    named = events["impression_id"].notna()
+    by_id = shown[["row", "impression_id", "user_id", "shown_at"]].merge(
+        events.loc[named, ["impression_id", "user_id", "movie_id", "received_at"]],
+        on="impression_id",
+        suffixes=("", "_answering"),
+    )
+    # An impression of a new user (no id) may be answered by whoever names it.
+    same_user = (by_id["user_id"] == by_id["user_id_answering"]).fillna(True).astype(bool)
+    by_id = by_id[same_user & (by_id["received_at"] >= by_id["shown_at"])]
     known = shown[shown["user_id"].notna()].astype({"user_id": "int64"})
-    by_user = known[["row", "user_id", "shown_at"]].merge(events[["user_id", "movie_id", "received_at"]], on="user_id")
+    by_user = known[["row", "user_id", "shown_at"]].merge(
+        events.loc[~named, ["user_id", "movie_id", "received_at"]], on="user_id"
+    )
     delay = by_user["received_at"] - by_user["shown_at"]
     by_user = by_user[(delay >= pd.Timedelta(0)) & (delay <= attribution)]
     pairs = pd.concat([by_id[columns], by_user[columns]], ignore_index=True)

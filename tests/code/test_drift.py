@@ -1,9 +1,10 @@
-"""Drift measures against hand-computed cases."""
+"""Drift measures against hand-computed cases (and Jensen-Shannon against scipy's)."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -24,6 +25,17 @@ def test_psi_and_jensen_shannon_by_hand():
     # An empty bin is floored at 1e-4, not infinite: (0.5 - 1e-4) ln(0.5 / 1e-4) + (1e-4 - 0.5) ln(1e-4 / 0.5) ...
     floored = (0.5 - 1e-4) * math.log(0.5 / 1e-4) + (0.5 - 1.0) * math.log(0.5 / 1.0)
     assert psi([0, 1], [1, 1]) == pytest.approx(floored, rel=1e-9)
+
+
+def test_jensen_shannon_agrees_with_scipy():
+    # scipy's jensenshannon is the distance: the square root of the divergence.
+    from scipy.spatial.distance import jensenshannon
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        reference, current = rng.integers(0, 50, 12), rng.integers(0, 50, 12)
+        current[rng.integers(0, 12)] = 0  # empty bins on one side
+        assert jensen_shannon(reference, current) == pytest.approx(jensenshannon(reference, current, base=2) ** 2)
 
 
 def test_bad_inputs_are_refused():

@@ -69,6 +69,10 @@ def test_serving_statistics_are_stored_as_changes_and_survive_a_restart(tmp_path
     assert stats["bucket_bounds"].iloc[0] == [0.001, 0.01, float("inf")]
     assert stats["latency_seconds"].sum() == pytest.approx(30 * 0.002)
     assert (stats["ended_at"] >= stats["started_at"]).all()
+    # Windows are half-open: an interval ending at a window's end belongs to the next window.
+    second_end = stats["ended_at"].iloc[1].to_pydatetime()
+    assert store.read_stats(until=second_end)["requests"].tolist() == [10]
+    assert store.read_stats(since=second_end)["requests"].tolist() == [15, 5]
     # Kept as long as impressions: the age limit prunes them too.
     later = stats["ended_at"].max().to_pydatetime() + timedelta(days=91)
     assert store.prune(max_age_days=90, max_rows=1_000, now=later) == 3 and store.read_stats().empty

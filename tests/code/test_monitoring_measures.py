@@ -12,7 +12,7 @@ import pytest
 import scipy.sparse as sp
 
 from movierec.monitoring.alerts import evaluate
-from movierec.monitoring.drift import data_drift, psi
+from movierec.monitoring.drift import data_drift
 from movierec.monitoring.health import histogram_quantile, serving_health
 from movierec.monitoring.quality import online_quality, served_lists
 from movierec.settings import MonitoringSettings
@@ -122,6 +122,19 @@ def test_online_quality_by_hand():
     assert quality["hit_rate@3"] == pytest.approx(0.5)
     assert quality["ndcg@3"] == pytest.approx((1 / math.log2(3) + 0.0) / 2)
     assert quality["clicks"] == 2 and quality["click_through"] == pytest.approx(1 / 4)
+    # An event naming another user's impression, or naming it before it was shown, does not
+    # answer it; an event naming an impression is not matched to the user's other lists.
+    crossed = _events(
+        [(999, 20, "rating", 5.0, 60, "A"), (2, 40, "rating", 5.0, -5, "B"), (1, 30, "rating", 5.0, 1, "B")]
+    )
+    quality = online_quality(impressions, crossed, k=3, positive_threshold=4.0, attribution=pd.Timedelta(hours=24))
+    assert quality["impressions_evaluated"] == 0
+    # A new user's list (no user id) is answered by whoever names it.
+    named = online_quality(
+        impressions, _events([(555, 10, "rating", 5.0, 1, "C")]), k=3, positive_threshold=4.0,
+        attribution=pd.Timedelta(hours=24),
+    )  # fmt: skip
+    assert named["impressions_evaluated"] == 1 and named["hit_rate@3"] == 1.0
     # A positive before the impression was shown does not answer it.
     early = _events([(1, 20, "rating", 5.0, -1, None)])
     quality = online_quality(impressions, early, k=3, positive_threshold=4.0, attribution=pd.Timedelta(hours=24))
@@ -165,7 +178,6 @@ def test_data_drift_by_hand():
     )
     assert distributions["rating_counts"]["current"] == {"1": 2, "2": 0, "3": 0, "4": 0, "5": 2}
     assert distributions["positive_genre_counts"]["current"] == {"Comedy": 2, "Drama": 1}
-    assert measures["rating_psi"] == pytest.approx(psi([10, 10, 30, 30, 20], [2, 0, 0, 0, 2]))
     # By hand: shares (0.1, 0.1, 0.3, 0.3, 0.2) against (0.5, 1e-4, 1e-4, 1e-4, 0.5).
     by_hand = (
         0.4 * math.log(5)
@@ -210,3 +222,55 @@ def test_alert_rules_absolute_relative_sample_and_off():
     )
     metrics["drift.rating_events"] = 50
     assert "drift.rating_psi" in {alert["metric"] for alert in evaluate(metrics, settings, k=10)}
+
+
+def test_feedback_merged_into_a_newer_snapshot_counts_once():
+    from movierec.monitoring.measures import Observed
+
+    events = _events([(1, 10, "rating", 5.0, 1, None), (2, 20, "thumb", 1, 2, None), (3, 30, "click", 1, 3, None)])
+    events["timestamp"] = events["received_at"]
+    snapshot = pd.DataFrame(
+        {
+            "user_id": [1, 2, 3, 4],
+            "movie_id": [10, 20, 30, 40],
+            "rating": [5.0, 5.0, 2.0, 3.5],  # (1, 10) and (2, 20) are the feedback above, merged
+            "timestamp": [T0] * 4,
+        }
+    )
+    observed = Observed(events, _impressions([]), pd.DataFrame(), snapshot, quarantined=0)
+    assert list(zip(observed.snapshot_ratings["user_id"], observed.snapshot_ratings["movie_id"], strict=True)) == [
+        (3, 30), (4, 40),
+    ]  # fmt: skip
+    from movierec.data.schema import RatingScale
+
+    ratings = observed.ratings(RatingScale(0.5, 5.0, 0.5))
+    assert sorted(zip(ratings["user_id"], ratings["rating"], strict=True)) == [(1, 5.0), (2, 5.0), (3, 2.0), (4, 3.5)]
+
+
+def test_the_window_starts_where_the_last_run_ended_but_never_before_the_champion(tmp_path):
+    from movierec.monitoring import history
+    from movierec.settings import Settings
+    from tasks.monitor import monitoring_window
+
+    settings = Settings(home=tmp_path)
+    registered, until = T0, T0 + timedelta(days=2)
+    assert monitoring_window(settings, None, until, registered).source == "champion registration"
+    history.append(settings.monitoring_dir, {"window": {"until": (T0 + timedelta(days=1)).isoformat()}})
+    window = monitoring_window(settings, None, until, registered)
+    assert (window.since, window.source) == (T0 + timedelta(days=1), "last monitor run")
+    # A champion registered after the last run: what came before may be its training data.
+    window = monitoring_window(settings, None, until, T0 + timedelta(days=1, hours=6))
+    assert window.since == T0 + timedelta(days=1, hours=6) and window.source.startswith("champion registration")
+    assert monitoring_window(settings, T0 - timedelta(days=9), until, registered).since == registered
+    assert monitoring_window(settings, T0 + timedelta(hours=1), until, registered).source == "--since"
+
+
+def test_the_history_survives_a_torn_line(tmp_path):
+    from movierec.monitoring import history
+
+    history.append(tmp_path, {"run": 1})
+    with open(tmp_path / history.HISTORY_FILE, "a") as file:
+        file.write('{"run": 2, "win')  # a crash in the middle of a line
+    history.append(tmp_path, {"run": 3})
+    assert history.last_runs(tmp_path, 5) == [{"run": 1}, {"run": 3}]
+    assert history.last_runs(tmp_path, 1) == [{"run": 3}] and history.last_runs(tmp_path, 0) == []

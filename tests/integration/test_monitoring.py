@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from fastapi.testclient import TestClient
 from receiver import Receiver
 from registered import register_champion
 
+from flows.monitor import SETTLE
 from movierec.data.impressions import ImpressionStore
 from movierec.serving.app import create_app
 from movierec.settings import get_settings
@@ -41,6 +43,7 @@ def _serve(send) -> int:
     how many requests it made."""
     with TestClient(create_app(get_settings(), watch=False)) as client:
         send(client)
+    time.sleep(SETTLE.total_seconds() + 0.1)  # a monitor run now covers it all
     return int(ImpressionStore(get_settings().impressions_db).read_stats()["requests"].sum())
 
 
@@ -58,7 +61,7 @@ def _alerted(result: dict) -> set[str]:
 
 
 def test_a_steady_stream_raises_no_alert_and_every_record_is_written(champion, home):
-    start = datetime.now(UTC) - timedelta(seconds=1)
+    start = datetime.now(UTC)
     requests = _serve(lambda client: traffic.steady(client, champion, 80, np.random.default_rng(1)))
     result = _monitor(start)
 
@@ -101,15 +104,23 @@ def test_a_steady_stream_raises_no_alert_and_every_record_is_written(champion, h
     assert again["metrics"]["drift.rating_events"] == 0 and again["metrics"]["drift.rating_psi"] is None
     assert again["alerts"] == []
 
-    # The API's monitoring view: both runs, the current (no) alerts, the champion's age.
+    # A new champion since: the next window starts at its registration, not where the last run
+    # ended (what came in between may be its training data, and the old version served it).
+    newer = register_champion(epochs=6)
+    third = _monitor(None)
+    assert third["champion_version"] == newer.version != champion.version
+    assert third["window"]["source"] == "champion registration (after last monitor run)"
+    assert third["window"]["since"] > again["window"]["until"]
+
+    # The API's monitoring view: the runs, the current (no) alerts, the champion's age.
     with TestClient(create_app(settings, watch=False)) as client:
         view = client.get("/monitoring").json()
         page = client.get("/monitoring/report")
-    assert [run["until"] for run in view["runs"]] == [result["window"]["until"], again["window"]["until"]]
+    assert [run["until"] for run in view["runs"]] == [run["window"]["until"] for run in (result, again, third)]
     assert view["runs"][0]["metrics"]["online.hit_rate@10"] == 1.0 and view["alerts"] == []
-    assert view["champion"]["version"] == champion.version and 0 <= view["champion"]["age_days"] < 1
+    assert view["champion"]["version"] == newer.version and 0 <= view["champion"]["age_days"] < 1
     assert view["report"] == "/monitoring/report" and page.status_code == 200
-    assert page.text == (settings.monitoring_dir / "latest.html").read_text()  # the second run's report
+    assert page.text == (settings.monitoring_dir / "latest.html").read_text() == Path(third["report"]).read_text()
 
 
 def test_new_users_rating_one_genre_low_raise_the_drift_and_fallback_alerts(champion, home, monkeypatch):
@@ -193,7 +204,8 @@ def test_the_command_prints_json_and_exits_3_on_alert(home, tmp_path, monkeypatc
     printed = json.loads(result.stdout)
     assert set(printed) == JSON_KEYS and printed["champion_version"] == champion.version
     assert {"drift.rating_psi", "health.fallback_share"} <= _alerted(printed)
-    assert 0.04 < printed["window"]["days"] < 0.05  # one hour
+    # An hour back reaches before the champion's registration: the window starts there.
+    assert printed["window"]["source"] == "champion registration (after --since)" and printed["window"]["days"] < 0.01
     # No Prefect server configured: the command says how to retrain.
     assert "to retrain, run: movierec pipeline --dataset synthetic" in result.stderr
     # Without --fail-on-alert the same alerts exit 0, and the summary is a table.

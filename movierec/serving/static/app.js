@@ -122,6 +122,7 @@ $("existing-user-form").addEventListener("submit", async (event) => {
   }
   state.mode = "existing";
   state.userId = id;
+  state.impressionId = null;  // feedback names only a list shown to this user
   $("new-user-panel").hidden = true;
   await loadRecommendations(() => api(`/users/${id}/recommendations?k=10`), `user ${id}`);
 });
@@ -131,6 +132,7 @@ $("existing-user-form").addEventListener("submit", async (event) => {
 $("new-user").addEventListener("click", () => {
   state.mode = "new";
   state.userId = newUserId();
+  state.impressionId = null;
   state.ratings.clear();
   renderRated();
   $("new-user-panel").hidden = false;
