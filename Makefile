@@ -11,7 +11,7 @@ STAMP := $(VENV)/.synced
 DATASET ?= ml-latest-small
 PYTEST_ARGS ?=
 
-.PHONY: run test lint setup bench clean browser
+.PHONY: run test lint setup bench clean browser postgres
 
 $(UV):
 	$(PYTHON) -m pip install --user --quiet uv
@@ -25,7 +25,7 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/movierec pipeline --dataset $(DATASET)
 
-test: lint browser
+test: lint browser postgres
 	$(VENV)/bin/pytest -n 2 $(PYTEST_ARGS)
 
 # Ruff (rules in pyproject.toml): formatting and lint must be clean before any test runs.
@@ -42,6 +42,11 @@ browser:
 		  { apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends chromium >/dev/null 2>&1; }; } || \
 		echo "could not install chromium: the browser test will be skipped"; \
 	fi; true
+
+# The stack's tests run a real PostgreSQL; install it when missing and we can (root with apt-get).
+# Never fails: without PostgreSQL those tests skip with the reason.
+postgres:
+	@scripts/install-postgresql.sh >/dev/null 2>&1 || echo "PostgreSQL unavailable: the stack tests will be skipped"
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/ingest.py

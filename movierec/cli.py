@@ -1,7 +1,7 @@
 """`movierec`: the commands users run, grouped as they work: data (`ingest`, `validate`,
 `snapshots`), models (`train`, `evaluate`, `pipeline`), the registry (`models`, `promote`,
 `rollback`), serving (`serve`, `export-recs`), operations (`monitor`, `feedback`) and
-orchestration (`deploy`). Run `movierec --help`."""
+orchestration (`deploy`, `stack`). Run `movierec --help`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import functools
 import json
 import math
 import re
+import shlex
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -546,6 +547,60 @@ def deploy(
         f"server {api_url()}; start a worker: scripts/prefect-server.sh --worker (or prefect worker start --pool movierec)"
     )
     console.print("trigger a run: .venv/bin/prefect deployment run 'retrain/retrain-manual' -p trials=5")
+
+
+stack_app = typer.Typer(
+    help="The shared services on loopback: PostgreSQL, MLflow and Prefect servers, workers, the API."
+)
+app.add_typer(stack_app, name="stack")
+
+
+def _stack():
+    from movierec.stack import Stack
+
+    return Stack(get_settings(), say=lambda text: console.print(escape(text), soft_wrap=True))
+
+
+@stack_app.command("up")
+def stack_up() -> None:
+    """Start PostgreSQL, the MLflow tracking server, the Prefect server and workers and the API
+    (what is running already is kept), wait until each answers, and print the variables that
+    point movierec, MLflow and Prefect at them: eval "$(movierec stack up | grep ^export)"."""
+    from movierec.stack import StackError
+
+    stack = _stack()
+    try:
+        exports = stack.up()
+    except StackError as error:
+        console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    for line in stack.status():
+        console.print(escape(line.line()), soft_wrap=True)
+    for name, value in exports.items():
+        sys.stdout.write(f"export {name}={shlex.quote(value)}\n")
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop what `movierec stack up` started (data stays under MOVIEREC_HOME/stack)."""
+    from movierec.stack import StackError
+
+    try:
+        stopped = _stack().down()
+    except StackError as error:
+        console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    console.print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """One line per service: pid, address, health. Exit code 1 when one is not healthy."""
+    lines = _stack().status()
+    for line in lines:
+        sys.stdout.write(line.line() + "\n")
+    if any(line.health not in ("healthy", "running") for line in lines):
+        raise typer.Exit(1)
 
 
 MONITOR_JSON_KEYS = ("champion_version", "window", "metrics", "alerts")

@@ -247,6 +247,19 @@ class MonitoringSettings(Section):
     page_runs: int = Field(30, ge=1, le=1000)
 
 
+class StackSettings(Section):
+    """`movierec stack`: the shared services on loopback (movierec/stack.py). A port of 0 is a
+    free one, chosen at the first `up` and kept in <home>/stack/ports.json."""
+
+    postgres_port: int = Field(0, ge=0, le=65535)
+    mlflow_port: int = Field(0, ge=0, le=65535)
+    prefect_port: int = Field(0, ge=0, le=65535)
+    api_port: int = Field(0, ge=0, le=65535)
+    # Prefect process workers of work pool `movierec`.
+    workers: int = Field(2, ge=0, le=16)
+    startup_timeout_seconds: float = Field(180.0, gt=0)
+
+
 class LoggingSettings(Section):
     prefect_level: LogLevel = "WARNING"
 
@@ -270,6 +283,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     feedback: FeedbackSettings = FeedbackSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+    stack: StackSettings = StackSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @field_validator("home", "data_dir", mode="after")
