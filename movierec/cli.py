@@ -6,6 +6,7 @@ orchestration (`deploy`, `stack`). Run `movierec --help`."""
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
 import math
 import re
@@ -826,12 +827,22 @@ def predict_ratings(
     )
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind (default: serving.host).")] = None,
     port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port (default: serving.port).")] = None,
 ) -> None:
-    """Serve the champion model: recommendation API, web page and /metrics (hot-swaps new champions)."""
+    """Serve the champion model: recommendation API, web page and /metrics (hot-swaps new champions).
+    On an address other than loopback only with a write token (MOVIEREC_SERVING__WRITE_TOKEN)."""
     _prepare()
     import uvicorn
 
@@ -840,6 +851,14 @@ def serve(
     settings = get_settings()
     host = host or settings.serving.host
     port = port or settings.serving.port
+    if not _loopback(host) and settings.serving.write_token is None:
+        console.print(
+            f"[bold red]error:[/] serving on {escape(host)} would let anyone reach POST /feedback: set a write token "
+            "(MOVIEREC_SERVING__WRITE_TOKEN, at least 16 characters) that clients send as `Authorization: Bearer`, "
+            "or serve on 127.0.0.1",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
     application = create_app(settings)
     shown = f"[{host}]" if ":" in host else host
     console.print(

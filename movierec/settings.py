@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -189,6 +189,7 @@ class PipelineSettings(Section):
 
 
 class ServingSettings(Section):
+    # Loopback by default; `movierec serve` refuses any other address without `write_token`.
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     # How often the API checks the registry's `champion` alias for a new version.
@@ -206,6 +207,10 @@ class ServingSettings(Section):
     impressions_max_rows: int = Field(5_000_000, ge=1)
     # How often the API stores its request counts and latencies (kept as long as impressions).
     stats_seconds: float = Field(60.0, gt=0)
+    # When set, POST /feedback needs `Authorization: Bearer <token>` (401 otherwise); required
+    # to serve on an address other than loopback. Give it in MOVIEREC_SERVING__WRITE_TOKEN rather
+    # than in the file; it is never printed.
+    write_token: SecretStr | None = Field(None, min_length=16)
 
 
 class MonitoringSettings(Section):
@@ -438,8 +443,20 @@ def describe(error: ValidationError, path: Path | None, document: Any, overrides
         elif is_key:
             lines.append(f"  - {key} ({source}): not a valid key here: {problem['msg']}")
         else:
-            lines.append(f"  - {key} = {problem.get('input')!r} ({source}): {problem['msg']}")
+            shown = "(hidden)" if _is_secret(location) else repr(problem.get("input"))
+            lines.append(f"  - {key} = {shown} ({source}): {problem['msg']}")
     return "invalid settings:\n" + "\n".join(lines)
+
+
+def _is_secret(location: list) -> bool:
+    """Whether the settings field at `location` holds a secret (its value is never shown)."""
+    model: Any = Settings
+    for part in location:
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return False
+        model = field.annotation
+    return SecretStr in (model, *get_args(model))
 
 
 def _variable(location: list) -> str | None:

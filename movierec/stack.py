@@ -102,7 +102,7 @@ class Stack:
         }
 
     def database_url(self, database: str, driver: str = "psycopg2") -> str:
-        return f"postgresql+{driver}://{ROLE}@{HOST}:{self.ports()['postgres']}/{database}"
+        return database_url(HOST, self.ports()["postgres"], database, driver)
 
     def _environment(self) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_API_")}
@@ -125,31 +125,16 @@ class Stack:
         os.chmod(self.secrets, 0o700)
         ports, env = self.ports(), self._environment()
         self._postgres_up(ports["postgres"])
-        self._service(
-            "mlflow",
-            [str(BIN / "mlflow"), "server", "--host", HOST, "--port", str(ports["mlflow"]),
-             "--backend-store-uri", self.database_url("mlflow"),
-             "--artifacts-destination", str(self.folder / "mlartifacts"), "--workers", "1"],
-            # Its job runner (GenAI evaluation jobs, unused here) would add eight processes.
-            {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, f"http://{HOST}:{ports['mlflow']}/health",
-        )  # fmt: skip
-        self._service(
-            "prefect",
-            [str(BIN / "prefect"), "server", "start", "--host", HOST, "--port", str(ports["prefect"])],
-            {**env, "PREFECT_API_DATABASE_CONNECTION_URL": self.database_url("prefect", "asyncpg")},
-            f"http://{HOST}:{ports['prefect']}/api/health",
-        )
+        commands = topology(ports, host=HOST, database_host=HOST, artifacts=str(self.folder / "mlartifacts"))
+        local = {name: [str(BIN / command[0]), *command[1:]] for name, (command, _) in commands.items()}
+        variables = {name: {**env, **extra} for name, (_, extra) in commands.items()}
+        self._service("mlflow", local["mlflow"], variables["mlflow"], f"http://{HOST}:{ports['mlflow']}/health")
+        self._service("prefect", local["prefect"], variables["prefect"], f"http://{HOST}:{ports['prefect']}/api/health")
         self._work_pool(env)
         for number in range(1, self.settings.stack.workers + 1):
             name = f"worker-{number}"
-            command = [str(BIN / "prefect"), "worker", "start", "--pool", WORK_POOL, "--type", "process"]
-            self._service(name, [*command, "--name", f"movierec-{name}"], env, None)
-        self._service(
-            "api",
-            [str(BIN / "movierec"), "serve", "--host", HOST, "--port", str(ports["api"])],
-            env,
-            f"http://{HOST}:{ports['api']}/healthz",
-        )
+            self._service(name, [*local["worker"], "--name", f"movierec-{name}"], variables["worker"], None)
+        self._service("api", local["api"], variables["api"], f"http://{HOST}:{ports['api']}/healthz")
         return self.exports()
 
     def down(self) -> list[str]:
@@ -361,6 +346,34 @@ class Stack:
         except StackError:
             return False
         return subprocess.run([str(binary), "-h", HOST, "-p", str(port), "-q"], check=False).returncode == 0
+
+
+def database_url(host: str, port: int, database: str, driver: str = "psycopg2") -> str:
+    """A SQLAlchemy URL of a stack database, without password (clients read PGPASSFILE)."""
+    return f"postgresql+{driver}://{ROLE}@{host}:{port}/{database}"
+
+
+def topology(
+    ports: dict[str, int], *, host: str, database_host: str, artifacts: str
+) -> dict[str, tuple[list[str], dict]]:
+    """Each service's command (program name first) and its own environment variables: what `up`
+    runs here and what docker-compose.yml runs in containers (tests/code/test_compose.py holds
+    them to it). `host`: the address services bind; `database_host`: where PostgreSQL is."""
+    return {
+        "mlflow": (
+            ["mlflow", "server", "--host", host, "--port", str(ports["mlflow"]),
+             "--backend-store-uri", database_url(database_host, ports["postgres"], "mlflow"),
+             "--artifacts-destination", artifacts, "--workers", "1"],
+            # Its job runner (GenAI evaluation jobs, unused here) would add eight processes.
+            {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        ),
+        "prefect": (
+            ["prefect", "server", "start", "--host", host, "--port", str(ports["prefect"])],
+            {"PREFECT_API_DATABASE_CONNECTION_URL": database_url(database_host, ports["postgres"], "prefect", "asyncpg")},
+        ),
+        "worker": (["prefect", "worker", "start", "--pool", WORK_POOL, "--type", "process"], {}),
+        "api": (["movierec", "serve", "--host", host, "--port", str(ports["api"])], {}),
+    }  # fmt: skip
 
 
 def postgres_bin() -> Path:

@@ -26,6 +26,7 @@ precomputed id maps and item cards. /feedback and POST /recommendations are plai
 
 from __future__ import annotations
 
+import hmac
 import logging
 import sqlite3
 import time
@@ -53,6 +54,7 @@ from movierec.serving.schemas import (
     ERRORS,
     MAX_K,
     READ_ERRORS,
+    UNAUTHORIZED,
     WRITE_ERRORS,
     FeedbackConflict,
     FeedbackIn,
@@ -132,6 +134,21 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
         stats_seconds=settings.serving.stats_seconds,
     )
     limiter = RateLimiter(settings.serving.write_requests_per_minute, settings.serving.write_burst)
+    token = settings.serving.write_token
+
+    def authorize(request: Request) -> None:
+        """With `serving.write_token`, a write needs it as a bearer token (compared in constant time)."""
+        if token is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), token.get_secret_value().encode()
+        ):
+            raise HTTPException(
+                401,
+                "POST /feedback needs `Authorization: Bearer <token>` (the serving.write_token of this server)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     def limit(client: str) -> None:
         wait = limiter.acquire(client)
@@ -308,6 +325,7 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
             200: {"model": FeedbackStored, "description": "The same event was stored before (a retry)."},
             201: {"model": FeedbackStored, "description": "Stored."},
             409: {"model": FeedbackConflict, "description": "The event_id holds another event, which is kept."},
+            **UNAUTHORIZED,
             **WRITE_ERRORS,
         },
     )
@@ -315,7 +333,9 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
         """Store a feedback event durably; answered only after the store committed. It must be
         what ingestion accepts as a rating (`FeedbackRules`: a movie of the served catalogue, a
         timestamp in the plausible window, a value on the scale's grid), else 422 naming the
-        field; 409 when its event_id holds another event. Rate-limited per client address."""
+        field; 409 when its event_id holds another event. Rate-limited per client address; with
+        `serving.write_token`, 401 without it as a bearer token."""
+        authorize(request)
         client = _client(request)
         limit(client)
         loaded = holder.require()

@@ -93,6 +93,12 @@ _INVALID = {"model": ErrorBody, "description": "Invalid input; `detail` names th
 _NO_MODEL = {"model": ErrorBody, "description": "No champion model is loaded yet."}
 READ_ERRORS = {422: _INVALID, 503: _NO_MODEL}
 ERRORS = {404: {"model": ErrorBody, "description": "Not in the served model's catalogue."}, **READ_ERRORS}
+UNAUTHORIZED = {
+    401: {
+        "model": ErrorBody,
+        "description": "`serving.write_token` is set and the request lacks `Authorization: Bearer <token>`.",
+    }
+}
 WRITE_ERRORS = {
     413: {"model": ErrorBody, "description": "The request body exceeds `serving.max_body_bytes`."},
     429: {
