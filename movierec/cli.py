@@ -9,6 +9,7 @@ import functools
 import ipaddress
 import json
 import math
+import os
 import re
 import shlex
 import sys
@@ -859,6 +860,10 @@ def serve(
             soft_wrap=True,
         )
         raise typer.Exit(1)
+    # A tracking server that is down fails the watcher's lookup fast (MLflow retries for minutes
+    # by default); the loaded model is served meanwhile and the next poll tries again.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     application = create_app(settings)
     shown = f"[{host}]" if ":" in host else host
     console.print(

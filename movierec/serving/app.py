@@ -378,14 +378,26 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
         loaded = holder.current
         return _json({"status": "ok", "model_version": loaded.version if loaded else None})
 
+    def registry_state() -> dict:
+        checked = holder.last_check
+        return {
+            "reachable": holder.registry_error is None,
+            "detail": holder.registry_error,
+            "checked_at": None if checked is None else datetime.fromtimestamp(checked, UTC).isoformat(),
+        }
+
     @app.get("/readyz", tags=["operations"], responses={503: _NOT_READY})
     async def readyz() -> Response:
+        """Ready while a model is loaded, even when the registry does not answer (`registry` says
+        so; the loaded model is served and the alias is looked up again every poll)."""
         loaded = holder.current
         if loaded is None:
-            return _json({"status": "not ready", "model_version": None, "detail": holder.not_ready_message()}, 503)
+            body = {"status": "not ready", "model_version": None, "detail": holder.not_ready_message()}
+            return _json({**body, "registry": registry_state()}, 503)
         return _json(
             {
                 "status": "ready",
+                "registry": registry_state(),
                 "model": loaded.name,
                 "model_version": loaded.version,
                 "loaded_at": datetime.fromtimestamp(loaded.loaded_at).astimezone().isoformat(),

@@ -212,6 +212,8 @@ class ChampionHolder:
         self.current: LoadedModel | None = None
         self.last_error: str | None = f"no model loaded yet from '{self.name}@{CHAMPION}'"
         self.last_check: float | None = None
+        # Why the last registry lookup failed (None: it answered). The loaded model is served meanwhile.
+        self.registry_error: str | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -237,9 +239,15 @@ class ChampionHolder:
             try:
                 version = Registry(self.name, self.client).champion()
             except Exception as error:  # registry unreachable: keep serving, retry next poll
-                self.last_error = f"registry lookup failed: {type(error).__name__}: {error}"
+                self.registry_error = f"{type(error).__name__}: {error}"[:500]
+                self.last_error = f"registry lookup failed: {self.registry_error}"
+                self.metrics.registry_reachable.set(0)
                 log.warning("champion lookup failed: %s", self.last_error)
                 return False
+            if self.registry_error is not None:
+                log.info("the registry answers again")
+            self.registry_error = None
+            self.metrics.registry_reachable.set(1)
             if version is None:
                 self.last_error = f"no version of '{self.name}' has alias '{CHAMPION}'"
                 return False

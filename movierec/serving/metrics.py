@@ -49,6 +49,9 @@ class Metrics:
         self.load_failures = Counter(
             "movierec_model_load_failures", "Failed attempts to load a champion version.", registry=r
         )
+        self.registry_reachable = Gauge(
+            "movierec_registry_reachable", "1 when the last lookup of the champion alias succeeded.", registry=r
+        )
         self.model_version = Gauge("movierec_model_version", "Registered version being served (0: none).", registry=r)
         self.model_info = Gauge("movierec_model_info", "1 for the model being served.", ["name", "version"], registry=r)
         self.model_loaded_at = Gauge(

@@ -38,10 +38,14 @@ def stack_home():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _cli(home: Path, *args: str) -> subprocess.CompletedProcess:
+def _cli(home: Path, *args: str, **extra: str) -> subprocess.CompletedProcess:
+    """`movierec stack ARGS`, or with `program` another program of the venv, with only this home's settings."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("MOVIEREC_", "MLFLOW_", "PREFECT_"))}
-    env.update(MOVIEREC_HOME=str(home), MOVIEREC_STACK__WORKERS="1")
-    command = [sys.executable, "-m", "movierec.cli", "stack", *args]
+    # The API (started by `up`, inheriting this) looks the champion up every second.
+    env.update(MOVIEREC_HOME=str(home), MOVIEREC_STACK__WORKERS="1", MOVIEREC_SERVING__POLL_SECONDS="1")
+    program = extra.pop("program", None)
+    env.update(extra)
+    command = [sys.executable, "-m", "movierec.cli", "stack", *args] if program is None else [program, *args]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -59,7 +63,14 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
 
 
-def test_up_status_down_and_up_again(stack_home):
+def _wait(condition, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.5)
+
+
+def test_up_status_down_and_up_again(stack_home, monkeypatch):
     assert _cli(stack_home, "status").returncode == 1  # nothing runs yet
 
     started = _cli(stack_home, "up")
@@ -132,6 +143,29 @@ def test_up_status_down_and_up_again(stack_home):
     for text in (started.stdout, started.stderr, again.stderr, status.stdout, logs):
         assert password not in text
 
+    # The tracking server dies while serving: the API serves the loaded champion, says the
+    # registry is unreachable, and recovers by itself once the server is back (`up` restarts it).
+    from registered import register_champion
+
+    monkeypatch.setenv("MOVIEREC_HOME", str(stack_home))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", exports["MLFLOW_TRACKING_URI"])
+    champion = register_champion()
+    _wait(lambda: httpx.get(f"{api}/readyz").json().get("model_version") == champion.version)
+    user = int(champion.bundle.user_ids[0])
+    os.killpg(_pids(stack_home)["mlflow"], 9)
+    _wait(lambda: not httpx.get(f"{api}/readyz").json()["registry"]["reachable"])
+    ready = httpx.get(f"{api}/readyz")
+    assert ready.status_code == 200 and ready.json()["model_version"] == champion.version
+    assert "Connection" in ready.json()["registry"]["detail"] or "connect" in ready.json()["registry"]["detail"]
+    served = httpx.get(f"{api}/users/{user}/recommendations")
+    assert served.status_code == 200 and served.json()["model_version"] == champion.version
+    down = _cli(stack_home, "status")
+    assert down.returncode == 1 and "mlflow" in next(line for line in down.stdout.splitlines() if "not running" in line)
+    assert _cli(stack_home, "up").returncode == 0
+    _wait(lambda: httpx.get(f"{api}/readyz").json()["registry"]["reachable"])
+    assert httpx.get(f"{api}/metrics").text.count("movierec_registry_reachable 1.0") == 1
+    pids = _pids(stack_home)
+
     stopped = _cli(stack_home, "down")
     assert stopped.returncode == 0 and "postgres" in stopped.stderr
     assert not any(_alive(pid) for pid in pids.values())
@@ -143,3 +177,49 @@ def test_up_status_down_and_up_again(stack_home):
     assert restarted.stdout == started.stdout
     client = mlflow.MlflowClient(tracking_uri=exports["MLFLOW_TRACKING_URI"])
     assert client.get_run(run.info.run_id).data.metrics == {"ndcg": 0.25}
+
+
+def test_two_retrains_triggered_at_once_run_one_after_the_other(stack_home):
+    """The retrain deployment triggered twice on the stack: both flow runs start, the home's run
+    lock makes the second wait, and the registry ends consistent with one champion."""
+    from cli_runs import QUICK
+
+    started = _cli(stack_home, "up", MOVIEREC_STACK__WORKERS="2", **QUICK)
+    assert started.returncode == 0, started.stderr
+    exports = dict(line.removeprefix("export ").split("=", 1) for line in started.stdout.splitlines())
+    bin_dir = Path(sys.executable).parent
+    deployed = _cli(stack_home, "deploy", program=str(bin_dir / "movierec"), **exports)
+    assert deployed.returncode == 0, deployed.stderr
+    parameters = ["-p", "dataset=synthetic", "-p", "trials=1", "-p", "synthetic_ratings=4000"]
+    for _ in range(2):
+        triggered = _cli(stack_home, "deployment", "run", "retrain/retrain-manual", *parameters,
+                         program=str(bin_dir / "prefect"), **exports)  # fmt: skip
+        assert triggered.returncode == 0, triggered.stderr
+
+    api = exports["PREFECT_API_URL"]
+    deployment = httpx.get(f"{api}/deployments/name/retrain/retrain-manual").json()["id"]
+
+    def runs() -> list[dict]:
+        """The two triggered runs (not their subflows, nor the schedules' future runs)."""
+        query = {"deployments": {"id": {"any_": [deployment]}}, "sort": "EXPECTED_START_TIME_ASC"}
+        return httpx.post(f"{api}/flow_runs/filter", json=query).json()
+
+    _wait(
+        lambda: all(run["state_type"] in ("COMPLETED", "FAILED", "CRASHED") for run in runs()) and len(runs()) == 2, 600
+    )
+    finished = runs()
+    assert [run["state_type"] for run in finished] == ["COMPLETED", "COMPLETED"], finished
+    # Both ran at once as flow runs, but not inside the lock: the later one waited for the first.
+    first, second = sorted(finished, key=lambda run: run["end_time"])
+    assert second["start_time"] < first["end_time"]
+    logs = "".join((stack_home / "stack" / "logs" / f"worker-{n}.log").read_text() for n in (1, 2))
+    assert "waiting for run 'retrain synthetic'" in logs
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=exports["MLFLOW_TRACKING_URI"])
+    versions = sorted(client.search_model_versions("name='movierec-lightfm'"), key=lambda v: int(v.version))
+    assert [v.version for v in versions] == ["1", "2"]
+    assert versions[1].tags["gate.champion_version"] == "1"  # the second gate measured the first run's champion
+    champions = [v.version for v in versions if "champion" in client.get_model_version(v.name, v.version).aliases]
+    assert len(champions) == 1
