@@ -113,12 +113,10 @@ def observe(settings: Settings, champion: Champion, window: Window) -> Observed:
     since, until = window.since, window.until
     # Opening a store creates an empty one where the API has not written yet.
     feedback = FeedbackStore(settings.feedback_db)
-    events = feedback.events()
-    events = events[(events["received_at"] >= since) & (events["received_at"] < until)].reset_index(drop=True)
+    events = feedback.events(since, until)
     held = feedback.quarantined(dataset=champion.dataset)
     shown = ImpressionStore(settings.impressions_db)
-    impressions = shown.read(since)
-    impressions = impressions[impressions["shown_at"] < until]
+    impressions = shown.read(since, until)
     champions = impressions["model_version"] == champion.version
     return Observed(
         events,

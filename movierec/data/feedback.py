@@ -20,9 +20,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import os
-import sqlite3
-import threading
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -34,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from movierec.data.schema import RatingScale, RawDataset
+from movierec.data.sqlite import SQLiteStore, between
 from movierec.errors import ValidationFailed
 from movierec.settings import FeedbackSettings, Settings
 
@@ -123,29 +121,16 @@ class Appended:
     stored: FeedbackEvent | None = None
 
 
-class FeedbackStore:
+class FeedbackStore(SQLiteStore):
+    SYNCHRONOUS = "FULL"  # acknowledged means synced
+
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
+        super().__init__(path, SCHEMA)
         connection = self._connection()
-        connection.executescript(SCHEMA)
         columns = {row[1] for row in connection.execute("PRAGMA table_info(events)")}
         for column in ("client", "impression_id"):  # a store written before they were recorded
             if column not in columns:
                 connection.execute(f"ALTER TABLE events ADD COLUMN {column} TEXT")
-
-    def _connection(self) -> sqlite3.Connection:
-        """One connection per thread and process: sqlite3 connections must not be shared across
-        threads, nor carried into a forked child (the child opens its own)."""
-        connection = getattr(self._local, "connection", None)
-        if connection is None or getattr(self._local, "pid", None) != os.getpid():
-            connection = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=FULL")
-            self._local.connection = connection
-            self._local.pid = os.getpid()
-        return connection
 
     def append(self, event: FeedbackEvent, client: str | None = None) -> Appended:
         """Store `event` durably (sent by `client`, e.g. its address); see `Appended`."""
@@ -154,10 +139,8 @@ class FeedbackStore:
     def append_many(self, events: Iterable[FeedbackEvent], client: str | None = None) -> list[Appended]:
         """Store events in one transaction; per event, what storing it did (`Appended`)."""
         received_at = datetime.now(UTC).isoformat()
-        connection = self._connection()
         outcomes = []
-        connection.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as connection:
             for event in events:
                 # Only a repeated id is left alone; any other constraint violation raises.
                 cursor = connection.execute(
@@ -171,10 +154,6 @@ class FeedbackStore:
                 stored = self._stored(event.event_id)
                 same = stored.content() == event.content()
                 outcomes.append(Appended("duplicate" if same else "conflict", stored))
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
         return outcomes
 
     def _stored(self, event_id: str) -> FeedbackEvent:
@@ -193,20 +172,14 @@ class FeedbackStore:
         already there keeps its first record, a released one stays released. Returns how many
         were added."""
         now = datetime.now(UTC).isoformat()
-        connection = self._connection()
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            added = 0
+        added = 0
+        with self._transaction() as connection:
             for event_id, rule, reason in records[["event_id", "rule", "reason"]].itertuples(index=False):
                 cursor = connection.execute(
                     "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, NULL) ON CONFLICT(event_id, dataset) DO NOTHING",
                     (event_id, dataset, rule, reason, now),
                 )
                 added += cursor.rowcount
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
         return added
 
     def quarantined(self, include_released: bool = False, dataset: str | None = None) -> pd.DataFrame:
@@ -241,17 +214,11 @@ class FeedbackStore:
                 f"invalid events cannot be released, ingestion would reject them: {', '.join(invalid[:20])}"
             )
         now = datetime.now(UTC).isoformat()
-        connection = self._connection()
-        connection.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as connection:
             connection.executemany(
                 "UPDATE quarantine SET released_at = ? WHERE event_id = ? AND dataset = ?",
                 [(now, event_id, name) for event_id, name in held[["event_id", "dataset"]].itertuples(index=False)],
             )
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
         return event_ids
 
     def released(self) -> dict[str, set[str]]:
@@ -267,12 +234,15 @@ class FeedbackStore:
     def count(self) -> int:
         return self._connection().execute("SELECT COUNT(*) FROM events").fetchone()[0]
 
-    def events(self) -> pd.DataFrame:
-        """Every stored event, in the order received (then by id)."""
+    def events(self, since: datetime | None = None, until: datetime | None = None) -> pd.DataFrame:
+        """The stored events received in [since, until) (every one by default), in the order
+        received (then by id)."""
+        where, params = between("received_at", since, until)
         frame = pd.read_sql_query(
             "SELECT event_id, user_id, movie_id, kind, value, timestamp, received_at, client, impression_id "
-            "FROM events ORDER BY received_at, event_id",
+            f"FROM events{where} ORDER BY received_at, event_id",
             self._connection(),
+            params=params,
         )
         for column in ("timestamp", "received_at"):
             frame[column] = pd.to_datetime(frame[column], utc=True, format="ISO8601")
@@ -297,18 +267,8 @@ class FeedbackStore:
     def read(self, kinds: Iterable[str] = KINDS) -> tuple[pd.DataFrame, str, dict[str, set[str]], pd.DataFrame]:
         """`events()`, `digest(kinds)`, `released()` and `quarantined()` of one consistent state
         of the store (one read transaction), even while writers append."""
-        connection = self._connection()
-        connection.execute("BEGIN")
-        try:
+        with self._transaction("DEFERRED"):
             return self.events(), self.digest(kinds), self.released(), self.quarantined()
-        finally:
-            connection.execute("COMMIT")
-
-    def close(self) -> None:
-        connection = getattr(self._local, "connection", None)
-        if connection is not None:
-            connection.close()
-            self._local.connection = None
 
 
 RATING_KINDS = ("rating", "thumb")

@@ -25,13 +25,14 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
+
+from movierec.data.sqlite import SQLiteStore, between
 
 log = logging.getLogger("movierec")
 
@@ -109,34 +110,12 @@ class Impression:
         )
 
 
-class ImpressionStore:
+class ImpressionStore(SQLiteStore):
+    # A crash of the process loses no committed impression; a power cut may lose the last.
+    SYNCHRONOUS = "NORMAL"
+
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._connection().executescript(SCHEMA)
-
-    def _connection(self) -> sqlite3.Connection:
-        connection = getattr(self._local, "connection", None)
-        if connection is None or getattr(self._local, "pid", None) != os.getpid():
-            connection = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            connection.execute("PRAGMA journal_mode=WAL")
-            # A crash of the process loses no committed impression; a power cut may lose the last.
-            connection.execute("PRAGMA synchronous=NORMAL")
-            self._local.connection, self._local.pid = connection, os.getpid()
-        return connection
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: committed when the block ends, rolled back if it raises."""
-        connection = self._connection()
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            yield connection
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
+        super().__init__(path, SCHEMA)
 
     def append_many(self, impressions: Iterable[Impression]) -> int:
         rows = [impression.row() for impression in impressions]
@@ -144,14 +123,11 @@ class ImpressionStore:
             connection.executemany("INSERT INTO impressions VALUES (?, ?, ?, ?, ?, ?)", rows)
         return len(rows)
 
-    def read(self, since: datetime | None = None) -> pd.DataFrame:
-        """Impressions shown at or after `since` (all by default), oldest first; `movie_ids` as lists."""
-        query = "SELECT * FROM impressions"
-        params: list = []
-        if since is not None:
-            query += " WHERE shown_at >= ?"
-            params.append(since.astimezone(UTC).isoformat())
-        frame = pd.read_sql_query(query + " ORDER BY shown_at, impression_id", self._connection(), params=params)
+    def read(self, since: datetime | None = None, until: datetime | None = None) -> pd.DataFrame:
+        """Impressions shown in [since, until) (all by default), oldest first; `movie_ids` as lists."""
+        where, params = between("shown_at", since, until)
+        query = f"SELECT * FROM impressions{where} ORDER BY shown_at, impression_id"
+        frame = pd.read_sql_query(query, self._connection(), params=params)
         frame["shown_at"] = pd.to_datetime(frame["shown_at"], utc=True, format="ISO8601")
         frame["user_id"] = frame["user_id"].astype("Int64")
         frame["movie_ids"] = [json.loads(value) for value in frame["movie_ids"]]
@@ -184,14 +160,9 @@ class ImpressionStore:
     def read_stats(self, since: datetime | None = None, until: datetime | None = None) -> pd.DataFrame:
         """Serving statistics of the intervals that ended in [since, until) (consecutive windows
         count each interval once); `bucket_bounds` and `bucket_counts` (cumulative) as lists."""
-        query, params = "SELECT * FROM serving_stats WHERE 1 = 1", []
-        if since is not None:
-            query += " AND ended_at >= ?"
-            params.append(since.astimezone(UTC).isoformat())
-        if until is not None:
-            query += " AND ended_at < ?"
-            params.append(until.astimezone(UTC).isoformat())
-        frame = pd.read_sql_query(query + " ORDER BY ended_at, endpoint", self._connection(), params=params)
+        where, params = between("ended_at", since, until)
+        query = f"SELECT * FROM serving_stats{where} ORDER BY ended_at, endpoint"
+        frame = pd.read_sql_query(query, self._connection(), params=params)
         for column in ("started_at", "ended_at"):
             frame[column] = pd.to_datetime(frame[column], utc=True, format="ISO8601")
         frame["bucket_bounds"] = [[float(value) for value in json.loads(text)] for text in frame["bucket_bounds"]]
@@ -213,12 +184,6 @@ class ImpressionStore:
                 (max_rows,),
             ).rowcount
         return deleted
-
-    def close(self) -> None:
-        connection = getattr(self._local, "connection", None)
-        if connection is not None:
-            connection.close()
-            self._local.connection = None
 
 
 class ImpressionRecorder:

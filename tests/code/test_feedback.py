@@ -37,6 +37,11 @@ def test_append_is_idempotent_by_event_id_and_a_different_event_under_one_id_con
     assert frame["event_id"].tolist() == ["a", "b", "c"]
     assert frame.loc[frame["event_id"] == "a", "value"].item() == 4.0
     assert frame["client"].isna().tolist() == [True, False, False] and set(frame["client"].dropna()) == {"10.0.0.1"}
+    # A window of arrival times, half-open: what arrived at its end belongs to the next one.
+    first, last = frame["received_at"].iloc[0], frame["received_at"].iloc[-1]
+    assert store.events(since=last)["event_id"].tolist() == frame.loc[frame["received_at"] >= last, "event_id"].tolist()
+    assert store.events(until=last)["event_id"].tolist() == frame.loc[frame["received_at"] < last, "event_id"].tolist()
+    assert store.events(since=first, until=first).empty
 
 
 def test_events_survive_reopening(tmp_path):

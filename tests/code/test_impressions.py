@@ -24,6 +24,7 @@ def test_impressions_are_read_back_and_pruned_by_age_then_count(tmp_path):
     newest = frame.iloc[-1]
     assert newest["movie_ids"] == [10, 20, 0] and newest["user_id"] is not None and frame["user_id"].isna().sum() == 1
     assert len(store.read(since=NOW - timedelta(days=2, hours=1))) == 3
+    assert store.read(since=NOW - timedelta(days=2), until=NOW)["impression_id"].tolist() == ["i002", "i001"]
     # Older than 5.5 days: i006..i009 (4 rows); then beyond 3 rows the oldest: i003, i004, i005.
     assert store.prune(max_age_days=5.5, max_rows=3, now=NOW) == 7
     assert store.read()["impression_id"].tolist() == ["i002", "i001", "i000"]
