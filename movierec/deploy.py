@@ -145,14 +145,29 @@ def apply_env(value: Any) -> Any:
     return apply_values(value, os.environ, remove_notset=False)
 
 
-async def _ensure_work_pool(client: Any, name: str) -> None:
+def ensure_work_pool(name: str, api_url: str) -> bool:
+    """Create process pool `name` on the Prefect API at `api_url` unless it exists; whether it
+    was created now."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def ensure() -> bool:
+        async with get_client() as client:
+            return await _ensure_work_pool(client, name)
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        return run_coro_as_sync(ensure())
+
+
+async def _ensure_work_pool(client: Any, name: str) -> bool:
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
     from prefect.workers.process import ProcessWorker
 
     try:
         await client.read_work_pool(name)
-        return
+        return False
     except ObjectNotFound:
         pass
     with contextlib.suppress(ObjectAlreadyExists):  # created meanwhile by a worker: fine
@@ -164,6 +179,7 @@ async def _ensure_work_pool(client: Any, name: str) -> None:
                 description="movierec flows, run as local processes by `prefect worker start --pool movierec`.",
             )
         )
+    return True
 
 
 async def _deploy_one(config: dict[str, Any], project: dict[str, Any], work_pool: str | None, path: Path) -> str:

@@ -39,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from movierec.deploy import ensure_work_pool
 from movierec.settings import REPO_ROOT, Settings
 
 HOST = "127.0.0.1"
@@ -128,13 +129,15 @@ class Stack:
         commands = topology(ports, host=HOST, database_host=HOST, artifacts=str(self.folder / "mlartifacts"))
         local = {name: [str(BIN / command[0]), *command[1:]] for name, (command, _) in commands.items()}
         variables = {name: {**env, **extra} for name, (_, extra) in commands.items()}
-        self._service("mlflow", local["mlflow"], variables["mlflow"], f"http://{HOST}:{ports['mlflow']}/health")
-        self._service("prefect", local["prefect"], variables["prefect"], f"http://{HOST}:{ports['prefect']}/api/health")
-        self._work_pool(env)
+        health = health_urls(ports)
+        self._service("mlflow", local["mlflow"], variables["mlflow"], health["mlflow"])
+        self._service("prefect", local["prefect"], variables["prefect"], health["prefect"])
+        if ensure_work_pool(WORK_POOL, env["PREFECT_API_URL"]):
+            self.say(f"created work pool {WORK_POOL} (type process)")
         for number in range(1, self.settings.stack.workers + 1):
             name = f"worker-{number}"
             self._service(name, [*local["worker"], "--name", f"movierec-{name}"], variables["worker"], None)
-        self._service("api", local["api"], variables["api"], f"http://{HOST}:{ports['api']}/healthz")
+        self._service("api", local["api"], variables["api"], health["api"])
         return self.exports()
 
     def down(self) -> list[str]:
@@ -163,23 +166,21 @@ class Stack:
                 "healthy" if self._postgres_ready(ports["postgres"]) else "not answering",
             )
         ]
-        urls = {
-            "mlflow": (f"http://{HOST}:{ports['mlflow']}", "/health"),
-            "prefect": (f"http://{HOST}:{ports['prefect']}", "/api/health"),
-        }
+        health = health_urls(ports)
         workers = sorted(path.stem for path in self.pids.glob("worker-*.pid")) if self.pids.is_dir() else []
         expected = [f"worker-{number}" for number in range(1, self.settings.stack.workers + 1)]
-        urls |= {name: (f"pool {WORK_POOL}", None) for name in sorted(set(workers) | set(expected))}
-        urls["api"] = (f"http://{HOST}:{ports['api']}", "/healthz")
-        for name, (address, path) in urls.items():
+        names = ["mlflow", "prefect", *sorted(set(workers) | set(expected)), "api"]
+        for name in names:
+            url = health.get(name)
             pid = self._running(name)
             if pid is None:
-                health = "not running"
-            elif path is None:
-                health = "running"
+                state = "not running"
+            elif url is None:
+                state = "running"
             else:
-                health = "healthy" if _answers(address + path) else "not answering"
-            lines.append(ServiceStatus(name, pid, address, health))
+                state = "healthy" if _answers(url) else "not answering"
+            address = f"http://{HOST}:{ports[name]}" if url is not None else f"pool {WORK_POOL}"
+            lines.append(ServiceStatus(name, pid, address, state))
         return lines
 
     # ------------------------------------------------------------------ processes
@@ -237,20 +238,6 @@ class Stack:
     def _tail(self, name: str, lines: int = 20) -> str:
         path = self.logs / f"{name}.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else ""
-
-    def _work_pool(self, env: dict[str, str]) -> None:
-        prefect = str(BIN / "prefect")
-        found = subprocess.run([prefect, "work-pool", "inspect", WORK_POOL], env=env, capture_output=True, text=True)
-        if found.returncode != 0:
-            created = subprocess.run(
-                [prefect, "work-pool", "create", WORK_POOL, "--type", "process"],
-                env=env,
-                capture_output=True,
-                text=True,
-            )
-            if created.returncode != 0:
-                raise StackError(f"could not create work pool {WORK_POOL}: {created.stdout}{created.stderr}")
-            self.say(f"created work pool {WORK_POOL} (type process)")
 
     # ------------------------------------------------------------------ PostgreSQL
 
@@ -374,6 +361,15 @@ def topology(
         "worker": (["prefect", "worker", "start", "--pool", WORK_POOL, "--type", "process"], {}),
         "api": (["movierec", "serve", "--host", host, "--port", str(ports["api"])], {}),
     }  # fmt: skip
+
+
+def health_urls(ports: dict[str, int]) -> dict[str, str]:
+    """The health check of each HTTP service of the stack (workers have none)."""
+    return {
+        "mlflow": f"http://{HOST}:{ports['mlflow']}/health",
+        "prefect": f"http://{HOST}:{ports['prefect']}/api/health",
+        "api": f"http://{HOST}:{ports['api']}/healthz",
+    }
 
 
 def postgres_bin() -> Path:
