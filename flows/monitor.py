@@ -28,6 +28,7 @@ from prefect.artifacts import create_markdown_artifact
 from movierec.errors import DataError
 from movierec.monitoring import alerts as alerting
 from movierec.monitoring.measures import measure
+from movierec.monitoring.report import shown
 from movierec.settings import get_settings
 from movierec.tracking import runs
 from tasks.monitor import (
@@ -110,7 +111,6 @@ def summary_markdown(result: dict, report: str) -> str:
         lines.append("## No alert")
     lines += ["", "| measure | value |", "|---|---:|"]
     for name, value in result["metrics"].items():
-        shown = "–" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
-        lines.append(f"| {name} | {shown} |")
+        lines.append(f"| {name} | {shown(value)} |")
     lines += ["", f"Report: `{report}`"]
     return "\n".join(lines)

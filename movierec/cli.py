@@ -658,6 +658,8 @@ def monitor(
 
 
 def _print_monitor(result: dict) -> None:
+    from movierec.monitoring.report import shown
+
     window = result["window"]
     console.print(
         f"[bold]champion version {result['champion_version']}[/], window {window['since']} to {window['until']} "
@@ -667,8 +669,7 @@ def _print_monitor(result: dict) -> None:
     table = Table("measure", "value", header_style="bold")
     alerted = {alert["metric"] for alert in result["alerts"]}
     for name, value in result["metrics"].items():
-        shown = "–" if value is None else (f"{value:,.4f}" if isinstance(value, float) else f"{value:,}")
-        table.add_row(name, shown, style="bold red" if name in alerted else None)
+        table.add_row(name, shown(value), style="bold red" if name in alerted else None)
     console.print(table)
     for alert in result["alerts"]:
         console.print(f"[bold red]ALERT[/] {escape(alert['metric'])}: {escape(alert['message'])}", soft_wrap=True)

@@ -48,7 +48,7 @@ def histogram_quantile(q: float, bounds: Sequence[float], cumulative: Sequence[f
 def serving_health(stats: pd.DataFrame, impressions: pd.DataFrame) -> dict[str, float | None]:
     """Requests, client and server errors, error rate (5xx share), latency p50/p95/p99 in ms of the
     API's endpoints (not `OPERATIONS`), and the impressions served with their fallback share."""
-    served = stats[~stats["endpoint"].isin(OPERATIONS) & ~stats["endpoint"].str.startswith("/static")]
+    served = stats[~stats["endpoint"].isin(OPERATIONS)]
     requests = int(served["requests"].sum())
     health: dict[str, float | None] = {
         "requests": requests,

@@ -44,7 +44,7 @@ def render(result: dict, distributions: dict, history: list[dict], k: int) -> st
     fired = {alert["metric"] for alert in alerts}
     for name, value in result["metrics"].items():
         style = " class='alert'" if name in fired else ""
-        parts.append(f"<tr{style}><td>{html.escape(name)}</td><td class='n'>{_format(value)}</td></tr>")
+        parts.append(f"<tr{style}><td>{html.escape(name)}</td><td class='n'>{html.escape(shown(value))}</td></tr>")
     parts.append("</table>")
     parts.append("<h2>Against the training data</h2>")
     parts.append(_image(_distribution_figure(distributions)))
@@ -56,14 +56,14 @@ def render(result: dict, distributions: dict, history: list[dict], k: int) -> st
     return "\n".join(parts)
 
 
-def _format(value: object) -> str:
-    if value is None:
+def shown(value: object) -> str:
+    """A measure as people read it (the report, the command's table, the Prefect artifact):
+    a dash for nothing measured, four decimals below 1,000, thousands separators."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, float):
-        if math.isnan(value):
-            return "–"
         return f"{value:,.4f}" if abs(value) < 1000 else f"{value:,.0f}"
-    return html.escape(f"{value:,}" if isinstance(value, int) else str(value))
+    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
 def _shares(counts: dict, keys: list[str]) -> list[float]:
