@@ -6,9 +6,7 @@ the API's /monitoring view; `movierec monitor` prints the JSON and exits 3 on al
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +15,7 @@ import mlflow
 import numpy as np
 import pytest
 import traffic
+from cli_runs import movierec
 from fastapi.testclient import TestClient
 from receiver import Receiver
 from registered import register_champion
@@ -28,7 +27,6 @@ from movierec.settings import get_settings
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
-REPO = Path(__file__).resolve().parents[2]
 JSON_KEYS = {"champion_version", "window", "metrics", "alerts"}
 
 
@@ -183,12 +181,7 @@ def test_a_stale_model_drops_the_online_hit_rate(champion, home):
 
 
 def _cli(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    variables = {
-        key: value for key, value in os.environ.items() if not key.startswith(("MOVIEREC_", "MLFLOW_", "PREFECT_"))
-    }
-    variables.update(MOVIEREC_HOME=str(home), **env)
-    command = [sys.executable, "-m", "movierec.cli", "monitor", *args]
-    return subprocess.run(command, cwd=REPO, env=variables, capture_output=True, text=True, timeout=300)
+    return movierec(home, "monitor", *args, **env)
 
 
 def test_the_command_prints_json_and_exits_3_on_alert(home, tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cli_runs import own_settings
 
 from movierec.stack import StackError, postgres_bin
 
@@ -40,11 +41,9 @@ def stack_home():
 
 def _cli(home: Path, *args: str, **extra: str) -> subprocess.CompletedProcess:
     """`movierec stack ARGS`, or with `program` another program of the venv, with only this home's settings."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("MOVIEREC_", "MLFLOW_", "PREFECT_"))}
     # The API (started by `up`, inheriting this) looks the champion up every second.
-    env.update(MOVIEREC_HOME=str(home), MOVIEREC_STACK__WORKERS="1", MOVIEREC_SERVING__POLL_SECONDS="1")
     program = extra.pop("program", None)
-    env.update(extra)
+    env = own_settings(home, **{"MOVIEREC_STACK__WORKERS": "1", "MOVIEREC_SERVING__POLL_SECONDS": "1", **extra})
     command = [sys.executable, "-m", "movierec.cli", "stack", *args] if program is None else [program, *args]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 

@@ -3,19 +3,17 @@ serve` refuses an address other than loopback without one; the token is never pr
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cli_runs import movierec
 from fastapi.testclient import TestClient
 from registered import register_champion
 
 from movierec.serving.app import create_app
 from movierec.settings import get_settings
 
-REPO = Path(__file__).resolve().parents[2]
 TOKEN = "s3cret-token-of-the-feedback-writers"
 
 
@@ -52,10 +50,7 @@ def test_feedback_needs_the_bearer_token_and_reads_stay_open(home, monkeypatch):
 
 
 def _serve(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    variables = {key: value for key, value in os.environ.items() if not key.startswith(("MOVIEREC_", "MLFLOW_"))}
-    variables.update(MOVIEREC_HOME=str(home), **env)
-    command = [sys.executable, "-m", "movierec.cli", "serve", *args]
-    return subprocess.run(command, cwd=REPO, env=variables, capture_output=True, text=True, timeout=120)
+    return movierec(home, "serve", *args, timeout=120, **env)
 
 
 def test_serve_refuses_a_public_address_without_a_token(home):
