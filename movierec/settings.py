@@ -240,7 +240,7 @@ class MonitoringSettings(Section):
     offline_ndcg_min_ratio: float | None = Field(0.5, ge=0)
     champion_max_age_days: float | None = Field(30.0, gt=0)
     # Alerts are POSTed as JSON here too (retried with backoff; a failure never fails the run).
-    webhook_url: str | None = None
+    webhook_url: str | None = Field(None, pattern=r"^https?://\S+$")
     webhook_timeout_seconds: float = Field(5.0, gt=0)
     webhook_retries: int = Field(3, ge=0)
     webhook_backoff_seconds: float = Field(1.0, ge=0)

@@ -92,12 +92,16 @@ def post_webhook(
     """POST `payload` as JSON; retried `retries` times after a failure (connection error, timeout,
     5xx or 429), waiting backoff, 2 x backoff, ... Returns whether it was delivered; never raises."""
     body = json.dumps(payload, default=str).encode()
-    for attempt in range(retries + 1):
-        if attempt:
-            sleep(backoff_seconds * 2 ** (attempt - 1))
+    try:
         request = urllib.request.Request(
             url, data=body, method="POST", headers={"Content-Type": "application/json", "User-Agent": "movierec"}
         )
+    except ValueError as error:  # not a URL: retrying changes nothing
+        log.warning("alert webhook %s failed: %s", url, error)
+        return False
+    for attempt in range(retries + 1):
+        if attempt:
+            sleep(backoff_seconds * 2 ** (attempt - 1))
         try:
             with urllib.request.urlopen(request, timeout=timeout_seconds) as response:
                 response.read()

@@ -45,6 +45,24 @@ def test_an_unreachable_webhook_fails_after_the_retries_without_raising(caplog, 
     assert "failed (attempt 3 of 3)" in caplog.text + capfd.readouterr().err
 
 
+def test_a_malformed_webhook_url_fails_without_raising(caplog, capfd):
+    waits = []
+    assert (
+        post_webhook("not a url", {"a": 1}, retries=1, backoff_seconds=0.1, timeout_seconds=1, sleep=waits.append)
+        is False
+    )
+    assert "alert webhook not a url failed" in caplog.text + capfd.readouterr().err and waits == []
+
+
+def test_the_settings_refuse_a_webhook_that_is_not_an_http_url(monkeypatch):
+    from movierec.errors import ConfigError
+    from movierec.settings import get_settings
+
+    monkeypatch.setenv("MOVIEREC_MONITORING__WEBHOOK_URL", "ftp://alerts.example/hook")
+    with pytest.raises(ConfigError, match=r"monitoring.webhook_url .*MOVIEREC_MONITORING__WEBHOOK_URL"):
+        get_settings()
+
+
 def test_the_alert_log_only_grows(tmp_path):
     path = tmp_path / "monitoring" / "alerts.jsonl"
     append_alert_log(path, [ALERT], {"at": "2026-11-30T06:00:00+00:00", "champion_version": "3", "run_id": "r1"})

@@ -113,6 +113,9 @@ def test_a_steady_stream_raises_no_alert_and_every_record_is_written(champion, h
     # The API's monitoring view: the runs, the current (no) alerts, the champion's age.
     with TestClient(create_app(settings, watch=False)) as client:
         view = client.get("/monitoring").json()
+        for runs in (0, 1001, "many"):  # a bad count is refused, naming the parameter
+            refused = client.get("/monitoring", params={"runs": runs})
+            assert refused.status_code == 422 and "runs" in refused.json()["detail"]
         page = client.get("/monitoring/report")
     assert [run["until"] for run in view["runs"]] == [run["window"]["until"] for run in (result, again, third)]
     assert view["runs"][0]["metrics"]["online.hit_rate@10"] == 1.0 and view["alerts"] == []
