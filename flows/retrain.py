@@ -2,7 +2,8 @@
 
     ingest (subflow: locate, parse, validate, snapshot; an unchanged input is not re-ingested)
       -> features: held-out split, validation split carved from its training part
-      -> tuning: Optuna study of the hybrid on the validation split (one nested run per trial)
+      -> tuning: Optuna study of the hybrid on the validation split (one nested run per trial;
+         `tuning_workers` processes share it)
       -> selection: the tuned hybrid, the baselines and the blend (hybrid + EASE + item kNN,
          weights tuned) fitted on the validation split's training part; the best on validation
          is the candidate to register
@@ -30,9 +31,11 @@ from prefect import flow, runtime
 from features.splits import every_rating
 from flows.ingest import ingest
 from movierec.data.schema import RatingScale
+from movierec.errors import ConfigError
 from movierec.monitoring.reference import REFERENCE_ARTIFACT, REFERENCE_TAG, reference_statistics
 from movierec.runlock import describe, run_lock
-from movierec.settings import Settings, get_settings
+from movierec.services import service_failure
+from movierec.settings import Settings, get_settings, parallel_tuning_problem
 from movierec.tracking import recovery, reports, runs
 from movierec.training.tuning import setup_params
 from tasks.export import export_champion
@@ -72,12 +75,26 @@ def retrain(
     timeout: float | None = None,
     synthetic_ratings: int | None = None,
     seed: int | None = None,
+    tuning_workers: int | None = None,
 ) -> dict:
     settings = get_settings()
+    if tuning_workers is not None:  # this run's number of tuning processes (default: tuning.workers)
+        problem = parallel_tuning_problem(settings.tuning.storage, tuning_workers)
+        if tuning_workers < 1 or problem:
+            raise ConfigError(problem or f"tuning_workers must be at least 1, not {tuning_workers}")
+        settings = settings.model_copy(
+            update={"tuning": settings.tuning.model_copy(update={"workers": tuning_workers})}
+        )
     # One run at a time per home (movierec.runlock): the stores, the registry and the gate's
     # read-compare-move of `champion` are this run's alone until it ends.
     with run_lock(settings.home, f"retrain {dataset}", on_wait=_waiting):
-        return _pipeline(settings, dataset, trials, timeout, synthetic_ratings, seed)
+        try:
+            return _pipeline(settings, dataset, trials, timeout, synthetic_ratings, seed)
+        except Exception as error:
+            failure = service_failure(error)
+            if failure is not None:  # said first: the flow's own failure may not reach its server
+                log.error("%s", failure)
+            raise
 
 
 def _waiting(holder: dict | None) -> None:

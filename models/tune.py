@@ -10,6 +10,7 @@ epochs, and which feature groups are used with what weight.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -227,17 +228,18 @@ def repeated_trial(trial: optuna.Trial) -> int | None:
     return None
 
 
-def session_seed(name: str, storage: str, seed: int) -> int:
+def session_seed(name: str, storage: str | optuna.storages.BaseStorage, seed: int, worker: int = 0) -> int:
     """The sampler seed of this session on study `name` (see `create_study`)."""
     try:
         existing = optuna.load_study(study_name=name, storage=storage)
     except KeyError:  # no such study yet
-        return seed
-    trials = existing.get_trials(deepcopy=False)
-    if not trials:
+        trials = []
+    else:
+        trials = existing.get_trials(deepcopy=False)
+    if not trials and worker == 0:
         return seed
     running = any(trial.state == optuna.trial.TrialState.RUNNING for trial in trials)
-    mixed = np.random.SeedSequence([seed, len(trials), os.getpid() if running else 0])
+    mixed = np.random.SeedSequence([seed, len(trials), worker, os.getpid() if running else 0])
     return int(mixed.generate_state(1)[0])
 
 
@@ -248,17 +250,28 @@ def create_study(
     sampler: str = "tpe",
     seed: int = 42,
     pruner: str = "median",
+    worker: int = 0,
+    heartbeat_seconds: int | None = None,
 ) -> optuna.Study:
     """A study in `storage` (any SQLAlchemy URL); an existing one of that name is resumed.
 
     The sampler's seed is `seed` for a new study, so a first run is reproducible. A seeded sampler
     replays the same random start in every process, so a study that already has trials (a
     resumed or second run) seeds it with `seed` and the number of trials so far, and one with a
-    trial running now (another worker) also with this process's id: each session explores new
-    settings instead of re-testing the first ones."""
+    trial running now (another worker) also with this process's id; parallel workers numbered
+    from 0 (`worker`) mix in their number too: each session explores new settings instead of
+    re-testing the first ones.
+
+    With `heartbeat_seconds`, each running trial records a heartbeat in the storage and a trial
+    silent for two periods (its process died, e.g. with its machine) is marked FAILED when any
+    session next starts a trial, so a dead worker's trial does not stay RUNNING forever."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler '{sampler}'; choose from {', '.join(SAMPLERS)}")
-    seed = session_seed(name, storage, seed)
+    if heartbeat_seconds is not None:
+        with warnings.catch_warnings():  # heartbeats are marked experimental since Optuna 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(storage, heartbeat_interval=heartbeat_seconds)
+    seed = session_seed(name, storage, seed, worker)
     samplers = {
         "tpe": lambda: optuna.samplers.TPESampler(seed=seed, constant_liar=True),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),

@@ -25,7 +25,8 @@ from rich.table import Table
 from movierec.console import console, interactive
 from movierec.data.datasets import DATASETS
 from movierec.errors import ConfigError, DataError
-from movierec.settings import get_settings
+from movierec.services import service_failure
+from movierec.settings import get_settings, parallel_tuning_problem
 
 app = typer.Typer(
     help="movierec: a movie recommender pipeline (MovieLens + TMDB, Prefect, MLflow, LightFM).",
@@ -59,7 +60,8 @@ def _check_dataset(name: str) -> str:
 
 
 def _run(step: str, flow: Callable[..., Any], **parameters: Any) -> Any:
-    """Run a flow with a spinner on a terminal; a data error becomes a message and exit code 1."""
+    """Run a flow with a spinner on a terminal; a data error, or a service failing the run (which
+    it names), becomes a message and exit code 1."""
     from movierec import runtime
 
     runtime.hide_data_error_tracebacks()
@@ -72,6 +74,12 @@ def _run(step: str, flow: Callable[..., Any], **parameters: Any) -> Any:
         return flow(**parameters)
     except DataError as error:
         console.print(f"[bold red]error:[/] {error}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    except Exception as error:
+        failure = service_failure(error)
+        if failure is None:
+            raise
+        console.print(f"[bold red]error:[/] {escape(failure)}", soft_wrap=True)
         raise typer.Exit(1) from None
 
 
@@ -318,6 +326,14 @@ def pipeline(
     synthetic_ratings: Annotated[
         int | None, typer.Option(min=1000, help="Ratings to generate for --dataset synthetic.")
     ] = None,
+    tuning_workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Processes running the trials on one study (default: tuning.workers; >1 needs tuning.storage).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     no_wait: Annotated[
         bool, typer.Option("--no-wait", help="Fail at once when another run is using MOVIEREC_HOME.")
@@ -326,6 +342,10 @@ def pipeline(
     """Run the whole pipeline (flow `retrain`): ingest, validate, tune, train, evaluate, register, promote.
     One run at a time per MOVIEREC_HOME: a second one waits for the first (or fails with --no-wait)."""
     _check_dataset(dataset)
+    if tuning_workers is not None:
+        problem = parallel_tuning_problem(get_settings().tuning.storage, tuning_workers)
+        if problem:
+            raise typer.BadParameter(problem, param_hint="--tuning-workers")
     _flow_process(f"pipeline {dataset}", wait=not no_wait)
     from flows.retrain import retrain
 
@@ -336,6 +356,7 @@ def pipeline(
         trials=trials,
         timeout=timeout,
         synthetic_ratings=synthetic_ratings,
+        tuning_workers=tuning_workers,
     )
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
@@ -376,7 +397,11 @@ def _print_pipeline(result: dict, settings) -> None:
     console.print(f"export: {result.get('export') or 'not written (see the run tag export.error)'}", soft_wrap=True)
     uri = result["tracking_uri"]
     console.print("next:")
-    console.print(f"  MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000", soft_wrap=True)
+    # A tracking server is its own UI; a local store needs one started on it.
+    shown = (
+        uri if uri.startswith(("http://", "https://")) else f".venv/bin/mlflow ui --backend-store-uri {uri} --port 5000"
+    )
+    console.print(f"  MLflow UI:  {shown}", soft_wrap=True)
     console.print(
         f"  API + page: .venv/bin/movierec serve   (http://{settings.serving.host}:{settings.serving.port}/)",
         soft_wrap=True,

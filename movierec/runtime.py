@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -183,6 +184,20 @@ def _die_with_parent(parent: int) -> Callable[[], None] | None:
             os._exit(1)
 
     return arm
+
+
+def exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """End this process (exit code 1) as soon as its parent `parent` is gone, checked `every`
+    seconds by a daemon thread: a pool's worker process otherwise outlives a run killed with
+    `kill -9`, still working for it. (PR_SET_PDEATHSIG would follow the parent's thread that
+    started this process, which a pool may end before the process.)"""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def use_prefect_api() -> None:

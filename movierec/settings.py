@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -157,6 +157,31 @@ class TuningSettings(Section):
     # Any SQLAlchemy URL; None: SQLite under `home`. A shared database lets several worker
     # processes run trials of one study.
     storage: str | None = None
+    # Processes running this run's trials on the one study (more than 1 needs a database server
+    # as `storage`: SQLite takes one writer at a time). Each gets an even share of `trials`.
+    workers: int = Field(1, ge=1, le=64)
+    # A running trial writes a heartbeat this often; one silent for two periods (its machine died)
+    # is marked FAILED when a worker next starts a trial (a database server's storage only).
+    # None: no heartbeat.
+    heartbeat_seconds: int | None = Field(60, ge=1)
+
+    @field_validator("workers", mode="after")
+    @classmethod
+    def _parallel_needs_a_server(cls, workers: int, info: ValidationInfo) -> int:
+        problem = parallel_tuning_problem(info.data.get("storage"), workers)
+        if problem:
+            raise ValueError(problem)
+        return workers
+
+
+def parallel_tuning_problem(storage: str | None, workers: int) -> str | None:
+    """Why `workers` tuning processes cannot share `storage`, or None."""
+    if workers > 1 and (storage is None or storage.startswith("sqlite")):
+        return (
+            f"{workers} tuning workers need a database server as tuning.storage (MOVIEREC_TUNING__STORAGE, "
+            "e.g. the one `movierec stack up` exports): SQLite takes one writer at a time"
+        )
+    return None
 
 
 class PromotionSettings(Section):

@@ -121,11 +121,8 @@ class Stack:
 
     def up(self) -> dict[str, str]:
         """Start what is not running, wait until each answers; the variables to export."""
-        for folder in (self.logs, self.pids, self.secrets, self.folder / "mlartifacts", self.folder / "prefect"):
-            folder.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.secrets, 0o700)
+        self.database_up()
         ports, env = self.ports(), self._environment()
-        self._postgres_up(ports["postgres"])
         commands = topology(ports, host=HOST, database_host=HOST, artifacts=str(self.folder / "mlartifacts"))
         local = {name: [str(BIN / command[0]), *command[1:]] for name, (command, _) in commands.items()}
         variables = {name: {**env, **extra} for name, (_, extra) in commands.items()}
@@ -150,11 +147,26 @@ class Stack:
                 _terminate(pid)
                 stopped.append(f"{name} (pid {pid})")
             (self.pids / f"{name}.pid").unlink(missing_ok=True)
+        pid = self.database_down()
+        if pid is not None:
+            stopped.append(f"postgres (pid {pid})")
+        return stopped
+
+    def database_up(self) -> str:
+        """PostgreSQL alone (initialised at the first call), with the stack's databases; the Optuna
+        storage URL (its password in PGPASSFILE: export `exports()["PGPASSFILE"]`)."""
+        for folder in (self.logs, self.pids, self.secrets, self.folder / "mlartifacts", self.folder / "prefect"):
+            folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.secrets, 0o700)
+        self._postgres_up(self.ports()["postgres"])
+        return self.database_url("optuna")
+
+    def database_down(self) -> int | None:
+        """Stop PostgreSQL (a fast shutdown: open sessions are cut); the pid it had, or None."""
         pid = self._postgres_pid()
         if pid is not None:
             self._pg(["pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop"])
-            stopped.append(f"postgres (pid {pid})")
-        return stopped
+        return pid
 
     def status(self) -> list[ServiceStatus]:
         ports = self.ports()

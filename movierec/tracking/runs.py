@@ -8,6 +8,8 @@ A run that raises ends FAILED, with the error as tag `error` and its traceback a
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import subprocess
 import traceback
@@ -22,6 +24,7 @@ from mlflow.entities import Metric
 from movierec.settings import REPO_ROOT, Settings
 
 # MLflow keys allow letters, digits, "_", "-", ".", " ", "/"; "ndcg@10" becomes "ndcg_at_10".
+log = logging.getLogger("movierec")
 _INVALID_KEY = re.compile(r"[^A-Za-z0-9_\-. /]")
 
 
@@ -52,6 +55,10 @@ def configure(settings: Settings) -> str:
     (classic) model-training experiment.
     """
     settings.home.mkdir(parents=True, exist_ok=True)
+    # A tracking server that fails gets each request retried 3 times with backoff (2, 4, 8 s): a
+    # restart is ridden out, and a run whose server died fails within a minute, not after MLflow's
+    # default 7 retries (about 4 minutes) for each of its last requests. A value set wins.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.registry_uri)
     experiment_id = experiment(settings, settings.experiment_name)
@@ -99,8 +106,11 @@ def pipeline_run(run_name: str, tags: dict[str, str]) -> Iterator[mlflow.ActiveR
         try:
             yield run
         except BaseException as error:
-            mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:4000])
-            mlflow.log_text("".join(traceback.format_exception(error)), "error.txt")
+            try:
+                mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:4000])
+                mlflow.log_text("".join(traceback.format_exception(error)), "error.txt")
+            except Exception as unrecorded:  # the tracking server may be what failed the run
+                log.warning("the error could not be recorded on run %s: %s", run.info.run_id, unrecorded)
             raise
 
 

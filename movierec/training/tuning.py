@@ -7,6 +7,12 @@ an unchanged snapshot continues the same study: an interrupted run loses no fini
 a second run adds its trials to the first run's. Each trial of this run is a nested MLflow run
 with its parameters and its validation NDCG@k per epoch; how it ended (complete, pruned,
 failed) is its tag `optuna.state` and its run status (FINISHED, KILLED, FAILED).
+
+With `tuning.workers` W > 1 and a database server as the storage, W processes run the trials of
+one study (`tasks.tune`): `open_study` creates it once before they join, `run_worker` is one
+worker's loop, `finish` reads the outcome. A trial records the process running it, so the next
+run closes the trials of a process that died (`close_dead_trials`); Optuna's heartbeat closes
+those of another machine.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +46,7 @@ from models.tune import (
 from movierec.errors import DataError
 from movierec.settings import Settings
 from movierec.tracking import reports, runs
+from movierec.tracking.recovery import process_alive
 from movierec.training.protocol import feature_code_hash
 
 log = logging.getLogger("movierec")
@@ -77,21 +86,37 @@ def setup_params(setup: TrialSetup) -> dict:
     return params
 
 
-def settings_study(settings: Settings, name: str, storage: str) -> optuna.Study:
-    """The study `name` in `storage` with the settings' sampler, pruner and seed; a storage that
-    cannot be read (a damaged SQLite file, a database that refuses) is a `DataError` naming it."""
+def settings_study(settings: Settings, name: str, storage: str, worker: int = 0) -> optuna.Study:
+    """The study `name` in `storage` with the settings' sampler, pruner, seed and heartbeat, as
+    opened by parallel worker number `worker`; a storage that cannot be read (a damaged SQLite
+    file, a database that refuses) is a `DataError` naming it."""
     tuning = settings.tuning
     try:
-        return create_study(name, storage, sampler=tuning.sampler, seed=tuning.seed, pruner=tuning.pruner)
+        return create_study(
+            name,
+            storage,
+            sampler=tuning.sampler,
+            seed=tuning.seed,
+            pruner=tuning.pruner,
+            worker=worker,
+            # SQLite is one machine's: `close_dead_trials` knows its dead trials without one.
+            heartbeat_seconds=None if storage.startswith("sqlite") else tuning.heartbeat_seconds,
+        )
     except sqlalchemy.exc.SQLAlchemyError as error:
         reason = str(getattr(error, "orig", None) or error).splitlines()[0][:200]
-        where = storage.removeprefix("sqlite:///") if storage.startswith("sqlite:///") else storage.split("@")[-1]
         advice = (
-            f"delete {where} to start the study afresh (its finished trials are lost)"
+            f"delete {storage_name(storage)} to start the study afresh (its finished trials are lost)"
             if storage.startswith("sqlite:///")
             else "check that the database is up and reachable (tuning.storage)"
         )
-        raise DataError(f"the Optuna study storage {where} cannot be used ({reason}): {advice}") from None
+        raise DataError(
+            f"the Optuna study storage {storage_name(storage)} cannot be used ({reason}): {advice}"
+        ) from None
+
+
+def storage_name(storage: str) -> str:
+    """A storage URL as it may be shown: the SQLite file, or the database's host and name."""
+    return storage.removeprefix("sqlite:///") if storage.startswith("sqlite:///") else storage.split("@")[-1]
 
 
 def settings_objective(settings: Settings, tables: CanonicalTables, validation: Split, **hooks) -> Callable:
@@ -115,7 +140,7 @@ def run_trials(study: optuna.Study, objective: Callable, trials: int | None, tim
     workers on a shared study add theirs meanwhile, so the study's count does not tell)."""
     ran = []
     study.optimize(
-        objective,
+        owned(objective),
         n_trials=trials,
         timeout=timeout,
         gc_after_trial=False,
@@ -124,57 +149,103 @@ def run_trials(study: optuna.Study, objective: Callable, trials: int | None, tim
     return len(ran)
 
 
-def close_dead_trials(study: optuna.Study) -> list[int]:
-    """Mark FAILED (with the reason as user attribute `failure`) every RUNNING trial of `study`,
-    for a caller that knows no process is running them; returns their numbers."""
+def owned(objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial], float]:
+    """`objective`, each trial first recording the process running it (user attributes `pid` and
+    `host`), for `close_dead_trials`."""
+
+    def run(trial: optuna.Trial) -> float:
+        trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("host", socket.gethostname())
+        return objective(trial)
+
+    return run
+
+
+def close_dead_trials(study: optuna.Study, *, own: bool = False) -> list[int]:
+    """Mark FAILED (with the reason as user attribute `failure`) every RUNNING trial of `study`
+    whose process is known to be gone: it ran on this host and its pid no longer runs, or, with
+    `own` (the home's own study, whose run lock the caller holds), any. Returns their numbers.
+    Another host's trial is left to Optuna's heartbeat (`tuning.heartbeat_seconds`)."""
+    host = socket.gethostname()
     closed = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        owner = trial.user_attrs
+        mine = owner.get("host") == host and "pid" in owner
+        if not own and (not mine or process_alive(int(owner["pid"]))):
+            continue
+        process = f"its process (pid {owner['pid']} on {host})" if mine else "its process"
         optuna.trial.Trial(study, trial._trial_id).set_user_attr(
-            "failure", "its run died before the trial ended; closed by the next run"
+            "failure", f"{process} died before the trial ended; closed by the next run"
         )
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         closed.append(trial.number)
     if closed:
         log.warning(
-            "tuning: trials %s of study %s were left running by a dead run: marked FAILED", closed, study.study_name
+            "tuning: trials %s of study %s were left running by a dead process: marked FAILED", closed, study.study_name
         )
     return closed
 
 
-def tune(
-    settings: Settings,
-    dataset: str,
-    snapshot_id: str,
-    tables: CanonicalTables,
-    held_out: Split,
-    validation: Split,
-    trials: int | None,
-    timeout: float | None,
-    features: Callable[[dict[str, float], dict[str, float]], Prepared],
-) -> Tuned:
-    """Run this pipeline run's trials of the study (`trials` and/or `timeout`; 0 trials: none)
-    inside the active MLflow run; `features(item_groups, user_groups)` featurises the validation
-    split. Raises when the study has no completed trial."""
-    tuning, training = settings.tuning, settings.training
+def shares(trials: int | None, workers: int) -> list[int | None]:
+    """`trials` split between `workers` as evenly as whole trials go (None: no limit for any)."""
+    if trials is None:
+        return [None] * workers
+    return [trials // workers + (worker < trials % workers) for worker in range(workers)]
+
+
+def open_study(
+    settings: Settings, dataset: str, snapshot_id: str, held_out: Split, trials: int | None, timeout: float | None
+) -> str:
+    """Create (or resume) this run's study, once, before any worker joins it (concurrent creation
+    races in Optuna), and close the trials dead processes left running; its name."""
     name = study_name(settings, dataset, snapshot_id, held_out)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = settings_study(settings, name, settings.optuna_storage)
-    if tuning.storage is None and close_dead_trials(study):
-        # The home's own study and this run holds the home's lock: a RUNNING trial was a dead
-        # run's (a shared storage's may be another worker's, alive). Opened again, the sampler is
-        # seeded as for any resumed study, not as beside a running worker.
-        study = settings_study(settings, name, settings.optuna_storage)
-    metric = f"val_ndcg@{training.k}"
+    # The home's own study is this run's alone while it holds the home's lock.
+    close_dead_trials(study, own=settings.tuning.storage is None)
+    log.info(
+        "tuning: study %s (%d earlier trials), budget %s trials, %s, %d worker%s",
+        name,
+        len(study.trials),
+        "no limit on" if trials is None else trials,
+        f"{timeout:g} s" if timeout else "no timeout",
+        settings.tuning.workers,
+        "" if settings.tuning.workers == 1 else "s",
+    )
+    return name
+
+
+def run_worker(
+    settings: Settings,
+    name: str,
+    tables: CanonicalTables,
+    validation: Split,
+    trials: int | None,
+    timeout: float | None,
+    parent_run_id: str,
+    worker: int = 0,
+    features: Callable[[dict[str, float], dict[str, float]], Prepared] | None = None,
+) -> int:
+    """Run `trials` and/or `timeout` of study `name` in this process as worker number `worker`,
+    each trial a nested MLflow run of `parent_run_id`; `features(item_groups, user_groups)`
+    featurises the validation split (default: in memory). Returns how many trials it ran."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = settings_study(settings, name, settings.optuna_storage, worker)
+    metric = f"val_ndcg@{settings.training.k}"
+    experiment_id = mlflow.get_run(parent_run_id).info.experiment_id
 
     def log_trial(trial: optuna.Trial, setup: TrialSetup, scores: list[float], state: str) -> None:
         run = mlflow.start_run(
             run_name=f"trial {trial.number}",
+            experiment_id=experiment_id,
+            parent_run_id=parent_run_id,
             nested=True,
             tags={
                 "kind": "optuna-trial",
                 "optuna.study": name,
                 "optuna.trial": str(trial.number),
                 "optuna.state": state,
+                "optuna.worker": str(worker),
             },
         )
         try:
@@ -186,28 +257,29 @@ def tune(
             mlflow.end_run(RUN_STATUS[state])
         best = f"{max(scores):.4f}" if scores else "–"
         log.info(
-            "trial %d %s after %d epochs: best validation NDCG@%d %s",
+            "trial %d %s after %d epochs: best validation NDCG@%d %s%s",
             trial.number,
             state,
             len(scores),
-            training.k,
+            settings.training.k,
             best,
+            f" (worker {worker})" if settings.tuning.workers > 1 else "",
         )
 
-    objective = settings_objective(settings, tables, validation, on_trial=log_trial, prepare_features=features)
-    before = len(study.trials)
-    log.info(
-        "tuning: study %s (%d earlier trials), budget %s trials, %s",
-        name,
-        before,
-        "no limit on" if trials is None else trials,
-        f"{timeout:g} s" if timeout else "no timeout",
-    )
-    ran = run_trials(study, objective, trials, timeout) if trials != 0 else 0
+    hooks = {"on_trial": log_trial} if features is None else {"on_trial": log_trial, "prepare_features": features}
+    objective = settings_objective(settings, tables, validation, **hooks)
+    return run_trials(study, objective, trials, timeout) if trials != 0 else 0
+
+
+def finish(settings: Settings, name: str, ran: int) -> Tuned:
+    """The outcome of study `name` after this run's `ran` trials, logged on the active MLflow run
+    (the best value, trial counts, the optimisation history and parameter importances). Raises
+    when the study has no completed trial."""
+    study = settings_study(settings, name, settings.optuna_storage)
     completed = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
     if not completed:
         raise RuntimeError(f"study '{name}' has no completed trial (all pruned or failed); raise the trial budget")
-
+    tuning, metric = settings.tuning, f"val_ndcg@{settings.training.k}"
     tuned = Tuned(
         study_name=name,
         setup=best_setup(study, grid=tuning.sampler == "grid"),
@@ -222,6 +294,7 @@ def tune(
             "optuna.sampler": tuning.sampler,
             "optuna.pruner": tuning.pruner,
             "optuna.storage": settings.optuna_storage.split("://")[0],
+            "optuna.workers": tuning.workers,
         }
     )
     mlflow.log_metrics(

@@ -222,3 +222,178 @@ def test_two_retrains_triggered_at_once_run_one_after_the_other(stack_home):
     assert versions[1].tags["gate.champion_version"] == "1"  # the second gate measured the first run's champion
     champions = [v.version for v in versions if "champion" in client.get_model_version(v.name, v.version).aliases]
     assert len(champions) == 1
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            if parent == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and all its descendants."""
+    return [pid, *(descendant for child in _children(pid) for descendant in _tree(child))]
+
+
+class Faults:
+    """A stack with the retrain deployment, and what the fault test reads from it."""
+
+    def __init__(self, home: Path, exports: dict[str, str]) -> None:
+        self.home, self.exports = home, exports
+        self.api = exports["PREFECT_API_URL"]
+        self.bin = Path(sys.executable).parent
+        import mlflow
+
+        self.mlflow = mlflow.MlflowClient(tracking_uri=exports["MLFLOW_TRACKING_URI"])
+
+    def trigger(self, **parameters: str) -> str:
+        """`prefect deployment run retrain/retrain-manual -p ...`; the flow run's id."""
+        options = [part for name, value in parameters.items() for part in ("-p", f"{name}={value}")]
+        options += ["-p", "dataset=synthetic", "-p", "synthetic_ratings=4000"]
+        ran = _cli(self.home, "deployment", "run", "retrain/retrain-manual", *options,
+                   program=str(self.bin / "prefect"), **self.exports)  # fmt: skip
+        assert ran.returncode == 0, ran.stderr
+        return next(line.split()[-1] for line in ran.stdout.splitlines() if "UUID" in line)
+
+    def state(self, flow_run: str) -> str:
+        return httpx.get(f"{self.api}/flow_runs/{flow_run}").json()["state_type"]
+
+    def finished(self, flow_run: str, seconds: float = 300) -> str:
+        _wait(lambda: self.state(flow_run) in ("COMPLETED", "FAILED", "CRASHED"), seconds)
+        return self.state(flow_run)
+
+    def flow_process(self) -> int:
+        """The process the worker runs its flow run in."""
+        worker = _pids(self.home)["worker-1"]
+        _wait(lambda: _children(worker))
+        return _children(worker)[0]
+
+    def trials(self) -> dict[int, tuple[str, float | None, str]]:
+        """Every trial of the stack's studies: number -> (state, value, failure)."""
+        port = self.exports["MOVIEREC_TUNING__STORAGE"].rsplit(":", 1)[1].split("/")[0]
+        sql = (
+            "SELECT t.number, t.state, v.value, a.value_json FROM trials t LEFT JOIN trial_values v USING (trial_id) "
+            "LEFT JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = 'failure'"
+        )
+        command = [str(postgres_bin() / "psql"), "-h", "127.0.0.1", "-p", port, "-U", "movierec", "-d", "optuna",
+                   "-AtF", "\t", "-c", sql]  # fmt: skip
+        listed = subprocess.run(command, env={**os.environ, "PGPASSFILE": self.exports["PGPASSFILE"]},
+                                capture_output=True, text=True)  # fmt: skip
+        if listed.returncode != 0:  # no study yet
+            return {}
+        rows = (line.split("\t") for line in listed.stdout.splitlines())
+        return {int(n): (state, float(value) if value else None, failure) for n, state, value, failure in rows}
+
+    def versions(self) -> dict[str, dict]:
+        found = self.mlflow.search_model_versions("name='movierec-lightfm'")
+        return {
+            v.version: {"tags": v.tags, "aliases": self.mlflow.get_model_version(v.name, v.version).aliases}
+            for v in found
+        }
+
+    def champion(self) -> str | None:
+        return next((number for number, v in self.versions().items() if "champion" in v["aliases"]), None)
+
+
+def test_faults_on_the_stack_lose_nothing(stack_home):
+    """On the real stack, through the retrain deployment: the worker killed during (parallel)
+    tuning, a flow run killed during registration, PostgreSQL stopped during a run. Each time the
+    champion stays, nothing half-done stays visible, and the next run succeeds."""
+    from cli_runs import QUICK
+
+    # Trials of up to 30 epochs: long enough to be killed while running.
+    slow_trials = {**QUICK, "MOVIEREC_TUNING__MAX_EPOCHS": "30"}
+    started = _cli(stack_home, "up", **slow_trials)
+    assert started.returncode == 0, started.stderr
+    exports = dict(line.removeprefix("export ").split("=", 1) for line in started.stdout.splitlines())
+    deployed = _cli(stack_home, "deploy", program=str(Path(sys.executable).parent / "movierec"), **exports)
+    assert deployed.returncode == 0, deployed.stderr
+    stack = Faults(stack_home, exports)
+
+    # 1. kill -9 of the worker during tuning (two tuning processes on the PostgreSQL study).
+    first = stack.trigger(trials="40", tuning_workers="2")
+    worker, flow_process = _pids(stack_home)["worker-1"], stack.flow_process()
+
+    def midway() -> bool:
+        states = [state for state, _, _ in stack.trials().values()]
+        return states.count("COMPLETE") >= 2 and "RUNNING" in states
+
+    _wait(midway, 300)
+    tree = _tree(worker)
+    assert len(tree) >= 4, tree  # the worker, its flow run, two tuning processes
+    os.kill(worker, 9)
+    os.kill(flow_process, 9)
+    # The tuning processes notice their run is gone and end: none goes on with its trials.
+    _wait(lambda: not any(_alive(pid) for pid in tree), 30)
+    before = stack.trials()
+    finished_before = {number: value for number, (state, value, _) in before.items() if state == "COMPLETE"}
+    left_running = {number for number, (state, _, _) in before.items() if state == "RUNNING"}
+    assert left_running, "the kill came while trials were running"
+    assert "worker-1" in next(line for line in _cli(stack_home, "status").stdout.splitlines() if "not running" in line)
+    assert _cli(stack_home, "up", **slow_trials).returncode == 0  # restarts the worker
+
+    second = stack.trigger(trials="2", tuning_workers="2")
+    assert stack.finished(second) == "COMPLETED"
+    after = stack.trials()
+    # The study resumed: every finished trial kept with its value, the dead ones closed, 2 added.
+    assert {number: after[number][1] for number in finished_before} == finished_before
+    assert all(after[number][0] == "FAIL" and "died" in after[number][2] for number in left_running)
+    assert len(after) == len(before) + 2 and "RUNNING" not in {state for state, _, _ in after.values()}
+    assert stack.champion() == "1"
+    dead = stack.mlflow.search_runs(
+        [stack.mlflow.get_experiment_by_name("movierec").experiment_id],
+        filter_string=f"attributes.status = 'FAILED' and tags.`prefect.flow_run_id` = '{first}'",
+    )
+    assert len(dead) == 1 and "died" in dead[0].data.tags["failure.reason"]
+
+    # 2. kill -9 during registration: the moment version 2 exists, before its gate decides.
+    third = stack.trigger(trials="0")
+    flow_process = stack.flow_process()
+    deadline = time.monotonic() + 300
+    while not any(v.version == "2" for v in stack.mlflow.search_model_versions("name='movierec-lightfm'")):
+        assert time.monotonic() < deadline, "no version 2 was registered"
+        time.sleep(0.05)
+    for pid in _tree(flow_process):
+        os.kill(pid, 9)
+    killed = stack.versions()["2"]
+    assert "gate.decision" not in killed["tags"], "the gate decided before the kill"
+    assert stack.finished(third) == "CRASHED"  # the worker saw its flow run die
+    assert stack.champion() == "1"
+    fourth = stack.trigger(trials="0")
+    assert stack.finished(fourth) == "COMPLETED"
+    versions = stack.versions()
+    assert "2" not in versions  # deleted: it never finished the gate
+    assert all("gate.decision" in v["tags"] for v in versions.values())
+    assert [number for number, v in versions.items() if "champion" in v["aliases"]] == [stack.champion()]
+
+    # 3. PostgreSQL stopped during a run (`movierec pipeline` on the stack's services).
+    champion = stack.champion()
+    env = own_settings(stack_home, **slow_trials, **exports, PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "movierec.cli", "pipeline", "--dataset", "synthetic",
+               "--synthetic-ratings", "4000", "--trials", "40"]  # fmt: skip
+    count = len(stack.trials())
+    run = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait(lambda: len(stack.trials()) > count + 1, 300)
+    from movierec.settings import Settings
+    from movierec.stack import Stack
+
+    Stack(Settings(home=stack_home)).database_down()
+    output, _ = run.communicate(timeout=300)
+    assert run.returncode == 1, output[-3000:]
+    message = output[output.index("error: the run failed because a service it uses failed") :]
+    assert "PostgreSQL (the Optuna study storage" in message
+    assert _cli(stack_home, "up", **slow_trials).returncode == 0
+    assert stack.champion() == champion
+    again = _cli(stack_home, "pipeline", "--dataset", "synthetic", "--synthetic-ratings", "4000", "--trials", "1",
+                 program=str(Path(sys.executable).parent / "movierec"), **slow_trials, **exports)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    versions = stack.versions()
+    assert sum("champion" in v["aliases"] for v in versions.values()) == 1
+    assert all("gate.decision" in v["tags"] for v in versions.values())
