@@ -33,7 +33,7 @@ from flows.ingest import ingest
 from movierec.data.schema import RatingScale
 from movierec.errors import ConfigError
 from movierec.monitoring.reference import REFERENCE_ARTIFACT, REFERENCE_TAG, reference_statistics
-from movierec.runlock import describe, run_lock
+from movierec.runlock import describe, registry_lock, run_lock
 from movierec.services import service_failure
 from movierec.settings import Settings, get_settings, parallel_tuning_problem
 from movierec.tracking import recovery, reports, runs
@@ -86,8 +86,11 @@ def retrain(
             update={"tuning": settings.tuning.model_copy(update={"workers": tuning_workers})}
         )
     # One run at a time per home (movierec.runlock): the stores, the registry and the gate's
-    # read-compare-move of `champion` are this run's alone until it ends.
-    with run_lock(settings.home, f"retrain {dataset}", on_wait=_waiting):
+    # read-compare-move of `champion` are this run's alone until it ends. Runs on other homes
+    # sharing the registry (workers on other machines of one stack) meet at a lock in the shared
+    # PostgreSQL, always taken second, so two runs never wait for each other's.
+    label = f"retrain {dataset}"
+    with run_lock(settings.home, label, on_wait=_waiting), registry_lock(settings, label, _queued):
         try:
             return _pipeline(settings, dataset, trials, timeout, synthetic_ratings, seed)
         except Exception as error:
@@ -99,6 +102,10 @@ def retrain(
 
 def _waiting(holder: dict | None) -> None:
     log.warning("waiting for %s to finish (one run at a time per MOVIEREC_HOME)", describe(holder))
+
+
+def _queued(holders: str) -> None:
+    log.warning("waiting for %s to finish (one retrain at a time per registry: a lock in PostgreSQL)", holders)
 
 
 def _pipeline(

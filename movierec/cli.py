@@ -480,13 +480,18 @@ def _trained_on(tags: dict) -> str:
 
 
 def _locked(label: str) -> Callable:
-    """A command that moves `champion` holds the home's run lock (waiting for a running pipeline),
-    so it never interleaves with a run's gate."""
+    """A command that moves `champion` holds the home's run lock and the registry's lock in a
+    shared PostgreSQL (`movierec.runlock.registry_lock`), waiting for a running pipeline here or
+    on another home, so it never interleaves with a run's gate."""
+    from movierec.runlock import registry_lock
+
+    def waiting(holders: str) -> None:
+        console.print(f"waiting for {escape(holders)} to finish…", soft_wrap=True)
 
     def decorate(command: Callable) -> Callable:
         @functools.wraps(command)
         def locked(*args: Any, **kwargs: Any) -> Any:
-            with _home_lock(label):
+            with _home_lock(label), registry_lock(get_settings(), label, waiting):
                 return command(*args, **kwargs)
 
         return locked

@@ -9,19 +9,27 @@ dead run never blocks the next. The holder writes who it is into the file, so a 
 say what it waits for. Within one process the lock is re-entrant (the CLI takes it before the
 flow it runs takes it again). `movierec promote` and `rollback` take it too, so the gate's
 read-compare-move of `champion` never interleaves with a manual move.
+
+Runs on different homes sharing one registry (workers on several machines of one stack) cannot
+see each other's home lock: `database_lock` serialises them in the PostgreSQL they share.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import hashlib
 import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+
+from movierec.settings import Settings
 
 LOCK_FILE = "pipeline.lock"
 
@@ -114,3 +122,54 @@ def _release(path: Path) -> None:
         del _held[path]
     fcntl.flock(descriptor, fcntl.LOCK_UN)
     os.close(descriptor)
+
+
+@contextmanager
+def database_lock(
+    url: str | None, name: str, label: str, on_wait: Callable[[str], None] | None = None
+) -> Iterator[None]:
+    """Hold PostgreSQL advisory lock `name` in the database at `url` for the block: one holder at a
+    time among every process and machine reaching that database (runs on different homes, e.g.
+    workers on several machines sharing one stack, whose home locks cannot see each other).
+    Busy: `on_wait(holders)` is called once, naming the holder, and the call waits. Nothing is
+    held when `url` is None or not PostgreSQL.
+
+    The lock belongs to the connection: it ends with its process, `kill -9` included (the server
+    sees the socket close), and the stack's server drops a connection whose machine is gone
+    after about a minute of failed keepalives."""
+    if url is None or not url.startswith("postgresql"):
+        yield
+        return
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    who = f"movierec {label} (pid {os.getpid()} on {socket.gethostname()})"[:63]
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args={"application_name": who})
+    connection = engine.connect()
+    try:
+        if not connection.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar():
+            if on_wait is not None:
+                holders = connection.execute(
+                    sqlalchemy.text(
+                        "SELECT string_agg(a.application_name, ', ') FROM pg_locks l JOIN pg_stat_activity a "
+                        "USING (pid) WHERE l.locktype = 'advisory' AND l.granted "
+                        "AND ((l.classid::bigint << 32) | l.objid::bigint) = :key"
+                    ),
+                    {"key": key},
+                ).scalar()
+                on_wait(holders or "another run")
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        connection.commit()
+        yield
+    finally:
+        # Closing the connection releases the lock, also when the database is what failed.
+        with contextlib.suppress(Exception):
+            connection.close()
+        engine.dispose()
+
+
+def registry_lock(settings: Settings, label: str, on_wait: Callable[[str], None] | None = None):
+    """`database_lock` of the settings' registered model in their shared PostgreSQL (`tuning.storage`):
+    what a run's gate and a manual move of `champion` hold."""
+    return database_lock(settings.tuning.storage, f"registry {settings.registered_model_name}", label, on_wait)

@@ -257,7 +257,11 @@ class Stack:
         if not (self.data / "PG_VERSION").is_file():
             self._initdb()
         if self._postgres_pid() is None:
-            options = f"-c listen_addresses={HOST} -p {port} -c unix_socket_directories={self.data}"
+            # Keepalives: a client whose machine died (holding the retrain lock) is dropped in ~1 min.
+            options = (
+                f"-c listen_addresses={HOST} -p {port} -c unix_socket_directories={self.data} "
+                "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3"
+            )
             self._pg(["pg_ctl", "-D", str(self.data), "-l", str(self.data / "server.log"), "-w", "-t", "60",
                       "-o", options, "start"])  # fmt: skip
             self.say(f"started postgres on {HOST}:{port} (data {self.data})")

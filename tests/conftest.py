@@ -4,6 +4,7 @@ Prefect API per test process; the real datasets are used only when present."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -97,3 +98,25 @@ def forget_mlflow_stores():
     fluent._active_experiment_id = None
     for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
         os.environ.pop(variable, None)
+
+
+@pytest.fixture
+def postgres():
+    """A throwaway home whose stack runs PostgreSQL alone (skipped with the reason when PostgreSQL
+    is not installed; `make test` installs it when it can): (home, Optuna storage URL, PGPASSFILE)."""
+    from movierec.settings import Settings
+    from movierec.stack import Stack, StackError, postgres_bin
+
+    try:
+        postgres_bin()
+    except StackError as error:
+        pytest.skip(str(error))
+    folder = Path(tempfile.mkdtemp(prefix="movierec-pg-", dir="/var/tmp"))
+    folder.chmod(0o755)  # PostgreSQL runs as the postgres user when we are root
+    stack = Stack(Settings(home=folder / "home"))
+    try:
+        storage = stack.database_up()
+        yield folder / "home", storage, stack.exports()["PGPASSFILE"]
+    finally:
+        stack.database_down()
+        shutil.rmtree(folder, ignore_errors=True)

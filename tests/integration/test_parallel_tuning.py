@@ -1,41 +1,17 @@
-"""`movierec pipeline --tuning-workers 2` with the study in a real PostgreSQL (started by
-`movierec.stack`; skipped with the reason when PostgreSQL is not installed): two processes run
-the trials of one study, each trial one nested MLflow run of the pipeline's run."""
+"""`movierec pipeline --tuning-workers 2` with the study in a real PostgreSQL (the `postgres`
+fixture): two processes run the trials of one study, each trial one nested MLflow run of the
+pipeline's run."""
 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-from pathlib import Path
 
 import optuna
 import pytest
 from cli_runs import QUICK, movierec
 from mlflow.tracking import MlflowClient
 
-from movierec.settings import Settings
-from movierec.stack import Stack, StackError, postgres_bin
-
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def postgres():
-    """A throwaway home whose stack runs PostgreSQL alone: (home, Optuna storage URL, PGPASSFILE)."""
-    try:
-        postgres_bin()
-    except StackError as error:
-        pytest.skip(str(error))
-    folder = Path(tempfile.mkdtemp(prefix="movierec-pg-", dir="/var/tmp"))
-    folder.chmod(0o755)  # PostgreSQL runs as the postgres user when we are root
-    stack = Stack(Settings(home=folder / "home"))
-    try:
-        storage = stack.database_up()
-        yield folder / "home", storage, stack.exports()["PGPASSFILE"]
-    finally:
-        stack.database_down()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_two_workers_share_one_study_and_the_budget(postgres):

@@ -4,6 +4,7 @@ test` installs it when it can)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -178,9 +179,12 @@ def test_up_status_down_and_up_again(stack_home, monkeypatch):
     assert client.get_run(run.info.run_id).data.metrics == {"ndcg": 0.25}
 
 
-def test_two_retrains_triggered_at_once_run_one_after_the_other(stack_home):
-    """The retrain deployment triggered twice on the stack: both flow runs start, the home's run
-    lock makes the second wait, and the registry ends consistent with one champion."""
+def test_retrains_at_once_run_one_after_the_other(stack_home):
+    """The retrain deployment triggered twice on the stack, and `movierec pipeline` from another
+    home on the same services (as a worker on another machine) at the same time: the home's run
+    lock makes the second deployment run wait, the lock in PostgreSQL the other home's run, and
+    the registry ends consistent: no two runs' registrations interleave, each gate measured the
+    champion the run before left, one champion."""
     from cli_runs import QUICK
 
     started = _cli(stack_home, "up", MOVIEREC_STACK__WORKERS="2", **QUICK)
@@ -194,6 +198,12 @@ def test_two_retrains_triggered_at_once_run_one_after_the_other(stack_home):
         triggered = _cli(stack_home, "deployment", "run", "retrain/retrain-manual", *parameters,
                          program=str(bin_dir / "prefect"), **exports)  # fmt: skip
         assert triggered.returncode == 0, triggered.stderr
+    elsewhere = stack_home.parent / "elsewhere"
+    other = subprocess.Popen(
+        [str(bin_dir / "movierec"), "pipeline", "--dataset", "synthetic", "--synthetic-ratings", "4000", "--trials", "1"],
+        cwd=REPO, env=own_settings(elsewhere, **QUICK, **{**exports, "MOVIEREC_HOME": str(elsewhere)}),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
 
     api = exports["PREFECT_API_URL"]
     deployment = httpx.get(f"{api}/deployments/name/retrain/retrain-manual").json()["id"]
@@ -208,20 +218,33 @@ def test_two_retrains_triggered_at_once_run_one_after_the_other(stack_home):
     )
     finished = runs()
     assert [run["state_type"] for run in finished] == ["COMPLETED", "COMPLETED"], finished
-    # Both ran at once as flow runs, but not inside the lock: the later one waited for the first.
+    output, _ = other.communicate(timeout=600)
+    assert other.returncode == 0, output[-3000:]
+    # Both deployment runs ran at once as flow runs, but not inside the lock: the later one waited.
     first, second = sorted(finished, key=lambda run: run["end_time"])
     assert second["start_time"] < first["end_time"]
-    logs = "".join((stack_home / "stack" / "logs" / f"worker-{n}.log").read_text() for n in (1, 2))
+    logs = output + "".join((stack_home / "stack" / "logs" / f"worker-{n}.log").read_text() for n in (1, 2))
     assert "waiting for run 'retrain synthetic'" in logs
+    assert "(one retrain at a time per registry: a lock in PostgreSQL)" in logs
 
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=exports["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("movierec").experiment_id
+    parents = [
+        run for run in client.search_runs([experiment], order_by=["start_time"]) if "movierec.pid" in run.data.tags
+    ]
+    assert len(parents) == 3
+    for before, after in itertools.pairwise(parents):  # one after the other, never interleaved
+        assert before.info.end_time <= after.info.start_time
     versions = sorted(client.search_model_versions("name='movierec-lightfm'"), key=lambda v: int(v.version))
-    assert [v.version for v in versions] == ["1", "2"]
-    assert versions[1].tags["gate.champion_version"] == "1"  # the second gate measured the first run's champion
+    assert [v.version for v in versions] == ["1", "2", "3"]
+    champion = "1"
+    for version in versions[1:]:  # each gate measured the champion the run before left
+        assert version.tags["gate.champion_version"] == champion
+        champion = version.version if version.tags["gate.decision"] == "promoted" else champion
     champions = [v.version for v in versions if "champion" in client.get_model_version(v.name, v.version).aliases]
-    assert len(champions) == 1
+    assert champions == [champion]
 
 
 def _children(pid: int) -> list[int]:
