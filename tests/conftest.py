@@ -34,13 +34,6 @@ def real_data_dir() -> Path | None:
     return path if (path / "ml-100k").is_dir() or (path / "ml-latest-small").is_dir() else None
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The longest tests first (the real stack's, then those marked slow), so that under xdist
-    they start at once and the short ones fill in around them, instead of one worker running
-    the longest alone at the end."""
-    items.sort(key=lambda item: (item.path.name != "test_stack.py", item.get_closest_marker("slow") is None))
-
-
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "home"

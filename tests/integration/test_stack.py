@@ -45,7 +45,16 @@ def _cli(home: Path, *args: str, **extra: str) -> subprocess.CompletedProcess:
     """`movierec stack ARGS`, or with `program` another program of the venv, with only this home's settings."""
     # The API (started by `up`, inheriting this) looks the champion up every second.
     program = extra.pop("program", None)
-    env = own_settings(home, **{"MOVIEREC_STACK__WORKERS": "1", "MOVIEREC_SERVING__POLL_SECONDS": "1", **extra})
+    # Workers (inheriting this from `up`) look for flow runs every 2 s, not Prefect's 10.
+    env = own_settings(
+        home,
+        **{
+            "MOVIEREC_STACK__WORKERS": "1",
+            "MOVIEREC_SERVING__POLL_SECONDS": "1",
+            "PREFECT_WORKER_QUERY_SECONDS": "2",
+            **extra,
+        },
+    )
     command = [sys.executable, "-m", "movierec.cli", "stack", *args] if program is None else [program, *args]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
