@@ -31,11 +31,10 @@ from prefect import flow, runtime
 from features.splits import every_rating
 from flows.ingest import ingest
 from movierec.data.schema import RatingScale
-from movierec.errors import ConfigError
 from movierec.monitoring.reference import REFERENCE_ARTIFACT, REFERENCE_TAG, reference_statistics
 from movierec.runlock import describe, registry_lock, run_lock
 from movierec.services import service_failure
-from movierec.settings import Settings, get_settings, parallel_tuning_problem
+from movierec.settings import Settings, get_settings
 from movierec.tracking import recovery, reports, runs
 from movierec.training.tuning import setup_params
 from tasks.export import export_champion
@@ -79,12 +78,7 @@ def retrain(
 ) -> dict:
     settings = get_settings()
     if tuning_workers is not None:  # this run's number of tuning processes (default: tuning.workers)
-        problem = parallel_tuning_problem(settings.tuning.storage, tuning_workers)
-        if tuning_workers < 1 or problem:
-            raise ConfigError(problem or f"tuning_workers must be at least 1, not {tuning_workers}")
-        settings = settings.model_copy(
-            update={"tuning": settings.tuning.model_copy(update={"workers": tuning_workers})}
-        )
+        settings = settings.with_tuning_workers(tuning_workers)
     # One run at a time per home (movierec.runlock): the stores, the registry and the gate's
     # read-compare-move of `champion` are this run's alone until it ends. Runs on other homes
     # sharing the registry (workers on other machines of one stack) meet at a lock in the shared

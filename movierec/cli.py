@@ -26,7 +26,7 @@ from movierec.console import console, interactive
 from movierec.data.datasets import DATASETS
 from movierec.errors import ConfigError, DataError
 from movierec.services import service_failure
-from movierec.settings import get_settings, parallel_tuning_problem
+from movierec.settings import get_settings
 
 app = typer.Typer(
     help="movierec: a movie recommender pipeline (MovieLens + TMDB, Prefect, MLflow, LightFM).",
@@ -342,10 +342,11 @@ def pipeline(
     """Run the whole pipeline (flow `retrain`): ingest, validate, tune, train, evaluate, register, promote.
     One run at a time per MOVIEREC_HOME: a second one waits for the first (or fails with --no-wait)."""
     _check_dataset(dataset)
-    if tuning_workers is not None:
-        problem = parallel_tuning_problem(get_settings().tuning.storage, tuning_workers)
-        if problem:
-            raise typer.BadParameter(problem, param_hint="--tuning-workers")
+    if tuning_workers is not None:  # refused before any work, as the flow would refuse it
+        try:
+            get_settings().with_tuning_workers(tuning_workers)
+        except ConfigError as error:
+            raise typer.BadParameter(str(error), param_hint="--tuning-workers") from None
     _flow_process(f"pipeline {dataset}", wait=not no_wait)
     from flows.retrain import retrain
 

@@ -168,20 +168,13 @@ class TuningSettings(Section):
     @field_validator("workers", mode="after")
     @classmethod
     def _parallel_needs_a_server(cls, workers: int, info: ValidationInfo) -> int:
-        problem = parallel_tuning_problem(info.data.get("storage"), workers)
-        if problem:
-            raise ValueError(problem)
+        storage = info.data.get("storage")
+        if workers > 1 and (storage is None or storage.startswith("sqlite")):
+            raise ValueError(
+                f"{workers} tuning workers need a database server as tuning.storage (MOVIEREC_TUNING__STORAGE, "
+                "e.g. the one `movierec stack up` exports): SQLite takes one writer at a time"
+            )
         return workers
-
-
-def parallel_tuning_problem(storage: str | None, workers: int) -> str | None:
-    """Why `workers` tuning processes cannot share `storage`, or None."""
-    if workers > 1 and (storage is None or storage.startswith("sqlite")):
-        return (
-            f"{workers} tuning workers need a database server as tuning.storage (MOVIEREC_TUNING__STORAGE, "
-            "e.g. the one `movierec stack up` exports): SQLite takes one writer at a time"
-        )
-    return None
 
 
 class PromotionSettings(Section):
@@ -392,6 +385,17 @@ class Settings(BaseSettings):
     @property
     def optuna_storage(self) -> str:
         return self.tuning.storage or f"sqlite:///{self.home / 'optuna.db'}"
+
+    def with_tuning_workers(self, workers: int) -> Settings:
+        """These settings with `workers` tuning processes (a run's override of `tuning.workers`),
+        validated as the setting is; a `ConfigError` saying why they cannot be."""
+        try:
+            tuning = TuningSettings.model_validate({**self.tuning.model_dump(), "workers": workers})
+        except ValidationError as error:
+            raise ConfigError(
+                f"tuning.workers = {workers}: {error.errors()[0]['msg'].removeprefix('Value error, ')}"
+            ) from None
+        return self.model_copy(update={"tuning": tuning})
 
     @property
     def registered_model_name(self) -> str:

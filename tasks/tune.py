@@ -73,18 +73,10 @@ def tune_hybrid(
     return tuning.finish(settings, name, ran)
 
 
-@task(name="tuning worker", task_run_name="tuning worker {worker}", cache_policy=NO_CACHE)
-def tuning_worker(
-    settings: Settings,
-    name: str,
-    tables: CanonicalTables,
-    validation: Split,
-    trials: int | None,
-    timeout: float | None,
-    parent_run_id: str,
-    worker: int,
-) -> int:
-    return tuning.run_worker(settings, name, tables, validation, trials, timeout, parent_run_id, worker)
+# One worker's loop, as a task run of its own on the process pool.
+tuning_worker = task(name="tuning worker", task_run_name="tuning worker {worker}", cache_policy=NO_CACHE)(
+    tuning.run_worker
+)
 
 
 def _join(settings: Settings, api_url: str, parent: int) -> None:

@@ -17,33 +17,13 @@ import optuna
 import pytest
 from cli_runs import start_pipeline
 from mlflow.tracking import MlflowClient
+from processes import alive, children
 
 from movierec.settings import get_settings
 from movierec.tracking import recovery, runs
 from movierec.tracking.registry import Registry
 
 pytestmark = pytest.mark.slow
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _running_trials(home: Path) -> int:
@@ -64,14 +44,14 @@ def test_a_run_killed_during_tuning_leaves_no_process_and_the_next_run_closes_wh
     while _running_trials(home) == 0 or len(_completed(home)) < 1:
         assert run.poll() is None and time.monotonic() < deadline, run.stdout.read()[-3000:]
         time.sleep(0.3)
-    servers = _children(run.pid)
+    servers = children(run.pid)
     assert servers, "the pipeline runs its temporary Prefect server as a child"
     os.kill(run.pid, signal.SIGKILL)
     run.wait()
     deadline = time.monotonic() + 20
-    while any(_alive(pid) for pid in servers) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in servers) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not any(_alive(pid) for pid in servers), "the temporary Prefect server outlived its pipeline"
+    assert not any(alive(pid) for pid in servers), "the temporary Prefect server outlived its pipeline"
     finished_before = _completed(home)
 
     again = start_pipeline(home, "--trials", "1")

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from cli_runs import own_settings
+from processes import alive, command, tree
 
 from movierec.stack import StackError, postgres_bin
 
@@ -63,14 +64,6 @@ def _pids(home: Path) -> dict[str, int]:
     pids = {path.stem: json.loads(path.read_text())["pid"] for path in (home / "stack" / "pids").glob("*.pid")}
     pids["postgres"] = int((home / "stack" / "postgres" / "postmaster.pid").read_text().splitlines()[0])
     return pids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
 
 
 def _wait(condition, seconds: float = 60) -> None:
@@ -178,7 +171,7 @@ def test_up_status_down_and_up_again(stack_home, monkeypatch):
 
     stopped = _cli(stack_home, "down")
     assert stopped.returncode == 0 and "postgres" in stopped.stderr
-    assert not any(_alive(pid) for pid in pids.values())
+    assert not any(alive(pid) for pid in pids.values())
     assert (stack_home / "stack" / "postgres" / "PG_VERSION").is_file()  # the data stays
 
     # Up again: same addresses, same data.
@@ -257,31 +250,6 @@ def test_retrains_at_once_run_one_after_the_other(stack_home):
     assert champions == [champion]
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            if parent == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def _command(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
-def _tree(pid: int) -> list[int]:
-    """`pid` and all its descendants."""
-    return [pid, *(descendant for child in _children(pid) for descendant in _tree(child))]
-
-
 class Faults:
     """A stack with the retrain deployment, and what the fault test reads from it."""
 
@@ -315,14 +283,14 @@ class Faults:
 
         def found() -> list[int]:
             running = []
-            for pid in _tree(_pids(self.home)["worker-1"])[1:]:
+            for pid in tree(_pids(self.home)["worker-1"])[1:]:
                 with contextlib.suppress(OSError):
                     if marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
                         running.append(pid)
             return running
 
         _wait(found, 120)
-        return max(found(), key=lambda pid: len(_tree(pid)))  # the topmost: its children inherit the variable
+        return max(found(), key=lambda pid: len(tree(pid)))  # the topmost: its children inherit the variable
 
     def trials(self) -> dict[int, tuple[str, float | None, str]]:
         """Every trial of the stack's studies: number -> (state, value, failure)."""
@@ -376,15 +344,15 @@ def test_faults_on_the_stack_lose_nothing(stack_home):
         return states.count("COMPLETE") >= 2 and "RUNNING" in states
 
     _wait(midway, 300)
-    tree = _tree(worker)
-    tuning = [pid for pid in tree if b"multiprocessing" in _command(pid)]
-    assert len(tuning) >= 2, tree  # two tuning processes (and multiprocessing's resource tracker)
-    for pid in tree:  # the worker and its flow run's processes, not the tuning processes
+    worker_tree = tree(worker)
+    tuning = [pid for pid in worker_tree if b"multiprocessing" in command(pid)]
+    assert len(tuning) >= 2, worker_tree  # two tuning processes (and multiprocessing's resource tracker)
+    for pid in worker_tree:  # the worker and its flow run's processes, not the tuning processes
         if pid not in tuning:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
     # The tuning processes notice their run is gone and end: none goes on with its trials.
-    _wait(lambda: not any(_alive(pid) for pid in tree), 30)
+    _wait(lambda: not any(alive(pid) for pid in worker_tree), 30)
     before = stack.trials()
     finished_before = {number: value for number, (state, value, _) in before.items() if state == "COMPLETE"}
     left_running = {number for number, (state, _, _) in before.items() if state == "RUNNING"}
@@ -413,7 +381,7 @@ def test_faults_on_the_stack_lose_nothing(stack_home):
     while not any(v.version == "2" for v in stack.mlflow.search_model_versions("name='movierec-lightfm'")):
         assert time.monotonic() < deadline, "no version 2 was registered"
         time.sleep(0.05)
-    for pid in _tree(flow_process):
+    for pid in tree(flow_process):
         with contextlib.suppress(ProcessLookupError):  # a short-lived child may have ended
             os.kill(pid, 9)
     killed = stack.versions()["2"]
@@ -430,10 +398,10 @@ def test_faults_on_the_stack_lose_nothing(stack_home):
     # 3. PostgreSQL stopped during a run (`movierec pipeline` on the stack's services).
     champion = stack.champion()
     env = own_settings(stack_home, **slow_trials, **exports, PYTHONUNBUFFERED="1")
-    command = [sys.executable, "-m", "movierec.cli", "pipeline", "--dataset", "synthetic",
+    pipeline = [sys.executable, "-m", "movierec.cli", "pipeline", "--dataset", "synthetic",
                "--synthetic-ratings", "4000", "--trials", "40"]  # fmt: skip
     count = len(stack.trials())
-    run = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = subprocess.Popen(pipeline, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait(lambda: len(stack.trials()) > count + 1, 300)
     from movierec.settings import Settings
     from movierec.stack import Stack
