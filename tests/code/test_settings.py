@@ -179,3 +179,21 @@ def test_the_defaults_are_the_settings_files_values(tmp_path, monkeypatch):
     repo_config = Path(__file__).resolve().parents[2] / "mlflow.yaml"
     from_file = Settings.model_validate(yaml.safe_load(repo_config.read_text()))
     assert Settings().model_dump() == from_file.model_dump()
+
+
+def test_parallel_tuning_needs_a_database_server(tmp_path, monkeypatch):
+    _bad_config(tmp_path, monkeypatch, "home: h\n")
+    monkeypatch.setenv("MOVIEREC_TUNING__WORKERS", "2")
+    with pytest.raises(ConfigError, match=r"tuning\.workers = '2' \(environment variable MOVIEREC_TUNING__WORKERS\)"):
+        get_settings()
+    monkeypatch.setenv("MOVIEREC_TUNING__STORAGE", "postgresql+psycopg2://movierec@127.0.0.1:5432/optuna")
+    settings = get_settings()
+    assert settings.tuning.workers == 2
+    # A run's override (flow parameter tuning_workers) is held to the same rules.
+    assert settings.with_tuning_workers(3).tuning.workers == 3 and settings.tuning.workers == 2
+    with pytest.raises(ConfigError, match=r"tuning\.workers = 0: .*greater than or equal to 1"):
+        settings.with_tuning_workers(0)
+    monkeypatch.delenv("MOVIEREC_TUNING__STORAGE")
+    monkeypatch.setenv("MOVIEREC_TUNING__WORKERS", "1")
+    with pytest.raises(ConfigError, match=r"tuning\.workers = 2: 2 tuning workers need a database server"):
+        get_settings().with_tuning_workers(2)
