@@ -19,7 +19,7 @@ seconds; the same input and parameters always give the same split.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,7 @@ class Split:
     excluded_users: int = 0  # users kept out of the rule (user_temporal: too few ratings)
     cold_items: np.ndarray | None = None  # sorted item_idx held out entirely (cold_items)
     cold_users: np.ndarray | None = None  # sorted user_idx held out entirely (cold_users)
+    sample: dict | None = None  # {"users": n, "of": total, "seed": s}: only a seeded sample of users kept
 
 
 def _check_share(name: str, value: float) -> None:
@@ -203,6 +204,33 @@ def validation_split(split: Split, **same_rule_kwargs) -> Split:
         params["cutoff"] = None
     params.update(same_rule_kwargs)
     return SPLITTERS[split.kind](split.train, **params)
+
+
+def sample_users(user_ids: np.ndarray, size: int | None, seed: int) -> np.ndarray:
+    """The distinct `user_ids`, sorted; or, when there are more than `size`, a seeded sample of
+    `size` of them, the same for the same set of ids whatever their order or repetitions."""
+    ids = np.unique(np.asarray(user_ids, dtype=np.int64))
+    if size is None or len(ids) <= size:
+        return ids
+    return np.sort(np.random.default_rng(seed).choice(ids, size, replace=False))
+
+
+def user_sample(split: Split, size: int | None, seed: int) -> Split:
+    """`split` with only the ratings (train and test) of `sample_users` of its users: a smaller
+    problem of the same shape (each kept user keeps all their ratings). As it is with no more
+    users than `size`."""
+    users = np.concatenate([split.train["user_id"].to_numpy(np.int64), split.test["user_id"].to_numpy(np.int64)])
+    total = len(np.unique(users))
+    kept = sample_users(users, size, seed)
+    if len(kept) == total:
+        return split
+
+    def keep(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame.loc[np.isin(frame["user_id"].to_numpy(np.int64), kept)].reset_index(drop=True)
+
+    return replace(
+        split, train=keep(split.train), test=keep(split.test), sample={"users": len(kept), "of": total, "seed": seed}
+    )
 
 
 def protocol_split(ratings: pd.DataFrame, kind: str, *, test_share: float, min_ratings: int, seed: int) -> Split:

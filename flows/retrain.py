@@ -146,7 +146,15 @@ def _pipeline(
         with stages("features"):
             snapshot, tables = load_snapshot(settings, dataset, snapshot_id)
             held_out = split_holdout(settings, tables)
-            validation = split_validation(held_out)
+            validation = split_validation(settings, held_out)
+            sample = validation.sample or {}
+            mlflow.log_params(
+                {
+                    "validation_users": sample.get("users", "all"),
+                    "validation_users_of": sample.get("of", "all"),
+                    "evaluation_users_setting": settings.training.evaluation_users or "all",
+                }
+            )
             runs.log_datasets(snapshot, {"snapshot": tables.ratings, "train": held_out.train, "test": held_out.test})
 
         with stages("tuning"):

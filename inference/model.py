@@ -45,9 +45,11 @@ and `ServingBundle.place_unrated` puts them on the recipe's scale, for known and
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 
 import numpy as np
@@ -96,35 +98,100 @@ def top_k(
     else:
         work = np.array(scores, dtype=np.result_type(scores.dtype, np.float32), copy=True)
     _mask_excluded(work, exclude, user_rows)
-    nan = np.isnan(work)
-    if nan.any():
-        work[nan] = -np.inf
     if work.shape[0] == 1:
         return _select_one(work[0], k)
     return _select_rows(work, k)
 
 
 def _select_rows(work: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`_select_block` of a batch, its rows shared between the cores: numpy's partitions and
+    reductions release the GIL, so the selection runs on every core as the product before it did."""
+    threads = min(_cores(), work.shape[0] // SELECT_ROWS_PER_THREAD)
+    if threads < 2:
+        return _select_block(work, k)
+    parts = np.array_split(np.arange(work.shape[0]), threads)
+    chosen = list(_selection_pool().map(lambda rows: _select_block(work[rows[0] : rows[-1] + 1], k), parts))
+    return np.vstack([items for items, _ in chosen]), np.vstack([values for _, values in chosen])
+
+
+# Fewer rows than this per thread are selected in the calling thread alone.
+SELECT_ROWS_PER_THREAD = 128
+
+
+@cache
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@cache
+def _selection_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=_cores(), thread_name_prefix="top-k")
+
+
+def _select_block(work: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every row's top k (score descending, then item index ascending); NaN is never chosen.
+
+    What must cost little next to the product that made the scores is the work per score: one
+    pass over each row, not a partition of it. Items are dealt into G strided groups (group j:
+    items j, j + G, j + 2G, ...), one pass takes each group's maximum, and a partition of those
+    G maxima finds the k best groups. Those hold the row's top k: the k-th best group maximum is
+    no higher than the row's k-th best score (the maxima are k distinct items), so every item
+    at or above that score sits in a group whose maximum is too. The exact order is found among
+    those k groups' items (and the few items past the last whole group). A row where another
+    group ties the k-th best maximum, or with NaN, is selected over the whole row instead
+    (`_exact_rows`)."""
     n_rows, n_items = work.shape
     kk = min(k, n_items)
     items = np.full((n_rows, k), PAD_ITEM, dtype=np.int32)
     values = np.full((n_rows, k), -np.inf, dtype=np.float32)
     if n_rows == 0 or kk == 0:
         return items, values
+    # About 2 sqrt(k n) groups balances the partition of the maxima against the candidates' count.
+    per_group = n_items // max(2 * int(np.sqrt(kk * n_items)), 1)
+    if per_group < 4:  # a small catalogue: the groups would save little
+        items[:, :kk], values[:, :kk] = _exact_rows(work, kk)
+        return items, values
+    n_groups = n_items // per_group
+    whole = n_groups * per_group
+    maxima = work[:, :whole].reshape(n_rows, per_group, n_groups).max(axis=1)
+    best = np.argpartition(maxima, n_groups - kk, axis=1)[:, n_groups - kk :]
+    threshold = np.take_along_axis(maxima, best, axis=1).min(axis=1)
+    exact = (np.count_nonzero(maxima >= threshold[:, None], axis=1) > kk) | np.isnan(maxima).any(axis=1)
+    candidates = (best[:, :, None] + n_groups * np.arange(per_group)).reshape(n_rows, kk * per_group)
+    if whole < n_items:
+        tail = np.broadcast_to(np.arange(whole, n_items), (n_rows, n_items - whole))
+        candidates = np.hstack([candidates, tail])
+    chosen, chosen_scores = _exact_rows(np.take_along_axis(work, candidates, axis=1), kk, candidates)
+    items[:, :kk], values[:, :kk] = chosen, chosen_scores
+    if exact.any():
+        rows = np.flatnonzero(exact)
+        items[rows, :kk], values[rows, :kk] = _exact_rows(work[rows], kk)
+    return items, values
+
+
+def _exact_rows(work: np.ndarray, kk: int, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The top kk (<= n_items) of every row by a partition of the whole row, ties broken by the
+    lower label (`labels`: each cell's item index, default its column): (items, scores), with
+    -inf and NaN cells returned as item -1 and score -inf."""
+    n_rows, n_items = work.shape
+    if labels is None:
+        labels = np.broadcast_to(np.arange(n_items), (n_rows, n_items))
+    nan = np.isnan(work)
+    if nan.any():
+        work = np.where(nan, -np.inf, work)
     if kk < n_items:
         # Partitioning for the largest kk directly avoids negating the whole score matrix.
         candidates = np.argpartition(work, n_items - kk, axis=1)[:, n_items - kk :]
-        candidates = _lowest_index_at_boundary(work, candidates, kk)
+        candidates = _lowest_label_at_boundary(work, candidates, kk, labels)
     else:
         candidates = np.broadcast_to(np.arange(n_items), (n_rows, n_items))
     candidate_scores = np.take_along_axis(work, candidates, axis=1)
-    # lexsort sorts by the last key first: score descending, then item index ascending.
-    order = np.lexsort((candidates, -candidate_scores), axis=1)
-    chosen = np.take_along_axis(candidates, order, axis=1)
-    chosen_scores = np.take_along_axis(candidate_scores, order, axis=1)
-    items[:, :kk] = np.where(chosen_scores > -np.inf, chosen, PAD_ITEM)
-    values[:, :kk] = chosen_scores
-    return items, values
+    candidate_labels = np.take_along_axis(labels, candidates, axis=1)
+    # lexsort sorts by the last key first: score descending, then label ascending.
+    order = np.lexsort((candidate_labels, -candidate_scores), axis=1)
+    chosen = np.take_along_axis(candidate_labels, order, axis=1)
+    chosen_scores = np.take_along_axis(candidate_scores, order, axis=1).astype(np.float32, copy=False)
+    return np.where(chosen_scores > -np.inf, chosen, PAD_ITEM), chosen_scores
 
 
 def _select_one(row: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -136,6 +203,9 @@ def _select_one(row: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     values = np.full((1, k), -np.inf, dtype=np.float32)
     if kk == 0:
         return items, values
+    nan = np.isnan(row)
+    if nan.any():
+        row = np.where(nan, -np.inf, row)
     candidates = _at_or_above_kth(row, kk) if kk < n_items else np.arange(n_items)
     chosen = candidates[np.lexsort((candidates, -row[candidates]))[:kk]]
     chosen_scores = row[chosen]
@@ -197,11 +267,11 @@ def stored_entries(matrix: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray,
     return positions, matrix.indices[np.repeat(starts, counts) + offsets]
 
 
-def _lowest_index_at_boundary(work: np.ndarray, candidates: np.ndarray, kk: int) -> np.ndarray:
+def _lowest_label_at_boundary(work: np.ndarray, candidates: np.ndarray, kk: int, labels: np.ndarray) -> np.ndarray:
     """Re-pick the candidates of rows where argpartition chose arbitrarily among boundary ties.
 
-    argpartition keeps every item strictly above the k-th score but picks an unspecified subset
-    of those equal to it; the tie-break rule needs the lowest item indices among them.
+    argpartition keeps every cell strictly above the k-th score but picks an unspecified subset
+    of those equal to it; the tie-break rule needs the lowest labels (item indices) among them.
     """
     threshold = np.take_along_axis(work, candidates, axis=1).min(axis=1)
     at_least = (work >= threshold[:, None]).sum(axis=1)
@@ -214,7 +284,8 @@ def _lowest_index_at_boundary(work: np.ndarray, candidates: np.ndarray, kk: int)
         # counts) cost one extra pass over the row each, still linear in the catalogue.
         scores = work[row]
         above = np.flatnonzero(scores > threshold[row])
-        equal = np.flatnonzero(scores == threshold[row])[: kk - above.size]
+        equal = np.flatnonzero(scores == threshold[row])
+        equal = equal[np.argsort(labels[row, equal], kind="stable")[: kk - above.size]]
         candidates[row] = np.concatenate([above, equal])
     return candidates
 
@@ -222,13 +293,22 @@ def _lowest_index_at_boundary(work: np.ndarray, candidates: np.ndarray, kk: int)
 # ---------------------------------------------------------------------- factor scores and cosine
 
 
-def factor_scores(
-    user_vectors: np.ndarray, item_vectors: np.ndarray, user_bias: np.ndarray, item_bias: np.ndarray, users: np.ndarray
-) -> np.ndarray:
-    """(len(users), n_items) float32: `user . item + user_bias + item_bias`, one product."""
+def item_side(item_vectors: np.ndarray, item_bias: np.ndarray) -> np.ndarray:
+    """(n_items, d + 2) float32 rows [item vector, 1, item bias]: the item side of `factor_scores`,
+    built once per model (with the user side [user vector, user bias, 1], the biases ride on the
+    product instead of two more passes over the scores)."""
+    side = np.empty((len(item_vectors), item_vectors.shape[1] + 2), dtype=np.float32)
+    side[:, :-2], side[:, -2], side[:, -1] = item_vectors, 1.0, item_bias
+    return side
+
+
+def factor_scores(user_vectors: np.ndarray, user_bias: np.ndarray, items: np.ndarray, users: np.ndarray) -> np.ndarray:
+    """(len(users), n_items) float32 `user . item + user_bias + item_bias`, one product with the
+    item side `items` (`item_side`)."""
     users = np.asarray(users)
-    scores = user_vectors[users] @ item_vectors.T + user_bias[users, None] + item_bias[None, :]
-    return scores.astype(np.float32, copy=False)
+    side = np.empty((len(users), items.shape[1]), dtype=np.float32)
+    side[:, :-2], side[:, -2], side[:, -1] = user_vectors[users], user_bias[users], 1.0
+    return side @ items.T
 
 
 def _spread(scores: np.ndarray) -> np.ndarray:
@@ -683,6 +763,11 @@ class ServingBundle:
         return np.where(items == PAD_ITEM, PAD_MOVIE, self.item_ids[np.where(items == PAD_ITEM, 0, items)])
 
     @cached_property
+    def item_side(self) -> np.ndarray:
+        """The item vectors and biases as `factor_scores` multiplies them."""
+        return item_side(self.item_vectors, self.item_bias)
+
+    @cached_property
     def unit_item_vectors(self) -> np.ndarray:
         """Item vectors scaled to unit length (zero vectors stay zero): cosine is a dot product."""
         return unit_rows(self.item_vectors).astype(np.float32, copy=False)
@@ -728,7 +813,7 @@ class ServingBundle:
         item-item model's name, whether or not the recipe uses it) for user_idx `users`."""
         users = np.asarray(users, dtype=np.int64)
         if name == FACTORS:
-            return factor_scores(self.user_vectors, self.item_vectors, self.user_bias, self.item_bias, users)
+            return factor_scores(self.user_vectors, self.user_bias, self.item_side, users)
         if name == POPULARITY:
             return np.broadcast_to(self.popularity_score, (len(users), self.n_items))
         return np.asarray((self.positives[users] @ self.item_item[name]).toarray(), dtype=np.float32)

@@ -24,10 +24,11 @@ from models.families import MODEL_NAMES, build_model
 from models.metrics import activity_segments, auc, ranking_metrics, rating_errors, segment_metrics
 
 
-def evaluate(model, prepared: Prepared, *, k: int = 10) -> dict:
+def evaluate(model, prepared: Prepared, *, k: int = 10, users: np.ndarray | None = None) -> dict:
     """Ranking metrics over the full catalogue, each test user's training items excluded, plus
-    AUC, NDCG@k per training-activity segment and, for the rating predictor, MAE/RMSE."""
-    users = evaluated_users(prepared)
+    AUC, NDCG@k per training-activity segment and, for the rating predictor, MAE/RMSE. `users`:
+    the user_idx to average over (default: every user with a held-out positive)."""
+    users = evaluated_users(prepared) if users is None else users
     recommended, _ = model.recommend(users, k, exclude=prepared.seen)
     popularity = np.asarray(prepared.train.sum(axis=0)).ravel()
     common = {

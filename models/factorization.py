@@ -19,7 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 from lightfm import LightFM
 
-from inference.model import factor_scores
+from inference.model import factor_scores, item_side
 from models.base import Recommender
 
 
@@ -54,6 +54,7 @@ class LightFMRecommender(Recommender):
         self.random_state = random_state
         self.name = name or "lightfm"
         self.model: LightFM | None = None
+        self._cache = self._item_side = None
 
     def fit(
         self,
@@ -76,10 +77,10 @@ class LightFMRecommender(Recommender):
                 epochs=1,
                 num_threads=self.num_threads,
             )
-            self._cache = None
+            self._cache = self._item_side = None
             if on_epoch is not None and on_epoch(epoch, self):
                 break
-        self._cache = None
+        self._cache = self._item_side = None
         return self
 
     def _representations(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -93,7 +94,9 @@ class LightFMRecommender(Recommender):
 
     def scores(self, users: np.ndarray) -> np.ndarray:
         user_bias, user_vectors, item_bias, item_vectors = self._representations()
-        return factor_scores(user_vectors, item_vectors, user_bias, item_bias, users)
+        if self._item_side is None:
+            self._item_side = item_side(item_vectors, item_bias)
+        return factor_scores(user_vectors, user_bias, self._item_side, users)
 
     def new_user_scores(self, liked_items: np.ndarray, user_features: sp.csr_matrix | None = None) -> np.ndarray:
         """With a feature row (hybrid: taste and demographics), the row's representation; without
@@ -330,7 +333,8 @@ class BiasedMF(Recommender):
 
     def scores(self, users: np.ndarray) -> np.ndarray:
         """Unclipped predicted ratings: the global mean rides on the item biases of `factor_scores`."""
-        return factor_scores(self.user_factors, self.item_factors, self.user_bias, self.item_bias + self.mu, users)
+        items = item_side(self.item_factors, self.item_bias + self.mu)
+        return factor_scores(self.user_factors, self.user_bias, items, users)
 
     def new_user_scores(self, liked_items: np.ndarray, user_features: sp.csr_matrix | None = None) -> np.ndarray:
         vector = self.item_factors[np.asarray(liked_items)].mean(axis=0) if len(liked_items) else 0.0

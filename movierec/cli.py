@@ -812,14 +812,13 @@ def export_recs(
     k = settings.serving.export_k if k is None else k
     model_uri = model_uri or f"models:/{settings.registered_model_name}@champion"
     try:
-        path, frame = export_model(model_uri, k, Path(out))
+        path, counts = export_model(model_uri, k, Path(out))
     except (MlflowException, OSError, ValueError, IncompatibleModel, DataError) as error:
         message = error.message if isinstance(error, MlflowException) else str(error)
         console.print(f"[bold red]error:[/] cannot export {model_uri}: {message}", soft_wrap=True)
         raise typer.Exit(1) from None
     console.print(
-        f"[bold green]exported[/] {len(frame):,} rows, {frame['user_id'].nunique():,} users, top {k} "
-        f"of {model_uri}: {path}",
+        f"[bold green]exported[/] {counts['rows']:,} rows, {counts['users']:,} users, top {k} of {model_uri}: {path}",
         soft_wrap=True,
     )
 

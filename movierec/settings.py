@@ -105,6 +105,13 @@ class TrainingSettings(Section):
     cold_user_share: float = Field(0.1, gt=0, lt=1)
     k: int = Field(10, ge=1, le=100)
     seed: int = 42
+    # Users whose ratings make the validation split that tunes the hybrid and selects the candidate
+    # (a seeded sample when there are more; None: every user). The evaluation twin and the served
+    # model still learn every training rating.
+    validation_users: int | None = Field(5_000, ge=100)
+    # Users the evaluation stage and the promotion gate score (a seeded sample of the held-out
+    # users with a positive when there are more; None: all of them).
+    evaluation_users: int | None = Field(10_000, ge=100)
     # LightFM defaults (the tuner of the pipeline overrides them).
     no_components: int = 64
     loss: LightFMLoss = "warp"
@@ -270,6 +277,14 @@ class MonitoringSettings(Section):
     page_runs: int = Field(30, ge=1, le=1000)
 
 
+class DistributedSettings(Section):
+    # A running dask.distributed scheduler (e.g. tcp://10.0.0.5:8786) whose workers score the
+    # export's and the gate's user shards; None: the shards run in the pipeline's process.
+    dask_address: str | None = Field(None, pattern=r"^(tcp|tls|inproc|ucx)://\S+$")
+    # Users per shard of the export and of the gate's scoring.
+    shard_users: int = Field(50_000, ge=1)
+
+
 class StackSettings(Section):
     """`movierec stack`: the shared services on loopback (movierec/stack.py). A port of 0 is a
     free one, chosen at the first `up` and kept in <home>/stack/ports.json."""
@@ -306,6 +321,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     feedback: FeedbackSettings = FeedbackSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+    distributed: DistributedSettings = DistributedSettings()
     stack: StackSettings = StackSettings()
     logging: LoggingSettings = LoggingSettings()
 

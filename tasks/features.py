@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
 from features.prepare import Prepared, prepare
-from features.splits import Split, validation_split
+from features.splits import Split
 from features.tables import CanonicalTables
 from movierec.data.feature_store import write_features
 from movierec.data.snapshot import Snapshot
@@ -32,8 +32,8 @@ def split_holdout(settings: Settings, tables: CanonicalTables) -> Split:
 
 
 @task(name="carve validation split from train", cache_policy=NO_CACHE)
-def split_validation(held_out: Split) -> Split:
-    return validation_split(held_out)
+def split_validation(settings: Settings, held_out: Split) -> Split:
+    return protocol.validation_split(settings, held_out)
 
 
 def _features_key(context: TaskRunContext, parameters: dict) -> str:
@@ -41,7 +41,7 @@ def _features_key(context: TaskRunContext, parameters: dict) -> str:
     description = {
         "snapshot": parameters["snapshot_id"],
         "part": parameters["part"],
-        "split": [parameters["chosen"].kind, parameters["chosen"].params],
+        "split": [parameters["chosen"].kind, parameters["chosen"].params, parameters["chosen"].sample],
         "threshold": parameters["settings"].training.positive_threshold,
         "item_groups": sorted(parameters["item_groups"].items()),
         "user_groups": sorted(parameters["user_groups"].items()),

@@ -37,7 +37,7 @@ def tune_hybrid(
     trials: int | None,
     timeout: float | None,
 ) -> tuning.Tuned:
-    name = tuning.open_study(settings, dataset, snapshot_id, held_out, trials, timeout)
+    name = tuning.open_study(settings, dataset, snapshot_id, tables, held_out, trials, timeout)
     parent_run_id = mlflow.active_run().info.run_id
     workers = settings.tuning.workers
     if workers == 1 or trials == 0:

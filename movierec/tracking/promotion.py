@@ -18,9 +18,11 @@ challenger alone and says so in its reason, as for the first model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import mlflow
 
-from features.splits import Split
+from features.splits import Split, sample_users
 from inference.model import ServingBundle
 from models.evaluation import holdout_metrics
 from movierec.settings import Settings
@@ -38,13 +40,28 @@ def holdout_score(settings: Settings, bundle: ServingBundle, held_out: Split, us
     return metrics[f"ndcg@{k}"] if metrics["n_users_evaluated"] else float("nan")
 
 
-def gate(settings: Settings, registry: Registry, version: str, held_out: Split) -> Decision:
+# How the gate measures a version: (its `models:/name/version` URI, its loaded evaluation twin, the
+# held-out user ids to score) -> NDCG@k; by default `holdout_score` on the loaded twin, here.
+Scorer = Callable[[str, ServingBundle, set[int]], float]
+
+
+def gate(
+    settings: Settings, registry: Registry, version: str, held_out: Split, score: Scorer | None = None
+) -> Decision:
     """Measure `version` and the current champion on `held_out`; decide whether to promote.
 
-    The decision is taken on the held-out users the champion knew (its snapshot's users): users
+    The decision is taken on the held-out users (with a positive; past `training.evaluation_users`
+    of them, the seeded sample evaluation scores) the champion knew (its snapshot's users): users
     created since (new accounts, whose feedback is in the holdout) could otherwise buy a
     promotion, e.g. by all rating one movie that a model trained on their feedback then ranks
-    first. Both models are measured on the new users too, reported beside the decision."""
+    first. Both models are measured on the new users too, reported beside the decision.
+    `score` measures each (default: in this process; `tasks.register` passes one that shards the
+    users over a cluster)."""
+    if score is None:
+
+        def score(_uri: str, bundle: ServingBundle, users: set[int]) -> float:
+            return holdout_score(settings, bundle, held_out, users)
+
     metric = f"ndcg@{settings.training.k}"
     challenger = load_bundle(f"models:/{registry.name}/{version}", evaluation=True)
     champion = registry.champion()
@@ -56,17 +73,20 @@ def gate(settings: Settings, registry: Registry, version: str, held_out: Split) 
             champion_bundle = load_bundle(f"models:/{registry.name}@{CHAMPION}", evaluation=True)
         except (IncompatibleModel, CorruptModel) as error:  # it cannot be served either: absent
             unloadable = str(error)
-    held_users = set(held_out.test["user_id"].unique().tolist())
+    # The held-out users with a positive (the only ones a ranking metric counts), or the seeded
+    # sample of them evaluation scored too (`training.evaluation_users`).
+    training = settings.training
+    positives = held_out.test.loc[held_out.test["rating"] >= training.positive_threshold, "user_id"]
+    held_users = set(sample_users(positives.to_numpy(), training.evaluation_users, training.seed).tolist())
     known = held_users if champion_bundle is None else held_users & set(champion_bundle.user_ids.tolist())
     new = held_users - known
-    challenger_score = holdout_score(settings, challenger, held_out, known)
-    champion_score = None if champion_bundle is None else holdout_score(settings, champion_bundle, held_out, known)
+    challenger_uri = f"models:/{registry.name}/{version}"
+    champion_uri = None if champion is None else f"models:/{registry.name}/{champion.version}"
+    challenger_score = score(challenger_uri, challenger, known)
+    champion_score = None if champion_bundle is None else score(champion_uri, champion_bundle, known)
     new_scores = (None, None)
     if new and champion_bundle is not None:
-        new_scores = (
-            holdout_score(settings, challenger, held_out, new),
-            holdout_score(settings, champion_bundle, held_out, new),
-        )
+        new_scores = (score(challenger_uri, challenger, new), score(champion_uri, champion_bundle, new))
     margin = settings.promotion.margin
     return Decision(
         promote=beats(challenger_score, champion_score, margin),
@@ -84,14 +104,21 @@ def gate(settings: Settings, registry: Registry, version: str, held_out: Split) 
     )
 
 
-def register_and_promote(settings: Settings, model_uri: str, held_out: Split, tags: dict[str, str], card: dict) -> dict:
-    """Register the logged model as a new version (alias `challenger`), run the gate, record the
+def register_and_promote(
+    settings: Settings,
+    model_uri: str,
+    held_out: Split,
+    tags: dict[str, str],
+    card: dict,
+    score: Scorer | None = None,
+) -> dict:
+    """Register the logged model as a new version (alias `challenger`), run the gate (with `score`), record the
     decision on the version and the active run (with the model card: `card` holds the keyword
     arguments of `reports.model_card` but the version), and move `champion` last. A failure
     anywhere here deletes the new version, so the registry is left as it was."""
     registry = Registry(settings.registered_model_name)
     with registry.registration(model_uri, tags) as version:
-        decision = gate(settings, registry, version.version, held_out)
+        decision = gate(settings, registry, version.version, held_out, score)
         registry.record(decision)
         run_metrics = {"gate_challenger_score": decision.challenger_score}
         if decision.champion_score is not None:

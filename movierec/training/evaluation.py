@@ -29,7 +29,7 @@ from models.tune import TrialSetup
 from movierec.data.snapshot import Snapshot
 from movierec.settings import Settings
 from movierec.tracking import reports, runs
-from movierec.training import candidates
+from movierec.training import candidates, protocol
 from movierec.training.candidates import BLEND, HYBRID
 from movierec.training.selection import Selection
 
@@ -62,7 +62,8 @@ def evaluate_candidates(
     `pipeline.baselines` fitted on `prepared.train` and measured on `prepared.test`, logged to
     the active run; the chosen candidate through its evaluation twin."""
     k, ks = settings.training.k, sorted(set(settings.pipeline.curve_ks) | {settings.training.k})
-    users = evaluated_users(prepared)
+    users = protocol.evaluation_users(settings, prepared)
+    mlflow.log_params({"test_users_scored": len(users), "test_users_with_positives": len(evaluated_users(prepared))})
     started = time.perf_counter()
     hybrid = candidates.fit_hybrid(settings, prepared, setup)
     hybrid_seconds = time.perf_counter() - started
@@ -96,7 +97,7 @@ def evaluate_candidates(
     rows, recommended = [], {}
     for name in dict.fromkeys((HYBRID, BLEND, *models)):
         model = models[name]
-        metrics = evaluate(model, prepared, k=k)
+        metrics = evaluate(model, prepared, k=k, users=users)
         recommended[name] = model.recommend(users, max(ks), exclude=prepared.seen)[0]
         rows.append({"model": name, **metrics, "train_seconds": seconds[name], "registered": name == selection.chosen})
         if name == selection.chosen:

@@ -12,6 +12,7 @@ import inspect
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 import features.interactions
@@ -22,7 +23,7 @@ import features.tables
 import features.users
 import inference.model
 from features.prepare import Prepared
-from features.splits import Split, protocol_split
+from features.splits import Split, protocol_split, sample_users, user_sample
 from features.tables import CanonicalTables
 from inference.model import ServingBundle
 from models.bundle import serving_bundle
@@ -74,6 +75,25 @@ def held_out_split(settings: Settings, ratings: pd.DataFrame) -> Split:
         min_ratings=training.min_user_ratings,
         seed=training.seed,
     )
+
+
+def validation_split(settings: Settings, held_out: Split) -> Split:
+    """The validation split that tunes and selects: carved from `held_out`'s training part by the
+    same rule, with the ratings of a seeded sample of `training.validation_users` users."""
+    training = settings.training
+    return user_sample(features.splits.validation_split(held_out), training.validation_users, training.seed)
+
+
+def evaluation_users(settings: Settings, prepared: Prepared) -> np.ndarray:
+    """The user_idx evaluation scores on a prepared holdout: the users with a held-out positive,
+    or the seeded sample of `training.evaluation_users` of them the promotion gate scores too
+    (`sample_users` of their ids)."""
+    users = np.flatnonzero(np.diff(prepared.test.indptr) > 0)
+    test = prepared.split.test
+    id_of = pd.Series(test["user_id"].to_numpy(np.int64), index=test["user_idx"].to_numpy(np.int64))
+    ids = id_of[~id_of.index.duplicated()].loc[users].to_numpy()
+    chosen = sample_users(ids, settings.training.evaluation_users, settings.training.seed)
+    return users[np.isin(ids, chosen)]
 
 
 def current_holdout(settings: Settings, dataset: str) -> Split:

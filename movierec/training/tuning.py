@@ -40,7 +40,9 @@ from models.tune import (
     TrialSetup,
     best_setup,
     create_study,
+    default_params,
     make_objective,
+    present_groups,
     trial_counts,
 )
 from movierec.errors import DataError
@@ -67,6 +69,7 @@ def study_name(settings: Settings, dataset: str, snapshot_id: str, held_out: Spl
     tuning = settings.tuning
     space = {
         "split": [held_out.kind, held_out.params],
+        "validation_users": settings.training.validation_users,
         "threshold": settings.training.positive_threshold,
         "k": settings.training.k,
         "max_epochs": tuning.max_epochs,
@@ -194,15 +197,36 @@ def shares(trials: int | None, workers: int) -> list[int | None]:
 
 
 def open_study(
-    settings: Settings, dataset: str, snapshot_id: str, held_out: Split, trials: int | None, timeout: float | None
+    settings: Settings,
+    dataset: str,
+    snapshot_id: str,
+    tables: CanonicalTables,
+    held_out: Split,
+    trials: int | None,
+    timeout: float | None,
 ) -> str:
     """Create (or resume) this run's study, once, before any worker joins it (concurrent creation
-    races in Optuna), and close the trials dead processes left running; its name."""
+    races in Optuna), and close the trials dead processes left running; its name. A new study's
+    first trial is the settings' own hybrid (`models.tune.default_params`)."""
     name = study_name(settings, dataset, snapshot_id, held_out)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = settings_study(settings, name, settings.optuna_storage)
     # The home's own study is this run's alone while it holds the home's lock.
     close_dead_trials(study, own=settings.tuning.storage is None)
+    if not study.trials and settings.tuning.sampler != "grid":
+        training = settings.training
+        item_groups, user_groups = present_groups(tables.users, tables.items, tables.tags)
+        lightfm = training.lightfm_params()
+        study.enqueue_trial(
+            default_params(
+                lightfm,
+                training.item_feature_groups,
+                training.user_feature_groups,
+                item_groups=item_groups,
+                user_groups=user_groups,
+            ),
+            user_attrs={"origin": "the settings' default hybrid"},
+        )
     log.info(
         "tuning: study %s (%d earlier trials), budget %s trials, %s, %d worker%s",
         name,

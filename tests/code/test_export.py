@@ -116,3 +116,35 @@ def test_a_failed_write_leaves_no_file_and_no_temporary_file(bundle, tmp_path, m
     with pytest.raises(OSError, match="injected"):
         write_export(frame, out)
     assert out.read_bytes() == before and [p.name for p in out.parent.iterdir()] == ["recs.parquet"]
+
+
+def test_the_export_streams_each_batch_to_the_file_before_scoring_the_next(bundle, tmp_path, monkeypatch):
+    events = []
+    recommend_users = ServingBundle.recommend_users
+    write_batch = pq.ParquetWriter.write_batch
+    monkeypatch.setattr(
+        ServingBundle, "recommend_users", lambda self, ids, k: events.append("score") or recommend_users(self, ids, k)
+    )
+    monkeypatch.setattr(
+        pq.ParquetWriter,
+        "write_batch",
+        lambda self, batch, **kw: events.append("write") or write_batch(self, batch, **kw),
+    )
+    users = range(10, 130)
+    out = export.write_batches(
+        export.export_batches(bundle, 5, batch_size=50, users=users), export.SCHEMA, tmp_path / "r.parquet"
+    )
+    assert events == ["score", "write"] * 3  # users 10-59, 60-109, 110-129
+    written = pd.read_parquet(out)
+    expected = export_recommendations(bundle, 5)
+    expected = expected[expected["user_id"].isin(bundle.user_ids[10:130])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(written, expected)
+
+    def failing(batches):
+        yield next(batches)
+        raise MemoryError("scoring failed (injected)")
+
+    with pytest.raises(MemoryError, match="injected"):
+        export.write_batches(failing(export.export_batches(bundle, 5, batch_size=50)), export.SCHEMA, out)
+    pd.testing.assert_frame_equal(pd.read_parquet(out), expected)  # the earlier file, untouched
+    assert [path.name for path in tmp_path.iterdir()] == ["r.parquet"]

@@ -9,7 +9,9 @@ from features.splits import (
     cold_user_split,
     global_temporal_split,
     random_split,
+    sample_users,
     split,
+    user_sample,
     user_temporal_split,
     validation_split,
 )
@@ -207,3 +209,28 @@ def test_invariants_hold_on_generated_ratings(generated):
     assert abs(len(glob.test) / len(generated) - 0.2) < 0.01
     for kind in SPLITTERS:
         assert_partition(split(generated, kind), generated)
+
+
+def test_a_user_sample_is_seeded_and_depends_only_on_the_set_of_ids():
+    ids = np.arange(1000, 3000)
+    chosen = sample_users(ids, 150, seed=7)
+    assert len(chosen) == 150 and np.all(np.diff(chosen) > 0) and np.isin(chosen, ids).all()
+    shuffled = np.random.default_rng(0).permutation(np.repeat(ids, 2))  # any order, repeated ids
+    np.testing.assert_array_equal(sample_users(shuffled, 150, seed=7), chosen)
+    assert not np.array_equal(sample_users(ids, 150, seed=8), chosen)
+    np.testing.assert_array_equal(sample_users(ids[::-1], None, seed=7), ids)  # no limit: all, sorted
+    np.testing.assert_array_equal(sample_users(ids, 5000, seed=7), ids)
+
+
+def test_a_sampled_split_keeps_every_rating_of_the_kept_users_only(generated):
+    outer = user_temporal_split(generated)
+    users = np.unique(generated["user_id"])
+    sampled = user_sample(outer, 40, seed=3)
+    kept = sample_users(users, 40, seed=3)
+    assert sampled.sample == {"users": 40, "of": len(users), "seed": 3}
+    for part, whole in ((sampled.train, outer.train), (sampled.test, outer.test)):
+        assert set(part["user_id"]) <= set(kept)
+        expected = whole[whole["user_id"].isin(kept)]
+        pd.testing.assert_frame_equal(canonical(part), canonical(expected.reset_index(drop=True)))
+    assert (sampled.kind, sampled.params) == (outer.kind, outer.params)
+    assert user_sample(outer, len(users), seed=3) is outer  # nothing to leave out

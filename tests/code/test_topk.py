@@ -185,3 +185,33 @@ def test_a_single_long_row_matches_a_full_sort(seed, n_items, k, levels, exclude
     expected[: len(ranked)] = ranked
     np.testing.assert_array_equal(items[0], expected)
     np.testing.assert_array_equal(values[0][: len(ranked)], scores[0, ranked])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n_rows=st.integers(2, 8),
+    n_items=st.integers(1, 20_000),
+    k=st.integers(1, 120),
+    levels=st.sampled_from([1, 3, 50, 10**9]),
+    blanked=st.floats(0.0, 1.0),
+    density=st.floats(0.0, 0.2),
+)
+def test_many_long_rows_match_a_full_sort(seed, n_rows, n_items, k, levels, blanked, density):
+    """The batch path takes its candidates from the k best of strided item groups: exact with
+    heavy ties (a group tying the k-th best maximum), -inf and NaN (blanked cells), exclusions,
+    and catalogues too small to group."""
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, levels, size=(n_rows, n_items)).astype(np.float32)
+    blank = rng.random((n_rows, n_items)) < blanked
+    scores[blank] = np.where(rng.random(int(blank.sum())) < 0.5, -np.inf, np.nan)
+    exclude = sp.random(n_rows, n_items, density=density, format="csr", random_state=seed % 2**31)
+    items, values = top_k(scores, k, exclude)
+    masked = np.where(np.isnan(scores) | (exclude.toarray() != 0), -np.inf, scores)
+    for row in range(n_rows):
+        eligible = np.flatnonzero(masked[row] > -np.inf)
+        ranked = eligible[np.lexsort((eligible, -masked[row, eligible]))][:k]
+        expected = np.full(k, -1)
+        expected[: len(ranked)] = ranked
+        np.testing.assert_array_equal(items[row], expected)
+        np.testing.assert_array_equal(values[row][: len(ranked)], masked[row, ranked])

@@ -6,10 +6,11 @@ import pandas as pd
 import pytest
 
 from features.splits import user_temporal_split, validation_split
-from models.tune import best_setup, create_study, make_objective, present_groups, trial_counts
+from models.tune import best_setup, create_study, default_params, make_objective, present_groups, trial_counts
 from movierec.data.preprocess import canonicalize
 from movierec.data.synthetic import generate
-from movierec.training.tuning import run_trials
+from movierec.settings import Settings
+from movierec.training.tuning import open_study, run_trials
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -68,7 +69,7 @@ def test_bad_trials_are_pruned_and_a_study_resumes(setting, tmp_path):
     for step in range(4):  # four settings (a repeated one would not be trained again)
         study.enqueue_trial({**GOOD, "item_alpha": (1 + step) * 1e-8})
     # A learning rate this small barely moves from the random start: the median pruner stops it.
-    study.enqueue_trial({**GOOD, "learning_rate": 0.005, "loss": "bpr"})
+    study.enqueue_trial({**GOOD, "learning_rate": 0.005})
     study.optimize(objective, n_trials=5)
     states = [trial.state for trial in study.trials]
     assert states[:4] == [optuna.trial.TrialState.COMPLETE] * 4
@@ -188,3 +189,55 @@ def test_a_setting_already_tried_is_not_trained_again(setting, tmp_path):
     assert trained == [0]
     second = study.trials[1]
     assert second.state == optuna.trial.TrialState.PRUNED and second.user_attrs["repeats_trial"] == 0
+
+
+def test_default_params_place_the_settings_hybrid_in_the_search_space():
+    lightfm = {
+        "loss": "bpr",  # not searched: WARP
+        "no_components": 256,
+        "learning_rate": 0.05,
+        "item_alpha": 0.0,
+        "user_alpha": 1e-4,
+        "max_sampled": 10,
+    }
+    params = default_params(
+        lightfm,
+        {"identity": 1.0, "genre": 1.0, "year": 0.4, "text": 0.1},
+        {"identity": 1.0, "taste": 0.7},
+        item_groups=("genre", "year", "tag", "text"),
+        user_groups=("age", "taste"),
+    )
+    assert params == {
+        "loss": "warp",
+        "no_components": 128,
+        "learning_rate": 0.05,
+        "item_alpha": 1e-8,
+        "user_alpha": 1e-4,
+        "max_sampled": 10,
+        "item_genre": 1.0,
+        "item_year": 0.5,
+        "item_tag": 0.0,
+        "item_text": 0.0,
+        "user_age": 0.0,
+        "user_taste": 0.5,
+    }
+
+
+def test_a_new_study_first_trains_the_settings_default_hybrid(setting, tmp_path):
+    tables, held_out, validation = setting
+    settings = Settings(home=tmp_path)
+    first = open_study(settings, "synthetic", "snapshot", tables, held_out, 2, None)
+    assert open_study(settings, "synthetic", "snapshot", tables, held_out, 2, None) == first  # queued once
+    study = optuna.load_study(study_name=first, storage=settings.optuna_storage)
+    objective = make_objective(validation, {"users": tables.users, "items": tables.items, "tags": tables.tags})
+    run_trials(study, objective, 2, None)
+    trial = study.trials[0]
+    assert len(study.trials) == 2
+    assert trial.user_attrs["origin"] == "the settings' default hybrid"
+    training = settings.training
+    assert trial.params["loss"] == training.loss
+    assert trial.params["no_components"] == training.no_components
+    assert trial.params["learning_rate"] == training.learning_rate
+    assert trial.params["item_genre"] == training.item_feature_groups["genre"]
+    assert trial.params["user_taste"] == training.user_feature_groups["taste"]
+    assert study.trials[1].params != trial.params
