@@ -197,3 +197,28 @@ def test_parallel_tuning_needs_a_database_server(tmp_path, monkeypatch):
     monkeypatch.setenv("MOVIEREC_TUNING__WORKERS", "1")
     with pytest.raises(ConfigError, match=r"tuning\.workers = 2: 2 tuning workers need a database server"):
         get_settings().with_tuning_workers(2)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("MOVIEREC_DISTRIBUTED__DASK_ADDRESS", "localhost:8786", r"distributed\.dask_address = 'localhost:8786'"),
+        ("MOVIEREC_DISTRIBUTED__SHARD_USERS", "0", r"distributed\.shard_users = '0'.*greater than or equal to 1"),
+        (
+            "MOVIEREC_TRAINING__VALIDATION_USERS",
+            "50",
+            r"training\.validation_users = '50'.*greater than or equal to 100",
+        ),
+        (
+            "MOVIEREC_TRAINING__EVALUATION_USERS",
+            "-1",
+            r"training\.evaluation_users = '-1'.*greater than or equal to 100",
+        ),
+    ],
+)
+def test_scale_settings_out_of_bounds_name_the_key_and_variable(tmp_path, monkeypatch, variable, value, message):
+    _bad_config(tmp_path, monkeypatch, "home: h\n")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=message) as error:
+        get_settings()
+    assert f"environment variable {variable}" in str(error.value)
