@@ -13,6 +13,7 @@ faster at the cost of that guarantee.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import numpy as np
@@ -80,6 +81,19 @@ class LightFMRecommender(Recommender):
             self._cache = self._item_side = None
             if on_epoch is not None and on_epoch(epoch, self):
                 break
+        self._cache = self._item_side = None
+        return self
+
+    def state(self) -> LightFM:
+        """A copy of the trained LightFM as it is now (`rewind` returns to it)."""
+        if self.model is None:
+            raise RuntimeError("fit the model first")
+        return copy.deepcopy(self.model)
+
+    def rewind(self, state: LightFM, epochs: int) -> LightFMRecommender:
+        """Back to `state`, a `state()` taken after epoch `epochs` of this fit (early stopping):
+        `epochs` becomes that count, so a refit on other data trains as long."""
+        self.model, self.epochs = state, epochs
         self._cache = self._item_side = None
         return self
 

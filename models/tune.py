@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import optuna
 import pandas as pd
+from lightfm import LightFM
 
 from features.prepare import Prepared, prepare
 from features.splits import Split
@@ -265,6 +266,26 @@ def evaluate_ndcg(model: LightFMRecommender, prepared: Prepared, k: int) -> floa
     after every epoch of every trial)."""
     users = evaluated_users(prepared)
     return ndcg(model.recommend(users, k, exclude=prepared.seen)[0], prepared, users, k)
+
+
+def fit_best_epoch(model: LightFMRecommender, prepared: Prepared, k: int) -> list[float]:
+    """Train `model` (plain MF: no feature matrices) on `prepared.train` for up to its `epochs`,
+    measuring validation NDCG@k after each, and leave it as it was after the best epoch (the
+    earliest of equal scores) with `epochs` set to that count, so a refit on other data trains as
+    long. The per-epoch scores are returned. The hybrid's epochs are chosen the same way by its
+    trials (`make_objective`)."""
+    scores: list[float] = []
+    best: dict[str, LightFM] = {}
+
+    def after_epoch(epoch: int, fitted: LightFMRecommender) -> None:
+        scores.append(evaluate_ndcg(fitted, prepared, k))
+        if scores[-1] > max(scores[:-1], default=-np.inf):
+            best["state"] = fitted.state()
+
+    model.fit(prepared.train, on_epoch=after_epoch)
+    best_epoch = int(np.argmax(scores)) + 1
+    model.rewind(best["state"], best_epoch)
+    return scores
 
 
 def repeated_trial(trial: optuna.Trial) -> int | None:

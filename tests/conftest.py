@@ -34,6 +34,13 @@ def real_data_dir() -> Path | None:
     return path if (path / "ml-100k").is_dir() or (path / "ml-latest-small").is_dir() else None
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked slow (a minute or more each: services, whole pipelines) run first. pytest-xdist
+    hands tests out in this order, so the two workers end together instead of one finishing a
+    long test alone while the other idles. The sort is stable: every worker collects the same order."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "home"

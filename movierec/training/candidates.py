@@ -73,11 +73,13 @@ def fit_candidate(
     ease_l2: float | None = None,
     half_life: float | None = None,
     fitted: dict[str, Recommender] | None = None,
+    mf_epochs: int | None = None,
 ) -> Fitted:
     """Candidate `name` on `prepared`, beside `hybrid` (fitted on the same data in
     `hybrid_seconds`). A blend needs its `weights` (and `ease_l2` when it uses EASE) and takes
     the `half_life` of its inputs; `fitted` holds models already fitted on `prepared` (a
-    baseline, or the blend's item-item scorers), reused instead of fitted again."""
+    baseline, or the blend's item-item scorers), reused instead of fitted again; an mf fitted
+    here trains for `mf_epochs` (`mf_params`)."""
     if name not in SERVABLE:
         raise ValueError(f"candidate {name!r} cannot be served ({NOT_SERVABLE.get(name, 'unknown')})")
     started = time.perf_counter()
@@ -89,13 +91,20 @@ def fit_candidate(
         models = item_item_models(prepared, ease_l2, [part for part in weights if part != FACTORS], fitted)
         seconds = time.perf_counter() - started + (hybrid_seconds if FACTORS in weights else 0.0)
         return Fitted(name, hybrid, dict(weights), served_item_item(models), seconds, half_life)
-    model = (fitted or {}).get(name) or build_model(name, prepared, settings.training.lightfm_params())
+    model = (fitted or {}).get(name) or build_model(name, prepared, mf_params(settings, mf_epochs))
     seconds = time.perf_counter() - started
     if name == "mf":
         return Fitted(name, model, {FACTORS: 1.0}, {}, seconds)
     if name == POPULARITY:
         return Fitted(name, hybrid, {POPULARITY: 1.0}, {}, seconds)
     return Fitted(name, hybrid, {name: 1.0}, {name: model.item_item()}, seconds)
+
+
+def mf_params(settings: Settings, epochs: int | None) -> dict:
+    """The mf baseline's LightFM arguments: the settings', trained for `epochs` when given (the
+    count selection chose on validation: `Selection.mf_epochs`), else for `training.epochs`."""
+    params = settings.training.lightfm_params()
+    return params if epochs is None else {**params, "epochs": epochs}
 
 
 def bundle(

@@ -75,7 +75,7 @@ def evaluate_candidates(
         if unscalable(name, prepared.n_items):
             continue
         started = time.perf_counter()
-        models[name] = build_model(name, prepared, settings.training.lightfm_params())
+        models[name] = build_model(name, prepared, candidates.mf_params(settings, selection.mf_epochs))
         seconds[name] = time.perf_counter() - started
     # The hybrid, the blend and the chosen candidate are measured as bundles, as they are served
     # (a chosen baseline reuses its fit above).
@@ -105,7 +105,7 @@ def evaluate_candidates(
             continue
         kind = "candidate" if name in (HYBRID, BLEND) else "baseline"
         with mlflow.start_run(run_name=f"{kind} {name}", nested=True, tags={"kind": kind, "model": name}):
-            params = {"model": name, **(settings.training.lightfm_params() if name == "mf" else {})}
+            params = {"model": name, **(candidates.mf_params(settings, selection.mf_epochs) if name == "mf" else {})}
             mlflow.log_params(params)
             mlflow.log_metrics({**runs.finite_metrics(metrics, prefix="test_"), "train_seconds": seconds[name]})
     curves = reports.metric_curves(recommended, prepared.test, users, prepared.n_items, ks=tuple(ks))
@@ -164,6 +164,7 @@ def refit_for_serving(
         weights=selection.weights,
         ease_l2=selection.ease_l2,
         half_life=selection.half_life,
+        mf_epochs=selection.mf_epochs,
     )
     ratings = candidates.fit_rating_predictor(prepared, selection.rating_params)
     bundle = _bundle(settings, fitted, prepared, tables, snapshot, setup, "serving", ratings, selection)

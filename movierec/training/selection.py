@@ -23,9 +23,10 @@ from inference.model import DEMOGRAPHICS, FACTORS, POPULARITY
 from models.blend import COMPONENTS, ITEM_ITEM, tune_ease, tune_half_life, tune_unrated_content_weight, tune_weights
 from models.cold_start import choose_new_user_policy, cold_user_report
 from models.evaluation import evaluate, evaluated_users
+from models.factorization import LightFMRecommender
 from models.families import build_model, unscalable
 from models.ratings import Tuning, tune_biased_mf
-from models.tune import TrialSetup
+from models.tune import TrialSetup, fit_best_epoch
 from movierec.data.snapshot import Snapshot
 from movierec.settings import Settings
 from movierec.tracking import runs
@@ -51,6 +52,7 @@ class Selection:
     cold_users: pd.DataFrame | None  # the cold-user table the policy was chosen on (None: no demographics)
     unrated_content_weight: float  # the content model's say over movies without a rating
     unrated_table: dict[float, float]  # validation NDCG@k of the chosen recipe per such weight
+    mf_epochs: int | None  # the mf baseline's best validation epoch count (None: mf not fitted)
 
 
 def select(
@@ -75,8 +77,13 @@ def select(
         if reason:
             skipped[name] = reason
             continue
-        fitted[name] = build_model(name, prepared, settings.training.lightfm_params())
+        if name == "mf":  # its epochs chosen here, as the hybrid's are by tuning
+            fitted[name] = LightFMRecommender(name="mf", **settings.training.lightfm_params())
+            fit_best_epoch(fitted[name], prepared, k)
+        else:
+            fitted[name] = build_model(name, prepared, settings.training.lightfm_params())
         rows[name] = evaluate(fitted[name], prepared, k=k)
+    mf_epochs = fitted["mf"].epochs if "mf" in fitted else None
 
     parts = [name for name in ITEM_ITEM if not unscalable(name, prepared.n_items)]
     for name in set(ITEM_ITEM) - set(parts):
@@ -141,6 +148,8 @@ def select(
     log.info("selection: rating predictor %s, validation RMSE %.4f", ratings.params, ratings.rmse)
     _log(table, weight_table, chosen, weights, ease_l2, blend.half_life, skipped, k)
     mlflow.log_params({f"ratings.{name}": value for name, value in ratings.params.items()})
+    if mf_epochs is not None:
+        mlflow.log_param("mf_epochs", mf_epochs)
     mlflow.log_metric("validation_rating_rmse", ratings.rmse)
     return Selection(
         chosen,
@@ -157,6 +166,7 @@ def select(
         cold_users,
         unrated_weight,
         unrated_table,
+        mf_epochs,
     )
 
 

@@ -241,3 +241,33 @@ def test_a_new_study_first_trains_the_settings_default_hybrid(setting, tmp_path)
     assert trial.params["item_genre"] == training.item_feature_groups["genre"]
     assert trial.params["user_taste"] == training.user_feature_groups["taste"]
     assert study.trials[1].params != trial.params
+
+
+def test_mf_is_left_at_its_best_validation_epoch(setting, monkeypatch):
+    """fit_best_epoch keeps the model as it was after the best epoch (the earliest of equal
+    scores), not the last: the same parameters as a fresh fit of that many epochs."""
+    import numpy as np
+
+    import models.tune
+    from features.prepare import prepare
+    from models.factorization import LightFMRecommender
+
+    tables, _, validation = setting
+    prepared = prepare(
+        tables.users,
+        tables.items,
+        tables.tags,
+        chosen=validation,
+        item_groups={"genre": 1.0},
+        user_groups={"taste": 1.0},
+    )
+    scripted = iter([0.10, 0.30, 0.20, 0.30, 0.25])  # best after epoch 2, tied by epoch 4
+    monkeypatch.setattr(models.tune, "evaluate_ndcg", lambda model, prepared, k: next(scripted))
+    model = LightFMRecommender(name="mf", no_components=8, epochs=5)
+    assert models.tune.fit_best_epoch(model, prepared, 10) == [0.10, 0.30, 0.20, 0.30, 0.25]
+    assert model.epochs == 2
+    fresh = LightFMRecommender(name="mf", no_components=8, epochs=2).fit(prepared.train)
+    for kept, expected in zip(model.representations(), fresh.representations(), strict=True):
+        np.testing.assert_allclose(kept, expected, rtol=1e-6, atol=1e-6)
+    five = LightFMRecommender(name="mf", no_components=8, epochs=5).fit(prepared.train)
+    assert not np.allclose(model.representations()[1], five.representations()[1], rtol=1e-6, atol=1e-6)

@@ -36,6 +36,7 @@ def test_unknown_dataset_is_a_usage_error(env):
     assert "unknown dataset 'ml-2m'" in result.stderr
 
 
+@pytest.mark.slow
 def test_ingest_then_validate_then_list(env, tmp_path):
     result = run("ingest", "--dataset", "synthetic", "--synthetic-ratings", "3000", "--seed", "5", "--json", env=env)
     assert result.returncode == 0, result.stderr
@@ -68,6 +69,7 @@ def test_bad_input_exits_1_with_one_readable_error(env, tmp_path, small_raw):
     assert not (tmp_path / "home" / "snapshots" / "ml-latest-small").exists()
 
 
+@pytest.mark.slow
 def test_train_prints_held_out_metrics_and_rejects_unknown_models(env):
     assert run("ingest", "--dataset", "synthetic", "--synthetic-ratings", "3000", env=env).returncode == 0
     result = run("train", "--dataset", "synthetic", "--model", "popularity", "--model", "item_knn", env=env)

@@ -187,6 +187,7 @@ def _cli(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     return movierec(home, "monitor", *args, **env)
 
 
+@pytest.mark.slow
 def test_the_command_prints_json_and_exits_3_on_alert(home, tmp_path, monkeypatch):
     assert _cli(home, "--since", "yesterday").returncode == 2
     nothing = _cli(home)

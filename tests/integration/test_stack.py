@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,7 @@ from processes import alive, command, tree
 from movierec.stack import StackError, postgres_bin
 
 REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
@@ -40,6 +42,12 @@ def stack_home():
     finally:
         _cli(home, "down")
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _signal(pids: list[int], signal_number: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):  # a short-lived child may have ended
+            os.kill(pid, signal_number)
 
 
 def _cli(home: Path, *args: str, **extra: str) -> subprocess.CompletedProcess:
@@ -343,14 +351,21 @@ def test_faults_on_the_stack_lose_nothing(stack_home):
         states = [state for state, _, _ in stack.trials().values()]
         return states.count("COMPLETE") >= 2 and "RUNNING" in states
 
-    _wait(midway, 300)
-    worker_tree = tree(worker)
-    tuning = [pid for pid in worker_tree if b"multiprocessing" in command(pid)]
-    assert len(tuning) >= 2, worker_tree  # two tuning processes (and multiprocessing's resource tracker)
-    for pid in worker_tree:  # the worker and its flow run's processes, not the tuning processes
-        if pid not in tuning:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, 9)
+    # Trials are short: one may end between a look at the study and the kill. The tuning
+    # processes are frozen (SIGSTOP) for the last look, so what it sees is what the kill meets.
+    deadline = time.monotonic() + 300
+    while True:
+        _wait(midway, 300)
+        worker_tree = tree(worker)
+        tuning = [pid for pid in worker_tree if b"multiprocessing" in command(pid)]
+        assert len(tuning) >= 2, worker_tree  # two tuning processes (and multiprocessing's resource tracker)
+        _signal(tuning, signal.SIGSTOP)
+        if midway():
+            break
+        _signal(tuning, signal.SIGCONT)
+        assert time.monotonic() < deadline, "no look at the study found a trial running"
+    _signal([pid for pid in worker_tree if pid not in tuning], signal.SIGKILL)  # the worker and its flow run
+    _signal(tuning, signal.SIGCONT)
     # The tuning processes notice their run is gone and end: none goes on with its trials.
     _wait(lambda: not any(alive(pid) for pid in worker_tree), 30)
     before = stack.trials()
@@ -381,9 +396,7 @@ def test_faults_on_the_stack_lose_nothing(stack_home):
     while not any(v.version == "2" for v in stack.mlflow.search_model_versions("name='movierec-lightfm'")):
         assert time.monotonic() < deadline, "no version 2 was registered"
         time.sleep(0.05)
-    for pid in tree(flow_process):
-        with contextlib.suppress(ProcessLookupError):  # a short-lived child may have ended
-            os.kill(pid, 9)
+    _signal(tree(flow_process), signal.SIGKILL)
     killed = stack.versions()["2"]
     assert "gate.decision" not in killed["tags"], "the gate decided before the kill"
     assert stack.finished(third) == "CRASHED"  # the worker saw its flow run die

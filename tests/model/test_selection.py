@@ -10,11 +10,14 @@ from features.prepare import prepare
 from features.splits import user_temporal_split, validation_split
 from models import baselines
 from models.blend import UNRATED_CONTENT_WEIGHTS
+from models.evaluation import evaluate
+from models.factorization import LightFMRecommender
 from models.tune import TrialSetup
 from movierec.data.preprocess import canonicalize
 from movierec.data.snapshot import Snapshot
 from movierec.data.synthetic import generate
 from movierec.settings import get_settings
+from movierec.training.candidates import mf_params
 from movierec.training.selection import select
 
 
@@ -75,3 +78,23 @@ def test_a_catalogue_too_large_for_ease_skips_it_with_the_reason(validation, mon
     assert set(selection.skipped) == {"ease", "blend's ease"}
     assert all("exceed its limit of 10" in reason for reason in selection.skipped.values())
     assert mlflow.get_run(run.info.run_id).data.tags["skipped.ease"] == selection.skipped["ease"]
+
+
+def test_the_mf_baseline_trains_for_its_best_validation_epoch_count(validation, monkeypatch):
+    settings, prepared, tables, snapshot, setup = validation
+    monkeypatch.setenv("MOVIEREC_PIPELINE__BASELINES", '["popularity", "mf"]')
+    monkeypatch.setenv("MOVIEREC_TRAINING__EPOCHS", "8")
+    monkeypatch.setenv("MOVIEREC_TRAINING__NO_COMPONENTS", "8")
+    settings = get_settings()
+    with mlflow.start_run() as run:
+        selection = select(settings, prepared, tables, snapshot, setup)
+    # The table's mf is the model at its best epoch: no other epoch count of the same fit scores more.
+    by_epoch = []
+    for epochs in range(1, 9):
+        model = LightFMRecommender(name="mf", **{**settings.training.lightfm_params(), "epochs": epochs})
+        by_epoch.append(evaluate(model.fit(prepared.train), prepared, k=10)["ndcg@10"])
+    assert 1 <= selection.mf_epochs <= 8
+    assert selection.table.loc["mf", "ndcg@10"] == pytest.approx(max(by_epoch), abs=1e-9)
+    assert by_epoch.index(max(by_epoch)) + 1 == selection.mf_epochs
+    assert mlflow.get_run(run.info.run_id).data.params["mf_epochs"] == str(selection.mf_epochs)
+    assert mf_params(settings, selection.mf_epochs)["epochs"] == selection.mf_epochs
