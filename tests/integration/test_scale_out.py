@@ -12,7 +12,6 @@ import pytest
 from registered import register_champion
 
 from features.splits import user_temporal_split
-from models.evaluation import holdout_metrics
 from movierec.serving.export import export_model, export_recommendations
 from movierec.settings import get_settings
 from movierec.tracking import promotion
@@ -51,23 +50,6 @@ def loaded_on_workers(settings) -> dict[str, int]:
         return client.run(lambda: __import__("tasks.shards").shards.worker_bundle.cache_info().currsize)
 
 
-def in_shards(settings, held_out, size: int) -> promotion.Scorer:
-    """The gate's measure in this process, over the sorted users in shards of `size`, combined as
-    `tasks.register.sharded_scorer` combines the cluster's shards (weighted by users scored)."""
-    k = settings.training.k
-
-    def score(_uri: str, bundle, users: set[int]) -> float:
-        ordered = sorted(users)
-        results = []
-        for start in range(0, len(ordered), size):
-            test = held_out.test[held_out.test["user_id"].isin(ordered[start : start + size])]
-            metrics = holdout_metrics(bundle, held_out.train, test, k=k, threshold=settings.training.positive_threshold)
-            results.append((metrics[f"ndcg@{k}"], metrics["n_users_evaluated"]))
-        return sum(value * count for value, count in results if count) / sum(count for _, count in results)
-
-    return score
-
-
 def test_the_export_on_one_or_two_dask_workers_writes_what_one_process_writes(
     home, tmp_path, dask_cluster, monkeypatch
 ):
@@ -95,15 +77,20 @@ def test_the_export_on_one_or_two_dask_workers_writes_what_one_process_writes(
 def test_the_gate_scores_shards_on_a_dask_cluster_as_one_process_scores_everyone(home, dask_cluster, monkeypatch):
     first = register_champion(n_ratings=8_000)
     challenger = register_champion(n_ratings=8_000, epochs=2, promote=False)
-    settings = get_settings()
     registry = Registry(first.name)
     held_out = user_temporal_split(first.tables.ratings)  # the split the versions' twins learned from
-    # One process scoring the same shards of 41 users: the same product shapes as the cluster's, so
-    # no near-tie can rank differently under another batch shape's BLAS rounding.
-    local = promotion.gate(settings, registry, challenger.version, held_out, in_shards(settings, held_out, 41))
+    # Without a cluster address the same shards of 41 users run one after the other in this
+    # process: the same code and product shapes as on the cluster, so no near-tie can rank
+    # differently under another batch shape's BLAS rounding.
+    monkeypatch.setenv("MOVIEREC_DISTRIBUTED__SHARD_USERS", "41")
+    settings = get_settings()
+    with mlflow.start_run():
+        local = promotion.gate(
+            settings, registry, challenger.version, held_out, register_stage.sharded_scorer(settings, held_out)
+        )
+    worker_bundle.cache_clear()  # loaded here by the local shards; below, only the workers may load it
 
     monkeypatch.setenv("MOVIEREC_DISTRIBUTED__DASK_ADDRESS", dask_cluster(2))
-    monkeypatch.setenv("MOVIEREC_DISTRIBUTED__SHARD_USERS", "41")
     settings = get_settings()
     with mlflow.start_run():
         sharded = promotion.gate(
