@@ -17,7 +17,7 @@ optional item-item weight matrices and the blend recipe that combines them, id m
 user's rated movies, the popularity fallback, the movies' display data and, for the hybrid, the
 user-feature embeddings that place a new user. Its scoring
 API, index level (the training snapshot's user_idx / item_idx, like any `models.base.Recommender`):
-`scores`, `recommend`, `recommend_user` (one known user, the API's hot path), `popular`,
+`scores`, `recommend` (the API scores its micro-batches of known users with it), `popular`,
 `recommend_new_user_items`, `similar_items`, `because`; id level (ORIGINAL user / movie ids):
 `recommend_users`, `recommend_new_user`, `similar_movies`, `predict` (the pyfunc's requests),
 `predict_ratings` (the rating predictor, when the bundle has one).
@@ -839,13 +839,6 @@ class ServingBundle:
             chunk = slice(start, start + BATCH_SIZE)
             items[chunk], values[chunk] = top_k(self.scores(users[chunk]), k, exclude, rows[chunk], in_place=True)
         return items, values
-
-    def recommend_user(self, user: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """One known user's top-k item_idx, every movie they rated excluded: the API's per-request
-        path (a single product row). Returns (items int32 (k,), scores float32 (k,))."""
-        users = np.array([user], dtype=np.int64)
-        items, values = top_k(self.scores(users), k, self.seen, users, in_place=True)
-        return items[0], values[0]
 
     def popular(
         self, n: int, k: int, exclude: sp.spmatrix | None = None, exclude_rows: np.ndarray | None = None

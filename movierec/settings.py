@@ -221,6 +221,9 @@ class ServingSettings(Section):
     poll_seconds: float = Field(10.0, gt=0)
     # k of batch exports and of the retrain flow's export after promotion.
     export_k: int = Field(20, ge=1, le=100)
+    # Known users' recommendation requests scored together at most (`movierec.serving.batching`):
+    # one product for the requests that arrived while the last batch was scored; 1 scores each alone.
+    batch_users: int = Field(64, ge=1, le=1024)
     # Write endpoints (POST /feedback, POST /recommendations): requests per minute per client
     # address, with bursts up to `write_burst` (a token bucket); 0 disables the limit.
     write_requests_per_minute: int = Field(600, ge=0)

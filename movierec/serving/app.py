@@ -20,7 +20,9 @@ Endpoints:
 
 Performance: the hot endpoints are `async def` (no thread hop; their work is ~0.1 ms of numpy),
 return pre-serialised JSON (orjson) without response-model validation, and use per-model
-precomputed id maps and item cards. /feedback and POST /recommendations are plain `def`
+precomputed id maps and item cards. Known users' recommendations are scored in micro-batches
+(`movierec.serving.batching`: the requests that arrive while one batch is scored share one
+product, in a worker thread, so the loop keeps accepting requests). /feedback and POST /recommendations are plain `def`
 (threadpool): SQLite's synced commit and the feature-row construction must not block the loop.
 """
 
@@ -47,6 +49,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from movierec.data.feedback import FeedbackEvent, FeedbackStore
 from movierec.data.impressions import ImpressionRecorder, ImpressionStore
 from movierec.monitoring import history
+from movierec.serving.batching import UserBatcher
 from movierec.serving.champion import ChampionHolder, NoModel
 from movierec.serving.limits import BodyLimitMiddleware, RateLimiter, retry_after
 from movierec.serving.metrics import Metrics, MetricsMiddleware
@@ -133,6 +136,7 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
         totals=metrics.totals,
         stats_seconds=settings.serving.stats_seconds,
     )
+    batcher = UserBatcher(settings.serving.batch_users)
     limiter = RateLimiter(settings.serving.write_requests_per_minute, settings.serving.write_burst)
     token = settings.serving.write_token
 
@@ -168,6 +172,7 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
         try:
             yield
         finally:
+            await batcher.close()
             holder.stop()
             recorder.stop()
 
@@ -220,7 +225,7 @@ def create_app(settings: Settings | None = None, *, watch: bool = True) -> FastA
             items, source = loaded.fallback_items(k), "popularity"
         else:
             metrics.recommendations.labels("user", "model").inc()
-            items, source = loaded.known_user(index, k), "model"
+            items, source = await batcher.known_user(loaded, index, k), "model"
         shown = recorder.record(user_id, loaded.version, source, [item["movie_id"] for item in items])
         return _json(
             {

@@ -15,6 +15,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -131,11 +132,19 @@ class LoadedModel:
             cached = self._fallback[k] = self._items(items[0], scores[0], None, POPULAR_REASON, user=-1)
         return cached
 
-    def known_user(self, index: int, k: int) -> list[dict]:
-        """The model's top-k for user_idx `index`, every movie they rated excluded, each with the
-        rated movie it is most like."""
-        items, values = self.bundle.recommend_user(index, k)
-        return self._items(items, values, self.bundle.because_user(index, items), PROFILE_REASON, user=index)
+    def known_users(self, indices: Sequence[int], ks: Sequence[int]) -> list[list[dict]]:
+        """The model's top-`ks[i]` for user_idx `indices[i]`, every movie they rated excluded,
+        each with the rated movie it is most like: one product and one selection for all of
+        them (the API's micro-batches, `movierec.serving.batching`). A shorter list is the
+        longer one's prefix, so every user's list is cut from the batch's top max(ks)."""
+        bundle = self.bundle
+        users = np.asarray(indices, dtype=np.int64)
+        items, values = bundle.recommend(users, max(ks), bundle.seen)
+        out = []
+        for row, (user, k) in enumerate(zip(users.tolist(), ks, strict=True)):
+            chosen = items[row, :k]
+            out.append(self._items(chosen, values[row, :k], bundle.because_user(user, chosen), PROFILE_REASON, user))
+        return out
 
     def new_user(self, request: NewUserRequest) -> tuple[list[dict], bool, list[int]]:
         """(items, fallback, unknown movie ids) for a new user (`ServingBundle.recommend_new_user`):

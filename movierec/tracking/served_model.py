@@ -71,7 +71,7 @@ CODE_MODULE_PREFIX = "code_model_"
 # What the gate, the export and the API call on a loaded bundle: a model whose own code lacks
 # any of these is refused at load time, not at its first request.
 SCORING_API = (
-    "scores", "recommend", "recommend_user", "popular", "recommend_new_user_items", "similar_items", "because",
+    "scores", "recommend", "popular", "recommend_new_user_items", "similar_items", "because",
     "because_user", "recommend_users", "recommend_new_user", "similar_movies", "predict", "user_index", "item_index",
     "movie_ids", "trained", "seen", "rating_scale", "positive_threshold",
 )  # fmt: skip

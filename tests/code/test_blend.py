@@ -65,8 +65,8 @@ def test_the_bundle_scores_by_its_recipe():
     np.testing.assert_allclose(mixed.scores([0, 1]), expected, **TOLERANCE)
     # User 0: z(factors) = (-1.2247, 0, 1.2247), z(knn) = (-0.7071, -0.7071, 1.4142).
     np.testing.assert_allclose(mixed.scores([0])[0], [-1.0177, -0.2828, 1.3005], atol=1e-4)
-    items, _ = mixed.recommend_user(1, 3)
-    assert items.tolist() == [0, -1, -1]  # items 1 and 2 rated by user 1, never recommended
+    items, _ = mixed.recommend(np.array([1]), 3, mixed.seen)
+    assert items[0].tolist() == [0, -1, -1]  # items 1 and 2 rated by user 1, never recommended
 
 
 def test_weighted_positives_are_what_the_item_item_models_read():
@@ -174,6 +174,6 @@ def test_served_ease_keeps_the_largest_weights_and_all_of_them_when_the_budget_a
 def test_scoring_never_writes_into_the_bundles_own_arrays():
     bundle = _bundle(blend={"popularity": 1.0})
     before = bundle.popularity_score.copy()
-    items, _ = bundle.recommend_user(0, 3)  # masks user 0's rated item in the scores it ranks
-    assert items.tolist() == [1, 2, -1]
+    items, _ = bundle.recommend(np.array([0]), 3, bundle.seen)  # masks user 0's rated item in the scores it ranks
+    assert items[0].tolist() == [1, 2, -1]
     np.testing.assert_array_equal(bundle.popularity_score, before)

@@ -214,6 +214,8 @@ def test_parallel_tuning_needs_a_database_server(tmp_path, monkeypatch):
             "-1",
             r"training\.evaluation_users = '-1'.*greater than or equal to 100",
         ),
+        ("MOVIEREC_SERVING__BATCH_USERS", "0", r"serving\.batch_users = '0'.*greater than or equal to 1"),
+        ("MOVIEREC_SERVING__BATCH_USERS", "2000", r"serving\.batch_users = '2000'.*less than or equal to 1024"),
     ],
 )
 def test_scale_settings_out_of_bounds_name_the_key_and_variable(tmp_path, monkeypatch, variable, value, message):
