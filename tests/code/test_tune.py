@@ -66,19 +66,22 @@ def test_bad_trials_are_pruned_and_a_study_resumes(setting, tmp_path):
         on_trial=lambda trial, setup, scores, state: ended.append((state, len(scores))),
     )
     study = create_study("hybrid", storage, seed=1)
-    for step in range(4):  # four settings (a repeated one would not be trained again)
+    # Three settings (a repeated one would not be trained again): the pruner's startup trials,
+    # never pruned. A fourth as good could be: its curve against the median of three almost
+    # identical ones is a coin toss that float rounding decides.
+    for step in range(3):
         study.enqueue_trial({**GOOD, "item_alpha": (1 + step) * 1e-8})
     # A learning rate this small barely moves from the random start: the median pruner stops it.
     study.enqueue_trial({**GOOD, "learning_rate": 0.005})
-    study.optimize(objective, n_trials=5)
+    study.optimize(objective, n_trials=4)
     states = [trial.state for trial in study.trials]
-    assert states[:4] == [optuna.trial.TrialState.COMPLETE] * 4
-    assert states[4] == optuna.trial.TrialState.PRUNED
-    pruned = study.trials[4]
+    assert states[:3] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert states[3] == optuna.trial.TrialState.PRUNED
+    pruned = study.trials[3]
     assert len(pruned.user_attrs["ndcg_by_epoch"]) < 8
-    assert [state for state, _ in ended] == ["complete"] * 4 + ["pruned"]
-    assert ended[4][1] == len(pruned.user_attrs["ndcg_by_epoch"])
-    assert trial_counts(study) == {"complete": 4, "pruned": 1}
+    assert [state for state, _ in ended] == ["complete"] * 3 + ["pruned"]
+    assert ended[3][1] == len(pruned.user_attrs["ndcg_by_epoch"])
+    assert trial_counts(study) == {"complete": 3, "pruned": 1}
     best = study.best_value
     # The final model trains for as many epochs as the best trial's best validation epoch.
     setup = best_setup(study)
@@ -91,7 +94,7 @@ def test_bad_trials_are_pruned_and_a_study_resumes(setting, tmp_path):
     # A new process opening the same study continues it: earlier trials are kept.
     resumed = create_study("hybrid", storage, seed=1)
     resumed.optimize(objective, n_trials=2)
-    assert len(resumed.trials) == 7
+    assert len(resumed.trials) == 6
     assert resumed.best_value >= best
 
 
