@@ -5,7 +5,8 @@ What every ranking in the project costs (evaluation, the gate, the export, the A
 scores for a batch of users (one product with the biases riding on it), each user's rated items
 masked, the k best selected. The plain product `users @ items.T` is the floor; the target is at
 most 2x it. Random factors, 64 dimensions, 5-300 rated items per user, batches of
-`inference.model.BATCH_SIZE` users, best of 3.
+`inference.model.BATCH_SIZE` users, best of 3. Then the cost per user of the API's
+micro-batches: 1 (a lone request), 8, 32 and 64 users per product.
 
 Usage: .venv/bin/python bench/topk.py [--users 8192] [--items 59047] [--dims 64]
 """
@@ -66,6 +67,18 @@ def main(n_users: int, n_items: int, dims: int) -> None:
             f"  top-{k:<3} (scores, mask, select) {seconds * 1000:5.0f} ms = {seconds / plain:.2f}x the product, "
             f"{n_users / seconds:,.0f} users/s"
         )
+    # The API's micro-batches (movierec.serving.batching): a lone request pays a whole pass over
+    # the item matrix for one row of scores; a batch shares it.
+    api_users = min(n_users, 1024)
+    print(f"  the API's micro-batches, top-10 of {api_users:,} users:")
+    for size in (1, 8, 32, 64):
+        groups = [np.arange(start, min(start + size, api_users)) for start in range(0, api_users, size)]
+
+        def batched(groups: list[np.ndarray] = groups) -> None:
+            for users in groups:
+                top_k(factor_scores(user_vectors, user_bias, items, users), 10, seen, users, in_place=True)
+
+        print(f"    {size:>3} users per product: {best_of(batched) / api_users * 1000:6.3f} ms per user")
 
 
 if __name__ == "__main__":

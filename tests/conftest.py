@@ -16,6 +16,9 @@ _SESSION_DIR = Path(tempfile.mkdtemp(prefix="movierec-tests-"))
 os.environ["PREFECT_HOME"] = str(_SESSION_DIR / "prefect")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+# A flow called in a test process starts Prefect's temporary API server, which waits 20 s for it
+# by default: on a machine busy with both xdist workers (or a benchmark) that start has taken longer.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ["GX_ANALYTICS_ENABLED"] = "false"
 # Read before the clean-up below: the tests' own pointer to the reference datasets.
@@ -43,7 +46,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
-    home = tmp_path / "home"
+    from stores import new_home
+
+    home = new_home(tmp_path / "home")
     monkeypatch.setenv("MOVIEREC_HOME", str(home))
     monkeypatch.delenv("MOVIEREC_DATA_DIR", raising=False)
     return home

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from cli_runs import start_pipeline
 from registered import register_champion
+from stores import new_home
 from typer.testing import CliRunner
 
 from features.splits import user_temporal_split
@@ -67,8 +68,7 @@ def test_a_truncated_snapshot_file_is_named(home):
 
 
 def test_a_damaged_optuna_database_is_named_with_what_to_do(tmp_path):
-    home = tmp_path / "home"
-    home.mkdir()
+    home = new_home(tmp_path / "home")
     (home / "optuna.db").write_bytes(b"not a database at all" * 100)
     run = start_pipeline(home, "--trials", "1")
     out, _ = run.communicate(timeout=600)

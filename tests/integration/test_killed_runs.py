@@ -18,6 +18,7 @@ import pytest
 from cli_runs import start_pipeline
 from mlflow.tracking import MlflowClient
 from processes import alive, children
+from stores import new_home
 
 from movierec.settings import get_settings
 from movierec.tracking import recovery, runs
@@ -38,7 +39,7 @@ def _running_trials(home: Path) -> int:
 
 
 def test_a_run_killed_during_tuning_leaves_no_process_and_the_next_run_closes_what_it_left(tmp_path):
-    home = tmp_path / "home"
+    home = new_home(tmp_path / "home")
     run = start_pipeline(home, "--trials", "50")
     deadline = time.monotonic() + 240
     while _running_trials(home) == 0 or len(_completed(home)) < 1:

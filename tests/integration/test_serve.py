@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from ranking import assert_same_ranking
 from registered import register_champion
+from stores import new_home
 
 from movierec.data.feedback import FeedbackStore
 from movierec.data.impressions import ImpressionStore
@@ -24,7 +25,7 @@ USERS_ROUTE = "/users/{user_id}/recommendations"
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    home = tmp_path_factory.mktemp("serve") / "home"
+    home = new_home(tmp_path_factory.mktemp("serve") / "home")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MOVIEREC_HOME", str(home))
         registered = register_champion()
