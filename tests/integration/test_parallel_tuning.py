@@ -10,12 +10,14 @@ import optuna
 import pytest
 from cli_runs import QUICK, movierec
 from mlflow.tracking import MlflowClient
+from stores import new_home
 
 pytestmark = pytest.mark.slow
 
 
 def test_two_workers_share_one_study_and_the_budget(postgres):
     home, storage, pgpass = postgres
+    new_home(home)
     shared = {**QUICK, "MOVIEREC_TUNING__STORAGE": storage, "PGPASSFILE": pgpass}
     options = ["--dataset", "synthetic", "--synthetic-ratings", "4000", "--trials", "5", "--json"]
     result = movierec(home, "pipeline", *options, "--tuning-workers", "2", timeout=600, **shared)
