@@ -25,6 +25,16 @@ def test_standardise_is_the_per_row_z_score_and_leaves_constant_rows_at_zero():
     assert standardise(scores).dtype == np.float32
 
 
+def test_standardise_holds_a_sparse_rows_spike_to_where_a_dense_rows_best_scores_lie():
+    # One movie of 100 scored: mean 0.01, std sqrt(0.01 * 0.99) = 0.0995; its z-score 9.95 is
+    # clipped to sqrt(2 ln 100) + 1 = 4.0349, the other movies keep (0 - 0.01) / 0.0995 = -0.1005.
+    row = np.zeros((1, 100), dtype=np.float32)
+    row[0, 7] = 1.0
+    z = standardise(row)
+    assert z[0, 7] == pytest.approx(4.0349, abs=1e-4)
+    np.testing.assert_allclose(np.delete(z[0], 7), -0.1005, atol=1e-4)
+
+
 def test_a_recipe_of_one_component_keeps_its_raw_scores_and_several_sum_weighted_z_scores():
     parts = {"a": np.array([[1.0, 2.0, 3.0]]), "b": np.array([[0.0, 0.0, 6.0]])}
     np.testing.assert_array_equal(blended(parts.__getitem__, {"b": 1.0}), [[0.0, 0.0, 6.0]])
