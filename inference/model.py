@@ -32,8 +32,8 @@ Scores. A bundle scores with a recipe, `blend`: component name -> weight. Compon
 item kNN: a user's row of positives times an items x items weight matrix). A recipe of one
 component scores with that component's raw scores (for a LightFM model, LightFM's own scores,
 float32, unbounded); a recipe of several sums each component's per-user z-scores (`standardise`:
-minus the row's mean over the catalogue, over its standard deviation, clipped where a dense
-score's best items lie) times its weight, so no component's scale dominates the others. Popularity-fallback scores are the normalised
+minus the row's mean over the catalogue, over its standard deviation, compressed above where a
+dense score's best items lie) times its weight, so no component's scale dominates the others. Popularity-fallback scores are the normalised
 popularity: an item's number of training positives over that of the most popular item, in
 [0, 1]. Model and fallback scales are not comparable; `source` says which one a row uses.
 
@@ -319,16 +319,18 @@ def _spread(scores: np.ndarray) -> np.ndarray:
 
 
 def standardise(scores: np.ndarray) -> np.ndarray:
-    """Each row minus its mean, over its standard deviation (a constant row becomes zeros),
-    clipped to +-(sqrt(2 ln n_items) + 1), in float32: the per-user normalisation under which a
-    blend's components are summed.
+    """Each row minus its mean, over its standard deviation (a constant row becomes zeros), what
+    lies above b = sqrt(2 ln n_items) + 1 compressed to b + ln(1 + z - b), in float32: the
+    per-user normalisation under which a blend's components are summed.
 
     sqrt(2 ln n) is about where the best of n normally spread scores lies (4.7 for 59k movies);
-    one more standard deviation of margin keeps a dense component's top items below the clip,
-    while a sparse one's are held to it.
-    Unclipped, item kNN (zero for 93% of movies at 5M ratings) gave its few non-zero movies
-    z-scores of 20-32 against the factors' 4-5, so at weight 0.1 it still filled the top 10,
-    and how far depended on the sparsity of the sample the weights were chosen on."""
+    with one standard deviation of margin, a dense component's top items stay below b, while a
+    sparse or heavy-tailed one's are pulled toward it. Unbounded, item kNN (zero for 93% of movies
+    at 5M ratings) gave its few scored movies z-scores of 20-32 against the factors' 4-5, so at
+    weight 0.1 it still filled the top 10, how far depending on the sparsity of the sample the
+    weights were chosen on. The compression is strictly increasing, so each component keeps its
+    own order (a hard clip would tie its top movies: EASE alone fell from NDCG@10 0.215 to 0.102
+    on the 1M validation split)."""
     scores = np.asarray(scores, dtype=np.float32)
     mean = scores.mean(axis=1, keepdims=True, dtype=np.float64)
     # Float32 passes with float64 sums only: float64 temporaries of the whole (users x items)
@@ -338,7 +340,11 @@ def standardise(scores: np.ndarray) -> np.ndarray:
     spread[spread == 0] = 1.0
     centred /= spread.astype(np.float32)[:, None]
     bound = np.float32(np.sqrt(2.0 * np.log(max(scores.shape[1], 2))) + 1.0)
-    return np.clip(centred, -bound, bound, out=centred)
+    flat = centred.reshape(-1)
+    # Only the upper tail: the top of a ranking is what one component must not take over.
+    tail = np.flatnonzero(flat > bound)  # few: the compression touches only them
+    flat[tail] = bound + np.log1p(flat[tail] - bound)
+    return centred
 
 
 def blended(

@@ -25,14 +25,19 @@ def test_standardise_is_the_per_row_z_score_and_leaves_constant_rows_at_zero():
     assert standardise(scores).dtype == np.float32
 
 
-def test_standardise_holds_a_sparse_rows_spike_to_where_a_dense_rows_best_scores_lie():
-    # One movie of 100 scored: mean 0.01, std sqrt(0.01 * 0.99) = 0.0995; its z-score 9.95 is
-    # clipped to sqrt(2 ln 100) + 1 = 4.0349, the other movies keep (0 - 0.01) / 0.0995 = -0.1005.
+def test_standardise_compresses_a_sparse_rows_spike_and_keeps_every_rows_order():
+    # One movie of 100 scored: mean 0.01, std sqrt(0.01 * 0.99) = 0.099499, z-score 9.94987.
+    # Beyond b = sqrt(2 ln 100) + 1 = 4.03485 it becomes b + ln(1 + 9.94987 - b) = 5.96855; the
+    # other movies keep (0 - 0.01) / 0.099499 = -0.100504.
     row = np.zeros((1, 100), dtype=np.float32)
     row[0, 7] = 1.0
     z = standardise(row)
-    assert z[0, 7] == pytest.approx(4.0349, abs=1e-4)
-    np.testing.assert_allclose(np.delete(z[0], 7), -0.1005, atol=1e-4)
+    assert z[0, 7] == pytest.approx(5.96855, abs=1e-4)
+    np.testing.assert_allclose(np.delete(z[0], 7), -0.100504, atol=1e-5)
+    # A heavy tail keeps its order: compressed, never tied (a hard clip would tie these).
+    tailed = np.concatenate([np.zeros(96), [10.0, 20.0, 40.0, 80.0]]).astype(np.float32)[None, :]
+    top = standardise(tailed)[0, -4:]
+    assert np.all(np.diff(top) > 0) and top[-1] < 10
 
 
 def test_a_recipe_of_one_component_keeps_its_raw_scores_and_several_sum_weighted_z_scores():
