@@ -16,7 +16,7 @@ exported again afterwards):
 The stage table at the end has one column per size, so the growth of every stage is visible.
 
 Usage: .venv/bin/python bench/scale.py [SIZES ...] [--trials 4] [--timeout 600] [--max-epochs 10]
-       [--threads 2] [--homes /var/tmp/movierec-scale] [--load] [--reuse]
+       [--continue-epochs 3] [--threads 2] [--homes /var/tmp/movierec-scale] [--load] [--reuse]
        SIZES: 1m 5m 25m (default all three)
 `--threads` sets training.num_threads (LightFM's Hogwild threads: faster, not bit-reproducible).
 """
@@ -49,8 +49,15 @@ def environment(home: Path, threads: int) -> dict[str, str]:
 
 
 def budget(home: Path, arguments: argparse.Namespace) -> dict[str, str]:
-    """The pipeline's environment: `environment` plus the stated epoch budget."""
-    return {**environment(home, arguments.threads), "MOVIEREC_TUNING__MAX_EPOCHS": str(arguments.max_epochs)}
+    """The pipeline's environment: `environment` plus the stated epoch budget (the hybrid's trials
+    and the mf baseline at most --max-epochs; the served factors continued from the evaluation
+    twin's for --continue-epochs)."""
+    return {
+        **environment(home, arguments.threads),
+        "MOVIEREC_TUNING__MAX_EPOCHS": str(arguments.max_epochs),
+        "MOVIEREC_TRAINING__EPOCHS": str(arguments.max_epochs),
+        "MOVIEREC_TRAINING__CONTINUE_EPOCHS": str(arguments.continue_epochs),
+    }
 
 
 def measured(command: list[str], env: dict[str, str], home: Path) -> tuple[subprocess.CompletedProcess, float, float]:
@@ -177,7 +184,18 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--max-epochs", type=int, default=10, help="tuning.max_epochs: epochs per trial at most")
+    parser.add_argument(
+        "--max-epochs",
+        type=int,
+        default=10,
+        help="tuning.max_epochs and training.epochs: a LightFM fit's epochs at most",
+    )
+    parser.add_argument(
+        "--continue-epochs",
+        type=int,
+        default=3,
+        help="training.continue_epochs: the served factors' epochs on every rating",
+    )
     parser.add_argument("--homes", type=Path, default=Path("/var/tmp/movierec-scale"))
     parser.add_argument("--load", action="store_true", help="also run bench/load_api.py at 32 connections")
     parser.add_argument(
@@ -186,7 +204,7 @@ def main() -> None:
     arguments = parser.parse_args()
     print(
         f"synthetic ratings {', '.join(arguments.sizes)}: {arguments.trials} trials or {arguments.timeout:g} s of "
-        f"tuning, at most {arguments.max_epochs} epochs, LightFM threads {arguments.threads}, {os.cpu_count()} cores"
+        f"tuning, at most {arguments.max_epochs} epochs, served factors continued for {arguments.continue_epochs}, LightFM threads {arguments.threads}, {os.cpu_count()} cores"
     )
     cases = {}
     for size in arguments.sizes:

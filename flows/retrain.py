@@ -173,7 +173,7 @@ def _pipeline(
         with stages("final training"):  # what is served learns every rating
             everything = build_features(settings, snapshot_id, tables, every_rating(tables.ratings), "all", *groups)
             store_features(settings, snapshot, everything, *groups)
-            served = refit_chosen(settings, everything, tables, snapshot, tuned.setup, selection)
+            served = refit_chosen(settings, everything, tables, snapshot, tuned.setup, selection, evaluation)
 
         with stages("registration"):
             model_info = log_model(served.bundle, evaluation.twin, served.factors)
@@ -199,6 +199,7 @@ def _pipeline(
                 "served": {
                     "candidate": chosen,
                     "recipe": served.bundle.blend,
+                    "continued_epochs": settings.training.continue_epochs,
                     "serving_ratings": served.bundle.about["trained_ratings"],
                     "evaluation_ratings": evaluation.twin.about["trained_ratings"],
                     "rating_errors": evaluation.ratings,

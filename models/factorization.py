@@ -14,7 +14,7 @@ faster at the cost of that guarantee.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -64,9 +64,18 @@ class LightFMRecommender(Recommender):
         item_features: sp.csr_matrix | None = None,
         user_features: sp.csr_matrix | None = None,
         on_epoch: Callable[[int, LightFMRecommender], bool | None] | None = None,
+        start: LightFM | None = None,
     ) -> LightFMRecommender:
-        """Train epoch by epoch; `on_epoch(epoch, self)` may return True to stop early (pruning)."""
-        self.model = LightFM(random_state=np.random.RandomState(self.random_state), **self.params)
+        """Train epoch by epoch; `on_epoch(epoch, self)` may return True to stop early (pruning).
+        With `start` (a LightFM with these parameters, shaped for these feature matrices:
+        `carried_over`), training continues from a copy of it instead of a fresh initialisation."""
+        if start is None:
+            self.model = LightFM(random_state=np.random.RandomState(self.random_state), **self.params)
+        else:
+            differing = {name for name, value in self.params.items() if getattr(start, name) != value}
+            if differing:
+                raise ValueError(f"the start model differs in {', '.join(sorted(differing))}")
+            self.model = copy.deepcopy(start)
         self.item_features = item_features
         self.user_features = user_features
         matrix = interactions.tocoo()
@@ -131,6 +140,42 @@ class LightFMRecommender(Recommender):
     def representations(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(user_bias, user_vectors, item_bias, item_vectors), for batched scoring and serving."""
         return self._representations()
+
+
+# A LightFM's state per feature row, on each side (item_ and user_ prefixed): the factors, the bias
+# and what the learning schedule accumulated for each (adagrad's squared gradients, adadelta's
+# averages).
+_FEATURE_STATE = (
+    "embeddings",
+    "embedding_gradients",
+    "embedding_momentum",
+    "biases",
+    "bias_gradients",
+    "bias_momentum",
+)
+
+
+def feature_rows(fitted_names: Sequence[str], names: Sequence[str]) -> np.ndarray:
+    """For each of `names`, its position among `fitted_names`, or -1 where it is not one of them."""
+    position = {name: row for row, name in enumerate(fitted_names)}
+    return np.fromiter((position.get(name, -1) for name in names), dtype=np.int64, count=len(names))
+
+
+def carried_over(fitted: LightFM, item_rows: np.ndarray, user_rows: np.ndarray, random_state: int) -> LightFM:
+    """A LightFM with `fitted`'s parameters for other feature columns (the same entities
+    featurised on more data: a vocabulary may gain or lose a word). Item feature j continues from
+    `fitted`'s row item_rows[j] (factors, bias and their learning-rate state), or starts as LightFM
+    starts a feature (seeded by `random_state`) where item_rows[j] is -1; likewise user features
+    with `user_rows`. `fit(..., start=...)` trains on from it."""
+    if fitted.item_embeddings is None:
+        raise ValueError("the model to carry over is not fitted")
+    model = LightFM(**{**fitted.get_params(), "random_state": np.random.RandomState(random_state)})
+    model._initialize(fitted.no_components, len(item_rows), len(user_rows))  # LightFM's own starting values
+    for side, rows in (("item", np.asarray(item_rows)), ("user", np.asarray(user_rows))):
+        known = rows >= 0
+        for state in _FEATURE_STATE:
+            getattr(model, f"{side}_{state}")[known] = getattr(fitted, f"{side}_{state}")[rows[known]]
+    return model
 
 
 def fit_biases(

@@ -112,6 +112,11 @@ class TrainingSettings(Section):
     # Users the evaluation stage and the promotion gate score (a seeded sample of the held-out
     # users with a positive when there are more; None: all of them).
     evaluation_users: int | None = Field(10_000, ge=100)
+    # How the served model's factors are fitted on every rating. None: from scratch, for as many
+    # epochs as the evaluation twin's. n: continued from the twin's factors (the twin learned the
+    # holdout's training part) for n epochs over every rating, which saves most of a full fit at
+    # scale; the served factors then saw the training part for the twin's epochs plus n.
+    continue_epochs: int | None = Field(None, ge=1)
     # LightFM defaults (the tuner of the pipeline overrides them).
     no_components: int = 64
     loss: LightFMLoss = "warp"

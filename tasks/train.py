@@ -91,5 +91,6 @@ def refit_chosen(
     snapshot: Snapshot,
     setup: TrialSetup,
     selection: Selection,
+    evaluation: Evaluation,
 ) -> Served:
-    return refit_for_serving(settings, prepared, tables, snapshot, setup, selection)
+    return refit_for_serving(settings, prepared, tables, snapshot, setup, selection, evaluation.starts)

@@ -284,8 +284,9 @@ def model_card(
             "## What is served",
             "",
             f"- Model: **{served['candidate']}**, scoring recipe {_format_value(served['recipe'])}.",
-            f"- Served (API, batch export, `mlflow models serve`): refit on all {served['serving_ratings']:,} ratings "
-            "of the snapshot (feedback included), with the same hyperparameters, epochs and blend weights.",
+            f"- Served (API, batch export, `mlflow models serve`): {_served_fit(served.get('continued_epochs'))} "
+            f"on all {served['serving_ratings']:,} ratings of the snapshot (feedback included), with the same "
+            "hyperparameters and blend weights.",
             f"- Evaluation twin: the same configuration trained on the holdout's training part only "
             f"({served['evaluation_ratings']:,} ratings). The held-out metrics below and the promotion gate are the "
             "twin's: the served model has learned the held-out ratings.",
@@ -442,6 +443,13 @@ def _markdown_table(header: list[str], rows: list[list[str]], right_align: list[
 
 def _escape(cell: str) -> str:
     return cell.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def _served_fit(continued_epochs: int | None) -> str:
+    """How the served factors were fitted (`training.continue_epochs`), for the model card."""
+    if continued_epochs is None:
+        return "refit from scratch for the twin's epochs"
+    return f"the twin's factors trained on for {continued_epochs} more epochs"
 
 
 def _format_value(value: object) -> str:

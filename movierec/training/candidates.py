@@ -12,7 +12,8 @@ content model: the movies nobody has rated yet are ranked by their metadata, wha
 
 A candidate is fitted on three scopes of the same snapshot: the validation split's training part
 (to choose it), the holdout's training part (its test metrics and the gate: the evaluation
-twin), and every rating (what is served). `fit_candidate` fits it the same way on any of them.
+twin), and every rating (what is served). `fit_candidate` fits it the same way on any of them;
+on every rating, its factor model may instead continue from the twin's (`training.continue_epochs`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import scipy.sparse as sp
 
 from features.interactions import recency_ranked
@@ -28,7 +30,7 @@ from features.tables import CanonicalTables
 from inference.model import FACTORS, POPULARITY, ServingBundle
 from models.base import Recommender
 from models.blend import item_item_models, served_item_item
-from models.factorization import BiasedMF, LightFMRecommender
+from models.factorization import BiasedMF, LightFMRecommender, carried_over, feature_rows
 from models.families import build_model
 from models.tune import TrialSetup
 from movierec.data.snapshot import Snapshot
@@ -57,9 +59,50 @@ class Fitted:
     half_life: float | None = None  # recency half-life of the item-item models' inputs
 
 
-def fit_hybrid(settings: Settings, prepared: Prepared, setup: TrialSetup) -> LightFMRecommender:
-    """The tuned hybrid setting fitted on `prepared.train` for its best validation epoch count."""
-    return build_model(HYBRID, prepared, protocol.hybrid_params(settings, setup))
+@dataclass
+class FactorStart:
+    """A factor model fitted on one scope and the names of its feature columns (None: plain MF,
+    identity only): where the same model may continue on a larger scope of the snapshot."""
+
+    model: LightFMRecommender
+    item_names: list[str] | None
+    user_names: list[str] | None
+
+
+def factor_start(model: LightFMRecommender, prepared: Prepared) -> FactorStart:
+    """`model`, fitted on `prepared`, as a `FactorStart`."""
+    if model.item_features is None:
+        return FactorStart(model, None, None)
+    return FactorStart(model, prepared.item_features.names, prepared.user_features.names)
+
+
+def fit_hybrid(
+    settings: Settings, prepared: Prepared, setup: TrialSetup, start: FactorStart | None = None
+) -> LightFMRecommender:
+    """The tuned hybrid setting fitted on `prepared.train` for its best validation epoch count, or,
+    with `start` and `training.continue_epochs` set, continued from `start` for that many epochs."""
+    params = protocol.hybrid_params(settings, setup)
+    if start is None or settings.training.continue_epochs is None:
+        return build_model(HYBRID, prepared, params)
+    return _continued(settings, HYBRID, prepared, params, start)
+
+
+def _continued(
+    settings: Settings, name: str, prepared: Prepared, params: dict, start: FactorStart
+) -> LightFMRecommender:
+    """LightFM family `name` trained on `prepared.train` for `training.continue_epochs` epochs,
+    starting from `start` (fitted on a part of the same ratings; its feature columns matched to
+    `prepared`'s by name, new ones starting fresh)."""
+    if start.item_names is None:
+        item_features = user_features = None
+        item_rows, user_rows = np.arange(prepared.n_items), np.arange(prepared.n_users)
+    else:
+        item_features, user_features = prepared.item_features.matrix, prepared.user_features.matrix
+        item_rows = feature_rows(start.item_names, prepared.item_features.names)
+        user_rows = feature_rows(start.user_names, prepared.user_features.names)
+    state = carried_over(start.model.model, item_rows, user_rows, settings.training.seed)
+    model = LightFMRecommender(name=name, **{**params, "epochs": settings.training.continue_epochs})
+    return model.fit(prepared.train, item_features=item_features, user_features=user_features, start=state)
 
 
 def fit_candidate(
@@ -74,12 +117,14 @@ def fit_candidate(
     half_life: float | None = None,
     fitted: dict[str, Recommender] | None = None,
     mf_epochs: int | None = None,
+    mf_start: FactorStart | None = None,
 ) -> Fitted:
     """Candidate `name` on `prepared`, beside `hybrid` (fitted on the same data in
     `hybrid_seconds`). A blend needs its `weights` (and `ease_l2` when it uses EASE) and takes
     the `half_life` of its inputs; `fitted` holds models already fitted on `prepared` (a
     baseline, or the blend's item-item scorers), reused instead of fitted again; an mf fitted
-    here trains for `mf_epochs` (`mf_params`)."""
+    here trains for `mf_epochs` (`mf_params`), or continues from `mf_start` when
+    `training.continue_epochs` is set."""
     if name not in SERVABLE:
         raise ValueError(f"candidate {name!r} cannot be served ({NOT_SERVABLE.get(name, 'unknown')})")
     started = time.perf_counter()
@@ -91,7 +136,10 @@ def fit_candidate(
         models = item_item_models(prepared, ease_l2, [part for part in weights if part != FACTORS], fitted)
         seconds = time.perf_counter() - started + (hybrid_seconds if FACTORS in weights else 0.0)
         return Fitted(name, hybrid, dict(weights), served_item_item(models), seconds, half_life)
-    model = (fitted or {}).get(name) or build_model(name, prepared, mf_params(settings, mf_epochs))
+    model = (fitted or {}).get(name)
+    if model is None and name == "mf" and mf_start is not None and settings.training.continue_epochs is not None:
+        model = _continued(settings, name, prepared, mf_params(settings, mf_epochs), mf_start)
+    model = model or build_model(name, prepared, mf_params(settings, mf_epochs))
     seconds = time.perf_counter() - started
     if name == "mf":
         return Fitted(name, model, {FACTORS: 1.0}, {}, seconds)

@@ -42,6 +42,9 @@ class Evaluation:
     users: np.ndarray  # evaluated test users (at least one held-out positive)
     twin: ServingBundle  # the chosen candidate trained on the holdout's training part
     ratings: pd.DataFrame  # the rating predictor's held-out errors, beside its baselines
+    # The factor models fitted here (hybrid, and mf when measured), where the served model's may
+    # continue (`training.continue_epochs`).
+    starts: dict[str, candidates.FactorStart]
 
 
 @dataclass
@@ -77,6 +80,8 @@ def evaluate_candidates(
         started = time.perf_counter()
         models[name] = build_model(name, prepared, candidates.mf_params(settings, selection.mf_epochs))
         seconds[name] = time.perf_counter() - started
+    factor_models = {"hybrid": hybrid, **({"mf": models["mf"]} if "mf" in models else {})}
+    starts = {name: candidates.factor_start(model, prepared) for name, model in factor_models.items()}
     # The hybrid, the blend and the chosen candidate are measured as bundles, as they are served
     # (a chosen baseline reuses its fit above).
     for name in dict.fromkeys((HYBRID, BLEND, selection.chosen)):
@@ -125,6 +130,7 @@ def evaluate_candidates(
         users=users,
         twin=models[selection.chosen],
         ratings=rating_table,
+        starts=starts,
     )
 
 
@@ -150,11 +156,20 @@ def refit_for_serving(
     snapshot: Snapshot,
     setup: TrialSetup,
     selection: Selection,
+    starts: dict[str, candidates.FactorStart] | None = None,
 ) -> Served:
     """The chosen candidate, with the same hyperparameters, epochs and blend weights, fitted on
-    `prepared.train` (every rating of the snapshot): the bundle the registered version serves."""
+    `prepared.train` (every rating of the snapshot): the bundle the registered version serves.
+    With `training.continue_epochs` set, its factor models continue from the evaluation's
+    (`starts`: `Evaluation.starts`) for that many epochs instead of a fit from scratch."""
+    starts = starts or {}
+    continued = settings.training.continue_epochs
+    mlflow.log_param(
+        "served_factors_fit",
+        "from scratch" if continued is None else f"continued {continued} epochs from the evaluation twin's",
+    )
     started = time.perf_counter()
-    hybrid = candidates.fit_hybrid(settings, prepared, setup)
+    hybrid = candidates.fit_hybrid(settings, prepared, setup, starts.get("hybrid"))
     fitted = candidates.fit_candidate(
         settings,
         selection.chosen,
@@ -165,6 +180,7 @@ def refit_for_serving(
         ease_l2=selection.ease_l2,
         half_life=selection.half_life,
         mf_epochs=selection.mf_epochs,
+        mf_start=starts.get("mf"),
     )
     ratings = candidates.fit_rating_predictor(prepared, selection.rating_params)
     bundle = _bundle(settings, fitted, prepared, tables, snapshot, setup, "serving", ratings, selection)

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from lightfm import LightFM
 
-from models.factorization import BiasedMF, LightFMRecommender
+from models.factorization import BiasedMF, LightFMRecommender, carried_over, feature_rows
 
 
 def _interactions(seed=0, users=40, items=30, density=0.2):
@@ -51,6 +52,39 @@ def test_recommend_never_returns_seen_items_and_new_users_fold_in():
         model.item_vectors() @ model.item_vectors()[liked].mean(axis=0) + model.representations()[2],
         rtol=1e-5,
     )
+
+
+def test_a_carried_over_model_keeps_each_named_feature_and_starts_new_ones_as_lightfm_does():
+    features = sp.hstack([sp.identity(30, format="csr"), sp.csr_matrix(np.eye(30)[:, :3])], format="csr")
+    fitted = LightFMRecommender(no_components=4, epochs=2).fit(_interactions(), item_features=features).model
+    identity = [f"item:{item}" for item in range(30)]
+    rows = feature_rows([*identity, "a", "b", "c"], [*identity, "c", "x", "a"])
+    assert rows.tolist() == [*range(30), 32, -1, 30]
+
+    start = carried_over(fitted, rows, np.arange(40), random_state=5)
+    fresh = LightFM(no_components=4, random_state=np.random.RandomState(5))
+    fresh._initialize(4, 33, 40)
+    for state in ("embeddings", "embedding_gradients", "embedding_momentum", "biases", "bias_gradients"):
+        new, old, first = (getattr(model, f"item_{state}") for model in (start, fitted, fresh))
+        np.testing.assert_array_equal(new[:30], old[:30])
+        np.testing.assert_array_equal(new[[30, 32]], old[[32, 30]])  # "c" and "a" moved
+        np.testing.assert_array_equal(new[31], first[31])  # "x" is new: LightFM's start
+        np.testing.assert_array_equal(getattr(start, f"user_{state}"), getattr(fitted, f"user_{state}"))
+    assert start.get_params()["learning_rate"] == fitted.get_params()["learning_rate"]
+
+
+def test_a_fit_from_a_start_trains_on_a_copy_and_needs_the_same_parameters():
+    interactions = _interactions()
+    fitted = LightFMRecommender(no_components=4, epochs=2).fit(interactions).model
+    start = carried_over(fitted, np.arange(30), np.arange(40), random_state=5)
+    before = start.item_embeddings.copy()
+    continued = LightFMRecommender(no_components=4, epochs=1).fit(interactions, start=start)
+    np.testing.assert_array_equal(start.item_embeddings, before)
+    assert not np.allclose(continued.model.item_embeddings, before)
+    with pytest.raises(ValueError, match="differs in learning_rate, no_components"):
+        LightFMRecommender(no_components=8, learning_rate=0.1).fit(interactions, start=start)
+    with pytest.raises(ValueError, match="not fitted"):
+        carried_over(LightFM(), np.arange(30), np.arange(40), random_state=5)
 
 
 def _low_rank(seed=0, users=60, items=50, observed=0.5):

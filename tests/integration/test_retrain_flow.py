@@ -49,10 +49,11 @@ def _task_states(flow_run_id: str) -> dict[str, str]:
     return {run.name: run.state.name for run in task_runs}
 
 
-def test_two_runs_track_everything_and_the_gate_picks_the_champion(home, quick_pipeline):
+def test_two_runs_track_everything_and_the_gate_picks_the_champion(home, quick_pipeline, monkeypatch):
     from flows.retrain import retrain
 
     first = retrain(**DATA, trials=3)
+    monkeypatch.setenv("MOVIEREC_TRAINING__CONTINUE_EPOCHS", "2")  # the second serves its twin's factors, trained on
     second = retrain(**DATA, trials=2)
 
     # Data: the second run reused the snapshot.
@@ -92,6 +93,9 @@ def test_two_runs_track_everything_and_the_gate_picks_the_champion(home, quick_p
     assert {"loss", "no_components", "learning_rate", "item_genre", "user_taste"} <= set(trial.data.params)
 
     parent = client.get_run(first["run_id"])
+    assert parent.data.params["served_factors_fit"] == "from scratch"
+    continued = client.get_run(second["run_id"]).data.params["served_factors_fit"]
+    assert continued == "continued 2 epochs from the evaluation twin's"
     for metric in (
         "test_ndcg_at_10",
         "test_recall_at_10",
@@ -125,6 +129,9 @@ def test_two_runs_track_everything_and_the_gate_picks_the_champion(home, quick_p
     card = mlflow.artifacts.load_text(f"{parent.info.artifact_uri}/model_card.md")
     assert first["snapshot"]["snapshot_id"] in card and f"**{chosen}**" in card and "Promotion gate" in card
     assert "## What is served" in card and "Evaluation twin" in card and "## Selection" in card
+    assert "refit from scratch for the twin's epochs" in card
+    second_card = mlflow.artifacts.load_text(f"{client.get_run(second['run_id']).info.artifact_uri}/model_card.md")
+    assert "the twin's factors trained on for 2 more epochs" in second_card
     # The rating predictor is trained in every run, measured beside its baselines on the holdout.
     assert "Predicted ratings" in card and "metrics/rating_metrics.json" in artifacts
     errors = {row["model"]: row for row in first["ratings"]}

@@ -6,12 +6,15 @@ import numpy as np
 import pytest
 
 from features.prepare import prepare
-from features.splits import cold_item_split, user_temporal_split
+from features.splits import cold_item_split, every_rating, user_temporal_split
 from features.users import new_user_features
 from models.evaluation import evaluate
 from models.families import build_model
+from models.tune import TrialSetup
 from movierec.data.preprocess import canonicalize
 from movierec.data.synthetic import generate
+from movierec.settings import get_settings
+from movierec.training import candidates
 
 PARAMS = {"no_components": 32, "epochs": 15, "learning_rate": 0.05, "random_state": 3}
 
@@ -48,6 +51,41 @@ def test_factor_models_beat_popularity_on_held_out_data(prepared, hybrid):
     popularity = evaluate(build_model("popularity", prepared), prepared)["ndcg@10"]
     assert evaluate(hybrid, prepared)["ndcg@10"] > popularity * 1.1
     assert evaluate(build_model("mf", prepared, PARAMS), prepared)["ndcg@10"] > popularity * 1.1
+
+
+def _held_out_auc(model, prepared) -> float:
+    """Mean over test users of the share of (held-out positive, unseen negative) pairs ordered right."""
+    scores = model.scores(np.arange(prepared.n_users))
+    shares = []
+    for user in np.unique(prepared.test.tocoo().row):
+        positives = prepared.test[user].indices
+        negatives = np.setdiff1d(np.arange(prepared.n_items), np.r_[positives, prepared.seen[user].indices])
+        shares.append((scores[user, positives][:, None] > scores[user, negatives][None, :]).mean())
+    return float(np.mean(shares))
+
+
+def test_the_served_hybrid_continued_from_its_twin_learns_the_held_out_ratings(
+    tables, prepared, hybrid, home, monkeypatch
+):
+    everything = prepare(
+        tables.users,
+        tables.items,
+        tables.tags,
+        chosen=every_rating(tables.ratings),
+        item_groups={"identity": 1.0, "genre": 1.0, "text": 0.5},
+        user_groups={"identity": 1.0, "taste": 1.0},
+    )
+    setup = TrialSetup(PARAMS, {}, {})
+    start = candidates.factor_start(hybrid, prepared)
+    assert get_settings().training.continue_epochs is None  # the default: a fit from scratch
+    assert candidates.fit_hybrid(get_settings(), everything, setup, start).epochs == PARAMS["epochs"]
+
+    monkeypatch.setenv("MOVIEREC_TRAINING__CONTINUE_EPOCHS", "3")
+    continued = candidates.fit_hybrid(get_settings(), everything, setup, start)
+    assert continued.epochs == 3
+    # The newest ratings (the twin's test part) are learned: their order against unseen movies
+    # improves (0.919 -> 0.945 here; a fit from scratch on everything for 15 epochs: 0.959).
+    assert _held_out_auc(continued, prepared) > _held_out_auc(hybrid, prepared) + 0.015
 
 
 def test_a_new_user_who_likes_only_horror_gets_mostly_horror(tables, prepared, hybrid):
