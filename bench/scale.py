@@ -56,7 +56,7 @@ def budget(home: Path, arguments: argparse.Namespace) -> dict[str, str]:
         **environment(home, arguments.threads),
         "MOVIEREC_TUNING__MAX_EPOCHS": str(arguments.max_epochs),
         "MOVIEREC_TRAINING__EPOCHS": str(arguments.max_epochs),
-        "MOVIEREC_TRAINING__CONTINUE_EPOCHS": str(arguments.continue_epochs),
+        **({"MOVIEREC_TRAINING__CONTINUE_EPOCHS": str(arguments.continue_epochs)} if arguments.continue_epochs else {}),
     }
 
 
@@ -194,7 +194,7 @@ def main() -> None:
         "--continue-epochs",
         type=int,
         default=3,
-        help="training.continue_epochs: the served factors' epochs on every rating",
+        help="training.continue_epochs: the served factors' epochs on every rating (0: a fit from scratch)",
     )
     parser.add_argument("--homes", type=Path, default=Path("/var/tmp/movierec-scale"))
     parser.add_argument("--load", action="store_true", help="also run bench/load_api.py at 32 connections")

@@ -33,9 +33,10 @@ item kNN: a user's row of positives times an items x items weight matrix). A rec
 component scores with that component's raw scores (for a LightFM model, LightFM's own scores,
 float32, unbounded); a recipe of several sums each component's per-user z-scores (`standardise`:
 minus the row's mean over the catalogue, over its standard deviation, compressed above where a
-dense score's best items lie) times its weight, so no component's scale dominates the others. Popularity-fallback scores are the normalised
-popularity: an item's number of training positives over that of the most popular item, in
-[0, 1]. Model and fallback scales are not comparable; `source` says which one a row uses.
+dense score's best items lie) times its weight, so no component's scale dominates the others.
+Popularity-fallback scores are the normalised popularity: an item's number of training positives
+over that of the most popular item, in [0, 1]. Model and fallback scales are not comparable;
+`source` says which one a row uses.
 
 Movies nobody has rated (in the ratings the bundle learned) are unknown to the collaborative
 components; when the bundle carries the content model (`ContentScorer`), it ranks them instead

@@ -158,6 +158,8 @@ _FEATURE_STATE = (
 def feature_rows(fitted_names: Sequence[str], names: Sequence[str]) -> np.ndarray:
     """For each of `names`, its position among `fitted_names`, or -1 where it is not one of them."""
     position = {name: row for row, name in enumerate(fitted_names)}
+    if len(position) != len(fitted_names):
+        raise ValueError("the fitted model's feature names repeat: its columns cannot be matched by name")
     return np.fromiter((position.get(name, -1) for name in names), dtype=np.int64, count=len(names))
 
 

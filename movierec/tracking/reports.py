@@ -449,7 +449,7 @@ def _served_fit(continued_epochs: int | None) -> str:
     """How the served factors were fitted (`training.continue_epochs`), for the model card."""
     if continued_epochs is None:
         return "refit from scratch for the twin's epochs"
-    return f"the twin's factors trained on for {continued_epochs} more epochs"
+    return f"the twin's factor models trained on for {continued_epochs} more epochs (everything else refit)"
 
 
 def _format_value(value: object) -> str:

@@ -42,8 +42,8 @@ class Evaluation:
     users: np.ndarray  # evaluated test users (at least one held-out positive)
     twin: ServingBundle  # the chosen candidate trained on the holdout's training part
     ratings: pd.DataFrame  # the rating predictor's held-out errors, beside its baselines
-    # The factor models fitted here (hybrid, and mf when measured), where the served model's may
-    # continue (`training.continue_epochs`).
+    # The factor models fitted here (hybrid, and mf when chosen) where the served model's continue,
+    # when `training.continue_epochs` is set (else empty).
     starts: dict[str, candidates.FactorStart]
 
 
@@ -80,8 +80,11 @@ def evaluate_candidates(
         started = time.perf_counter()
         models[name] = build_model(name, prepared, candidates.mf_params(settings, selection.mf_epochs))
         seconds[name] = time.perf_counter() - started
-    factor_models = {"hybrid": hybrid, **({"mf": models["mf"]} if "mf" in models else {})}
-    starts = {name: candidates.factor_start(model, prepared) for name, model in factor_models.items()}
+    # Kept for the served model's fit only when it continues from them (they are large at scale).
+    factor_models = {"hybrid": hybrid, **({"mf": models["mf"]} if selection.chosen == "mf" else {})}
+    starts = {}
+    if settings.training.continue_epochs is not None:
+        starts = {name: candidates.factor_start(model, prepared) for name, model in factor_models.items()}
     # The hybrid, the blend and the chosen candidate are measured as bundles, as they are served
     # (a chosen baseline reuses its fit above).
     for name in dict.fromkeys((HYBRID, BLEND, selection.chosen)):
@@ -164,6 +167,11 @@ def refit_for_serving(
     (`starts`: `Evaluation.starts`) for that many epochs instead of a fit from scratch."""
     starts = starts or {}
     continued = settings.training.continue_epochs
+    needed = {"hybrid", *(["mf"] if selection.chosen == "mf" else [])}
+    if continued is not None and not needed <= set(starts):
+        raise ValueError(
+            f"training.continue_epochs is set but there is no fitted {' or '.join(sorted(needed))} to continue"
+        )
     mlflow.log_param(
         "served_factors_fit",
         "from scratch" if continued is None else f"continued {continued} epochs from the evaluation twin's",

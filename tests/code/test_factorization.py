@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -64,7 +66,8 @@ def test_a_carried_over_model_keeps_each_named_feature_and_starts_new_ones_as_li
     start = carried_over(fitted, rows, np.arange(40), random_state=5)
     fresh = LightFM(no_components=4, random_state=np.random.RandomState(5))
     fresh._initialize(4, 33, 40)
-    for state in ("embeddings", "embedding_gradients", "embedding_momentum", "biases", "bias_gradients"):
+    states = ("embeddings", "embedding_gradients", "embedding_momentum", "biases", "bias_gradients", "bias_momentum")
+    for state in states:
         new, old, first = (getattr(model, f"item_{state}") for model in (start, fitted, fresh))
         np.testing.assert_array_equal(new[:30], old[:30])
         np.testing.assert_array_equal(new[[30, 32]], old[[32, 30]])  # "c" and "a" moved
@@ -78,8 +81,14 @@ def test_a_fit_from_a_start_trains_on_a_copy_and_needs_the_same_parameters():
     fitted = LightFMRecommender(no_components=4, epochs=2).fit(interactions).model
     start = carried_over(fitted, np.arange(30), np.arange(40), random_state=5)
     before = start.item_embeddings.copy()
-    continued = LightFMRecommender(no_components=4, epochs=1).fit(interactions, start=start)
+    continued = LightFMRecommender(no_components=4, epochs=2).fit(interactions, start=start)
     np.testing.assert_array_equal(start.item_embeddings, before)
+    # Two epochs of LightFM's own fit_partial from the start (one thread: the same arithmetic).
+    expected = copy.deepcopy(start)
+    for _ in range(2):
+        expected.fit_partial(interactions.tocoo(), epochs=1)
+    np.testing.assert_array_equal(continued.model.item_embeddings, expected.item_embeddings)
+    np.testing.assert_array_equal(continued.model.user_bias_gradients, expected.user_bias_gradients)
     assert not np.allclose(continued.model.item_embeddings, before)
     with pytest.raises(ValueError, match="differs in learning_rate, no_components"):
         LightFMRecommender(no_components=8, learning_rate=0.1).fit(interactions, start=start)

@@ -289,9 +289,21 @@ def test_the_served_model_learns_the_newest_ratings_and_the_gate_measures_its_tw
         assert not fallback[0] and not set(movies[0].tolist()) & set(liked)
         return float(np.mean([genre in genres.loc[movie] for movie in movies[0]]))
 
-    # How much of the genre the twin shows anyway depends on the blend this toy run selects
-    # (0.5 with factors 0.1 + EASE 0.9, 0.6 with factors 0.6 + EASE 0.4); the served bundle shows more.
+    def genre_first(bundle) -> float:
+        """Of the movies the user has not rated, the share of (genre movie, other movie) pairs the
+        bundle scores genre first: its whole ranking, not a top 10 of a few discrete swaps."""
+        row = bundle.user_index([user])[0]
+        scores = bundle.scores(np.array([row]))[0]
+        unseen = np.setdiff1d(np.arange(bundle.n_items), bundle.seen[row].indices)
+        of_genre = np.array([genre in genres.loc[movie] for movie in bundle.movie_ids(unseen)])
+        inside, outside = scores[unseen[of_genre]], scores[unseen[~of_genre]]
+        return float((inside[:, None] > outside[None, :]).mean())
+
+    # The served bundle puts the genre higher, in its top 10 (7 of 10 against the twin's 6 in this
+    # toy run) and across the whole ranking (0.744 of pairs against 0.692): the twin ranks the
+    # genre fairly high already, from the user's earlier ratings and the blend's content part.
     assert genre_share(served) >= 0.7 and genre_share(served) > genre_share(twin)
+    assert genre_first(served) > genre_first(twin) + 0.025
 
     # The gate and the evaluation table measured the twin on the holdout, not the served bundle.
     snapshot = store.load(store.get("synthetic", result["snapshot"]["snapshot_id"]))

@@ -131,7 +131,7 @@ def test_two_runs_track_everything_and_the_gate_picks_the_champion(home, quick_p
     assert "## What is served" in card and "Evaluation twin" in card and "## Selection" in card
     assert "refit from scratch for the twin's epochs" in card
     second_card = mlflow.artifacts.load_text(f"{client.get_run(second['run_id']).info.artifact_uri}/model_card.md")
-    assert "the twin's factors trained on for 2 more epochs" in second_card
+    assert "the twin's factor models trained on for 2 more epochs" in second_card
     # The rating predictor is trained in every run, measured beside its baselines on the holdout.
     assert "Predicted ratings" in card and "metrics/rating_metrics.json" in artifacts
     errors = {row["model"]: row for row in first["ratings"]}

@@ -84,8 +84,20 @@ def test_the_served_hybrid_continued_from_its_twin_learns_the_held_out_ratings(
     continued = candidates.fit_hybrid(get_settings(), everything, setup, start)
     assert continued.epochs == 3
     # The newest ratings (the twin's test part) are learned: their order against unseen movies
-    # improves (0.919 -> 0.945 here; a fit from scratch on everything for 15 epochs: 0.959).
-    assert _held_out_auc(continued, prepared) > _held_out_auc(hybrid, prepared) + 0.015
+    # improves (0.919 -> 0.945 here; a fit from scratch on everything for 15 epochs: 0.959), and
+    # the twin's epochs count: 3 epochs from scratch reach less.
+    auc = _held_out_auc(continued, prepared)
+    assert auc > _held_out_auc(hybrid, prepared) + 0.015
+    assert auc > _held_out_auc(build_model("hybrid", everything, {**PARAMS, "epochs": 3}), prepared) + 0.005  # 0.928
+
+    # The mf candidate continues from its own twin alike.
+    twin_mf = build_model("mf", prepared, candidates.mf_params(get_settings(), PARAMS["epochs"]))
+    start = candidates.factor_start(twin_mf, prepared)
+    mf = candidates.fit_candidate(
+        get_settings(), "mf", everything, continued, hybrid_seconds=0.0, mf_start=start
+    ).factors
+    assert mf.epochs == 3 and mf.item_features is None
+    assert _held_out_auc(mf, prepared) > _held_out_auc(twin_mf, prepared) + 0.015
 
 
 def test_a_new_user_who_likes_only_horror_gets_mostly_horror(tables, prepared, hybrid):
