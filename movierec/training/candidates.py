@@ -81,18 +81,22 @@ def fit_hybrid(
 ) -> LightFMRecommender:
     """The tuned hybrid setting fitted on `prepared.train` for its best validation epoch count, or,
     with `start` and `training.continue_epochs` set, continued from `start` for that many epochs."""
-    params = protocol.hybrid_params(settings, setup)
-    if start is None or settings.training.continue_epochs is None:
-        return build_model(HYBRID, prepared, params)
-    return _continued(settings, HYBRID, prepared, params, start)
+    return _fitted(settings, HYBRID, prepared, protocol.hybrid_params(settings, setup), start)
 
 
-def _continued(
-    settings: Settings, name: str, prepared: Prepared, params: dict, start: FactorStart
-) -> LightFMRecommender:
-    """LightFM family `name` trained on `prepared.train` for `training.continue_epochs` epochs,
-    starting from `start` (fitted on a part of the same ratings; its feature columns matched to
+def continued_factors(chosen: str) -> tuple[str, ...]:
+    """The factor models the served model of candidate `chosen` continues from the evaluation's
+    when `training.continue_epochs` is set: the hybrid (every bundle carries it), and mf's own."""
+    return (HYBRID, "mf") if chosen == "mf" else (HYBRID,)
+
+
+def _fitted(settings: Settings, name: str, prepared: Prepared, params: dict, start: FactorStart | None) -> Recommender:
+    """Family `name` with `params` on `prepared`: fitted from scratch (`build_model`), or, with a
+    `start` and `training.continue_epochs` set, LightFM trained on `prepared.train` for that many
+    epochs from `start` (fitted on a part of the same ratings; its feature columns matched to
     `prepared`'s by name, new ones starting fresh)."""
+    if start is None or settings.training.continue_epochs is None:
+        return build_model(name, prepared, params)
     if start.item_names is None:
         item_features = user_features = None
         item_rows, user_rows = np.arange(prepared.n_items), np.arange(prepared.n_users)
@@ -136,10 +140,9 @@ def fit_candidate(
         models = item_item_models(prepared, ease_l2, [part for part in weights if part != FACTORS], fitted)
         seconds = time.perf_counter() - started + (hybrid_seconds if FACTORS in weights else 0.0)
         return Fitted(name, hybrid, dict(weights), served_item_item(models), seconds, half_life)
-    model = (fitted or {}).get(name)
-    if model is None and name == "mf" and mf_start is not None and settings.training.continue_epochs is not None:
-        model = _continued(settings, name, prepared, mf_params(settings, mf_epochs), mf_start)
-    model = model or build_model(name, prepared, mf_params(settings, mf_epochs))
+    model = (fitted or {}).get(name) or _fitted(
+        settings, name, prepared, mf_params(settings, mf_epochs), mf_start if name == "mf" else None
+    )
     seconds = time.perf_counter() - started
     if name == "mf":
         return Fitted(name, model, {FACTORS: 1.0}, {}, seconds)

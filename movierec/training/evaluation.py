@@ -81,10 +81,13 @@ def evaluate_candidates(
         models[name] = build_model(name, prepared, candidates.mf_params(settings, selection.mf_epochs))
         seconds[name] = time.perf_counter() - started
     # Kept for the served model's fit only when it continues from them (they are large at scale).
-    factor_models = {"hybrid": hybrid, **({"mf": models["mf"]} if selection.chosen == "mf" else {})}
     starts = {}
     if settings.training.continue_epochs is not None:
-        starts = {name: candidates.factor_start(model, prepared) for name, model in factor_models.items()}
+        factor_models = {HYBRID: hybrid, **models}
+        starts = {
+            name: candidates.factor_start(factor_models[name], prepared)
+            for name in candidates.continued_factors(selection.chosen)
+        }
     # The hybrid, the blend and the chosen candidate are measured as bundles, as they are served
     # (a chosen baseline reuses its fit above).
     for name in dict.fromkeys((HYBRID, BLEND, selection.chosen)):
@@ -167,7 +170,7 @@ def refit_for_serving(
     (`starts`: `Evaluation.starts`) for that many epochs instead of a fit from scratch."""
     starts = starts or {}
     continued = settings.training.continue_epochs
-    needed = {"hybrid", *(["mf"] if selection.chosen == "mf" else [])}
+    needed = set(candidates.continued_factors(selection.chosen))
     if continued is not None and not needed <= set(starts):
         raise ValueError(
             f"training.continue_epochs is set but there is no fitted {' or '.join(sorted(needed))} to continue"
@@ -177,7 +180,7 @@ def refit_for_serving(
         "from scratch" if continued is None else f"continued {continued} epochs from the evaluation twin's",
     )
     started = time.perf_counter()
-    hybrid = candidates.fit_hybrid(settings, prepared, setup, starts.get("hybrid"))
+    hybrid = candidates.fit_hybrid(settings, prepared, setup, starts.get(HYBRID))
     fitted = candidates.fit_candidate(
         settings,
         selection.chosen,

@@ -223,7 +223,9 @@ def test_a_large_batch_of_a_blend_is_ranked_in_parts_as_in_one(monkeypatch):
     expected_items, expected_scores = top_k(scores, 10, bundle.seen, users)
     parts = []
     monkeypatch.setattr(model, "_cores", lambda: 2)  # split even on a one-core machine
-    monkeypatch.setattr(model.ServingBundle, "scores", lambda self, rows: parts.append(len(rows)) or scores[rows])
+    monkeypatch.setattr(
+        model.ServingBundle, "scores", lambda self, rows: parts.append(len(rows)) or scores[rows].copy()
+    )
     items, values = bundle.recommend(users, 10, bundle.seen)
     assert sorted(parts) == [300, 300]  # two parts of the batch, one per core
     assert_same_ranking(items, values, expected_items, expected_scores, scores)
