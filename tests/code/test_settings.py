@@ -215,6 +215,11 @@ def test_parallel_tuning_needs_a_database_server(tmp_path, monkeypatch):
             r"training\.evaluation_users = '-1'.*greater than or equal to 100",
         ),
         ("MOVIEREC_SERVING__BATCH_USERS", "0", r"serving\.batch_users = '0'.*greater than or equal to 1"),
+        (
+            "MOVIEREC_TRAINING__CONTINUE_EPOCHS",
+            "0",
+            r"training\.continue_epochs = '0'.*greater than or equal to 1",
+        ),
         ("MOVIEREC_SERVING__BATCH_USERS", "2000", r"serving\.batch_users = '2000'.*less than or equal to 1024"),
     ],
 )
